@@ -1,0 +1,42 @@
+# Every target works on a fresh machine with Python 3.11+: the first one builds .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the package and dev tools
+
+serve: $(STAMP) ## run the server (embedded PostgreSQL unless JOBQUEUE_DATABASE_URL is set)
+	$(BIN)/jobqueue-grpc serve
+
+test: $(STAMP) ## run the whole test suite (starts its own PostgreSQL)
+	$(BIN)/pytest
+
+generate: $(STAMP) ## regenerate the committed stubs from proto/
+	PYTHON=$(BIN)/python scripts/generate.sh
+
+check-generated: generate ## fail if the committed stubs are stale
+	git diff --exit-code -- jobqueue_grpc/gen
+	@test -z "$$(git status --porcelain -- jobqueue_grpc/gen)" || { git status --porcelain -- jobqueue_grpc/gen; exit 1; }
+
+lint: $(STAMP) ## buf lint, ruff, mypy --strict
+	$(BIN)/buf lint
+	$(BIN)/ruff check jobqueue_grpc tests bench examples
+	$(BIN)/ruff format --check jobqueue_grpc tests bench examples
+	$(BIN)/mypy
+
+bench: $(STAMP) ## run the benchmarks; prints JSON and a table
+	$(BIN)/python bench/run.py
+
+.PHONY: help install serve test generate check-generated lint bench

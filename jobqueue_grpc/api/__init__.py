@@ -1,0 +1,1 @@
+"""Servicers: proto in, domain/store calls, proto out. Thin on purpose."""

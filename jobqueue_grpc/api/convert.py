@@ -1,0 +1,188 @@
+"""Translations between protobuf messages and domain values / store rows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+
+from jobqueue_grpc.domain.errors import FieldViolation, InvalidArgument
+from jobqueue_grpc.domain.jobs import Limits, NewJob, check_new_job
+from jobqueue_grpc.domain.states import JobState
+from jobqueue_grpc.domain.validation import DEFAULT_QUEUE, raise_if
+from jobqueue_grpc.gen.jobqueue.v1 import job_pb2, job_service_pb2
+from jobqueue_grpc.store.jobs import Row
+
+STATE_TO_PROTO: dict[str, job_pb2.JobState.ValueType] = {
+    JobState.QUEUED: job_pb2.JOB_STATE_QUEUED,
+    JobState.SCHEDULED: job_pb2.JOB_STATE_SCHEDULED,
+    JobState.RUNNING: job_pb2.JOB_STATE_RUNNING,
+    JobState.RETRYING: job_pb2.JOB_STATE_RETRYING,
+    JobState.SUCCEEDED: job_pb2.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: job_pb2.JOB_STATE_FAILED,
+    JobState.CANCELLED: job_pb2.JOB_STATE_CANCELLED,
+}
+STATE_FROM_PROTO = {v: JobState(k) for k, v in STATE_TO_PROTO.items()}
+
+
+# -- JSON <-> Struct ---------------------------------------------------------------------------
+def _plain(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {k: _plain(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(v) for v in value.list_value.values]
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        return value.number_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
+
+
+def struct_to_json(field: str, struct: struct_pb2.Struct) -> str:
+    """Encodes a Struct as JSON for jsonb; INVALID_ARGUMENT for what jsonb cannot hold."""
+    obj = {k: _plain(v) for k, v in struct.fields.items()}
+    try:
+        text = json.dumps(obj, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except ValueError:
+        raise InvalidArgument(
+            f"{field} holds NaN or Infinity, which JSON cannot",
+            [FieldViolation(field, "numbers must be finite")],
+        ) from None
+    if "\\u0000" in text:
+        raise_if([FieldViolation(field, f"{field} holds a NUL character, which jsonb cannot")])
+    return text
+
+
+def json_to_struct(text: str | None, out: struct_pb2.Struct) -> None:
+    if text:
+        out.update(json.loads(text))
+
+
+# -- time ---------------------------------------------------------------------------------------
+def seconds(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def duration(secs: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(secs * 1e9))
+    return d
+
+
+def timestamp(at: datetime) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromDatetime(at)
+    return t
+
+
+def to_datetime(field: str, ts: timestamp_pb2.Timestamp) -> datetime:
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            f"{field} is out of range", [FieldViolation(field, f"{field} is not a valid time")]
+        ) from None
+
+
+# -- requests -> domain -------------------------------------------------------------------------
+def new_job(req: job_service_pb2.EnqueueRequest, prefix: str, limits: Limits) -> NewJob:
+    """Validates one EnqueueRequest (every violation at once) and applies defaults."""
+    payload_json = struct_to_json(prefix + "payload", req.payload)
+    lease = seconds(req.lease_duration) if req.HasField("lease_duration") else None
+    base = cap = None
+    if req.HasField("retry_policy"):
+        rp = req.retry_policy
+        base = seconds(rp.backoff_base) if rp.HasField("backoff_base") else None
+        cap = seconds(rp.backoff_cap) if rp.HasField("backoff_cap") else None
+    queue = req.queue or DEFAULT_QUEUE
+    violations = check_new_job(
+        prefix,
+        queue=queue,
+        kind=req.kind,
+        payload_bytes=len(payload_json.encode()),
+        priority=req.priority,
+        max_attempts=req.max_attempts,
+        idempotency_key=req.idempotency_key,
+        lease_seconds=lease,
+        backoff_base=base,
+        backoff_cap=cap,
+        limits=limits,
+    )
+    run_at = to_datetime(prefix + "run_at", req.run_at) if req.HasField("run_at") else None
+    raise_if(violations)
+    return NewJob(
+        queue=queue,
+        kind=req.kind,
+        payload_json=payload_json,
+        priority=req.priority,
+        max_attempts=req.max_attempts or limits.default_max_attempts,
+        run_at=run_at,
+        idempotency_key=req.idempotency_key or None,
+        lease_seconds=lease if lease is not None else limits.default_lease_seconds,
+        backoff_base=base,
+        backoff_cap=cap,
+    )
+
+
+# -- rows -> proto ------------------------------------------------------------------------------
+def attempt_error(e: Mapping[str, Any]) -> job_pb2.AttemptError:
+    out = job_pb2.AttemptError(
+        attempt=int(e.get("attempt", 0)),
+        message=str(e.get("message", "")),
+        source=str(e.get("source", "")),
+    )
+    if e.get("details"):
+        out.details.update(e["details"])
+    if e.get("failed_at"):
+        out.failed_at.FromDatetime(datetime.fromisoformat(e["failed_at"]))
+    return out
+
+
+def errors_list(text: str | None) -> list[job_pb2.AttemptError]:
+    return [attempt_error(e) for e in json.loads(text)] if text else []
+
+
+def job(r: Row) -> job_pb2.Job:
+    """A store row (read with {job_columns}) as a Job message."""
+    j = job_pb2.Job(
+        id=str(r["id"]),
+        queue=r["queue"],
+        kind=r["kind"],
+        priority=r["priority"],
+        max_attempts=r["max_attempts"],
+        state=STATE_TO_PROTO[r["state"]],
+        attempt=r["attempt"],
+        idempotency_key=r["idempotency_key"] or "",
+        cancel_requested=r["cancel_requested"],
+        worker_id=r["worker_id"] or "",
+    )
+    json_to_struct(r["payload"], j.payload)
+    json_to_struct(r["result"], j.result)
+    json_to_struct(r["progress"], j.progress)
+    for name in (
+        "run_at",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "finished_at",
+        "lease_expires_at",
+    ):
+        at = r[name]
+        if at is not None and at != datetime.max.replace(tzinfo=UTC):
+            getattr(j, name).FromDatetime(at)
+    j.lease_duration.CopyFrom(duration(r["lease_seconds"]))
+    if r["backoff_base"] is not None:
+        j.retry_policy.backoff_base.CopyFrom(duration(r["backoff_base"]))
+    if r["backoff_cap"] is not None:
+        j.retry_policy.backoff_cap.CopyFrom(duration(r["backoff_cap"]))
+    errs = errors_list(r["errors"])
+    if errs:
+        j.errors.extend(errs)
+        j.last_error.CopyFrom(errs[-1])
+    return j

@@ -1,0 +1,180 @@
+"""The one table from errors to gRPC status codes, and the interceptor that applies it.
+
+Every error a client sees carries `google.rpc.ErrorInfo` with a stable reason; INVALID_ARGUMENT
+adds `google.rpc.BadRequest` field violations. Anything unexpected becomes INTERNAL with no SQL
+and no traceback in it (those go to the server log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from jobqueue_grpc.domain import errors as e
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "jobqueue-grpc"
+
+CODES: dict[type[e.JobQueueError], grpc.StatusCode] = {
+    e.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    e.NotFound: grpc.StatusCode.NOT_FOUND,
+    e.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    e.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    e.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    e.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    e.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+# Failures of the database connection itself: the client may retry elsewhere or later.
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+_RETRYABLE = (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError)
+
+
+def classify(exc: BaseException) -> e.JobQueueError:
+    """Turns any exception into the domain error a client should see."""
+    if isinstance(exc, e.JobQueueError):
+        return exc
+    if isinstance(exc, _UNAVAILABLE):
+        return e.Unavailable("the database is unavailable", reason="DATABASE_UNAVAILABLE")
+    if isinstance(exc, _RETRYABLE):
+        return e.Unavailable("a concurrent change conflicted; retry", reason="CONFLICT")
+    return e.JobQueueError("internal error", reason="INTERNAL")
+
+
+def code_of(err: e.JobQueueError) -> grpc.StatusCode:
+    for cls in type(err).__mro__:
+        if cls in CODES:
+            return CODES[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def to_status(err: e.JobQueueError, metadata: dict[str, str] | None = None) -> grpc.Status:
+    code = code_of(err)
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=metadata or {})
+    details: list[Any] = [info]
+    if isinstance(err, e.InvalidArgument) and err.violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in err.violations
+            ]
+        )
+        details.append(bad)
+    packed = []
+    for d in details:
+        a = any_pb2.Any()
+        a.Pack(d)
+        packed.append(a)
+    status = status_pb2.Status(code=code.value[0], message=err.message, details=packed)
+    result: grpc.Status = rpc_status.to_status(status)
+    return result
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    """Ends the call with the status `exc` maps to. Always raises."""
+    err = classify(exc)
+    if err.reason == "INTERNAL":
+        log.error("internal error in %s", _method(context), exc_info=exc)
+    status = to_status(err)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _method(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    try:
+        return str(context._rpc_event.call_details.method.decode())  # type: ignore[attr-defined]
+    except Exception:
+        return "?"
+
+
+_Passthrough = (asyncio.CancelledError, grpc.aio.AbortError)
+
+
+def _wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await fn(request, context)
+        except _Passthrough:
+            raise
+        except Exception as exc:
+            await abort(context, exc)
+
+    return behavior
+
+
+def _wrap_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(fn):
+
+        async def gen(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            try:
+                async for item in fn(request, context):
+                    yield item
+            except _Passthrough:
+                raise
+            except Exception as exc:
+                await abort(context, exc)
+
+        return gen
+    return _wrap_unary(fn)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions escaping any handler to a rich status (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None or not method.startswith("/jobqueue."):
+            return handler
+        wrapped = _wrapped(handler)
+        self._cache[method] = wrapped
+        return wrapped
+
+
+def _wrapped(h: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    kw = {
+        "request_deserializer": h.request_deserializer,
+        "response_serializer": h.response_serializer,
+    }
+    if h.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(_wrap_unary(h.unary_unary), **kw)
+    if h.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(_wrap_stream(h.unary_stream), **kw)
+    if h.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(_wrap_unary(h.stream_unary), **kw)
+    assert h.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(_wrap_stream(h.stream_stream), **kw)

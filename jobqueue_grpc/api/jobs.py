@@ -1,0 +1,123 @@
+"""JobService: enqueue, get, list, cancel. Each method: validate, one store call, convert."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from jobqueue_grpc.api import convert
+from jobqueue_grpc.config import Settings
+from jobqueue_grpc.domain import pagination
+from jobqueue_grpc.domain.errors import FieldViolation, InvalidArgument
+from jobqueue_grpc.domain.jobs import Limits
+from jobqueue_grpc.domain.states import CancelOutcome
+from jobqueue_grpc.domain.validation import kind_violation, parse_uuid, queue_violation, raise_if
+from jobqueue_grpc.enqueue import Enqueuer
+from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2, job_service_pb2_grpc
+from jobqueue_grpc.store import Store
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+_OUTCOME = {
+    CancelOutcome.CANCELLED: job_service_pb2.CANCEL_OUTCOME_CANCELLED,
+    CancelOutcome.CANCEL_REQUESTED: job_service_pb2.CANCEL_OUTCOME_CANCEL_REQUESTED,
+}
+
+
+def limits_of(settings: Settings) -> Limits:
+    return Limits(
+        payload_max_bytes=settings.payload_max_bytes,
+        default_max_attempts=settings.default_max_attempts,
+        default_lease_seconds=settings.lease_duration,
+    )
+
+
+def page_size(requested: int, settings: Settings) -> int:
+    if requested < 0 or requested > settings.max_page_size:
+        raise_if([FieldViolation("page_size", f"page_size must be 0..{settings.max_page_size}")])
+    return requested or settings.default_page_size
+
+
+class JobService(job_service_pb2_grpc.JobServiceServicer):
+    def __init__(self, store: Store, enqueuer: Enqueuer, settings: Settings) -> None:
+        self.store = store
+        self.enqueuer = enqueuer
+        self.settings = settings
+        self.limits = limits_of(settings)
+
+    async def Enqueue(
+        self, request: job_service_pb2.EnqueueRequest, context: Ctx
+    ) -> job_service_pb2.EnqueueResponse:
+        new = convert.new_job(request, "", self.limits)
+        row, created = await self.enqueuer.enqueue(new)
+        return job_service_pb2.EnqueueResponse(job=convert.job(row), created=created)
+
+    async def EnqueueBatch(
+        self, request: job_service_pb2.EnqueueBatchRequest, context: Ctx
+    ) -> job_service_pb2.EnqueueBatchResponse:
+        n = len(request.jobs)
+        if n == 0 or n > self.settings.max_batch_size:
+            raise_if(
+                [FieldViolation("jobs", f"a batch holds 1..{self.settings.max_batch_size} jobs")],
+                "bad batch size",
+            )
+        jobs, violations = [], []
+        for i, req in enumerate(request.jobs):
+            try:
+                jobs.append(convert.new_job(req, f"jobs[{i}].", self.limits))
+            except InvalidArgument as err:
+                violations.extend(err.violations)
+        raise_if(violations, "batch rejected, nothing enqueued")
+        results = await self.enqueuer.enqueue_many(jobs)
+        return job_service_pb2.EnqueueBatchResponse(
+            results=[
+                job_service_pb2.EnqueueBatchResult(job=convert.job(row), created=created)
+                for row, created in results
+            ]
+        )
+
+    async def GetJob(
+        self, request: job_service_pb2.GetJobRequest, context: Ctx
+    ) -> job_service_pb2.GetJobResponse:
+        row = await self.store.jobs.get(parse_uuid("id", request.id))
+        return job_service_pb2.GetJobResponse(job=convert.job(row))
+
+    async def ListJobs(
+        self, request: job_service_pb2.ListJobsRequest, context: Ctx
+    ) -> job_service_pb2.ListJobsResponse:
+        violations = [
+            v
+            for v in (
+                request.queue and queue_violation("queue", request.queue),
+                request.kind and kind_violation("kind", request.kind),
+            )
+            if v
+        ]
+        if request.state and request.state not in convert.STATE_FROM_PROTO:
+            violations.append(FieldViolation("state", f"unknown state {request.state}"))
+        raise_if(violations)
+        limit = page_size(request.page_size, self.settings)
+        state = convert.STATE_FROM_PROTO.get(request.state)
+        filters = (request.queue, request.kind, request.state)
+        after = pagination.decode(request.page_token, filters)
+        rows = await self.store.jobs.list(
+            queue=request.queue or None,
+            kind=request.kind or None,
+            state=state,
+            after=after,
+            limit=limit + 1,
+        )
+        token = ""
+        if len(rows) > limit:
+            rows = rows[:limit]
+            token = pagination.encode(rows[-1]["created_at"], rows[-1]["id"], filters)
+        return job_service_pb2.ListJobsResponse(
+            jobs=[convert.job(r) for r in rows], next_page_token=token
+        )
+
+    async def CancelJob(
+        self, request: job_service_pb2.CancelJobRequest, context: Ctx
+    ) -> job_service_pb2.CancelJobResponse:
+        row, outcome = await self.store.jobs.cancel(parse_uuid("id", request.id))
+        return job_service_pb2.CancelJobResponse(job=convert.job(row), outcome=_OUTCOME[outcome])

@@ -1,0 +1,83 @@
+"""`serve` and `migrate`. Flags beat JOBQUEUE_* environment variables, which beat defaults."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from jobqueue_grpc.config import Settings
+
+# flag -> Settings field; each flag's env twin is JOBQUEUE_<FIELD>.
+_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--host", "host", str, "address to listen on (127.0.0.1)"),
+    ("--port", "port", int, "gRPC port (50051)"),
+    ("--database-url", "database_url", str, "PostgreSQL URL; unset starts an embedded one"),
+    ("--data-dir", "data_dir", str, "embedded PostgreSQL's home (~/.local/share/jobqueue-grpc)"),
+    ("--metrics-port", "metrics_port", int, "Prometheus /metrics port; 0 turns it off (9464)"),
+    ("--grace-period", "grace_period", float, "seconds to drain on SIGTERM (10)"),
+]
+
+
+def _add_flags(p: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    for flag, field, typ, help_ in _FLAGS:
+        if only is None or field in only:
+            p.add_argument(
+                flag,
+                dest=field,
+                type=typ,
+                default=None,
+                help=f"{help_}; env JOBQUEUE_{field.upper()}",
+            )
+
+
+def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
+    given = {f: getattr(args, f) for _, f, _, _ in _FLAGS if getattr(args, f, None) is not None}
+    return Settings(**given, **extra)
+
+
+def setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from jobqueue_grpc.server import run
+
+    extra = {"reflection": False} if args.no_reflection else {}
+    settings = settings_from(args, **extra)
+    setup_logging(settings)
+    return asyncio.run(run(settings))
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from jobqueue_grpc.store import Store
+
+    settings = settings_from(args)
+    setup_logging(settings)
+    if settings.database_url is None:
+        raise SystemExit("migrate needs --database-url or JOBQUEUE_DATABASE_URL")
+
+    async def go() -> int:
+        store = await Store.connect(settings.database_url or "", min_size=1, max_size=1)
+        try:
+            applied = await store.migrate()
+        finally:
+            await store.close()
+        print(f"applied {len(applied)} migration(s): {applied}" if applied else "schema is current")
+        return 0
+
+    return asyncio.run(go())
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the gRPC server")
+    _add_flags(p)
+    p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
+    p.set_defaults(func=_serve)
+    m = sub.add_parser("migrate", help="apply schema migrations and exit")
+    _add_flags(m, {"database_url"})
+    m.set_defaults(func=_migrate)

@@ -1,0 +1,91 @@
+"""The one typed config object. Every field is also settable as JOBQUEUE_<NAME>."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "jobqueue-grpc"
+
+
+class Settings(BaseSettings):
+    """Server configuration. Defaults suit one laptop; the comments say what a bad value breaks."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBQUEUE_", frozen=True, extra="ignore")
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to listen on; 0.0.0.0 exposes the server: turn on auth.",
+    )
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL URL. Unset: an embedded PostgreSQL is started in data_dir.",
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Home of the embedded PostgreSQL; its data survives restarts.",
+    )
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 turns metrics off."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics port binds to.")
+    grace_period: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds SIGTERM waits for in-flight outcomes before releasing the rest. "
+        "Keep it below Kubernetes' terminationGracePeriodSeconds or work is cut off.",
+    )
+    reflection: bool = Field(True, description="gRPC server reflection (grpcurl needs it).")
+    migrate_on_start: bool = Field(
+        True, description="Apply migrations at start (under an advisory lock)."
+    )
+    payload_max_bytes: int = Field(
+        1024 * 1024, ge=2, description="Largest JSON payload accepted, in bytes once encoded."
+    )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest gRPC message received. Too small refuses big batches; too large "
+        "lets one client hold much memory.",
+    )
+    default_max_attempts: int = Field(5, ge=1, le=1000)
+    lease_duration: float = Field(
+        30.0,
+        ge=1.0,
+        description="Seconds a lease lasts unless extended. Too short re-runs slow jobs that "
+        "are still running (duplicate execution); too long delays recovery from dead workers.",
+    )
+    backoff_base: float = Field(1.0, ge=0, description="Retry backoff base, seconds.")
+    backoff_cap: float = Field(3600.0, ge=0, description="Retry backoff cap, seconds.")
+    max_batch_size: int = Field(1000, ge=1, le=10000, description="Most jobs in EnqueueBatch.")
+    max_page_size: int = Field(1000, ge=1, description="Most items in one list page.")
+    default_page_size: int = Field(100, ge=1)
+    max_in_flight: int = Field(
+        1000, ge=1, description="Cap on a Lease stream's max_in_flight (and its default)."
+    )
+    db_pool_min: int = Field(2, ge=1)
+    db_pool_max: int = Field(
+        10, ge=2, description="Connections per server; replicas x this must fit max_connections."
+    )
+    reaper_interval: float = Field(
+        1.0, gt=0, description="Seconds between sweeps for expired leases and due jobs."
+    )
+    log_level: str = Field("INFO")
+    log_format: str = Field("text", pattern="^(text|json)$")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.backoff_cap < self.backoff_base:
+            raise ValueError("backoff_cap must be >= backoff_base")
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError("db_pool_min must be <= db_pool_max")
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("default_page_size must be <= max_page_size")
+        return self

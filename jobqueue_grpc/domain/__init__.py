@@ -1,0 +1,1 @@
+"""Pure queue logic: states, transitions, validation, retry policy. No I/O here."""

@@ -1,0 +1,49 @@
+"""Checks on client input, made before anything touches the database."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from jobqueue_grpc.domain.errors import FieldViolation, InvalidArgument
+
+QUEUE_RE = re.compile(r"[a-z0-9_.-]{1,64}")
+KIND_RE = re.compile(r"[a-z0-9_.-]{1,128}")
+IDEMPOTENCY_KEY_MAX = 255
+DEFAULT_QUEUE = "default"
+
+
+def queue_violation(field: str, queue: str) -> FieldViolation | None:
+    if QUEUE_RE.fullmatch(queue):
+        return None
+    return FieldViolation(field, f"queue {queue!r} must match [a-z0-9_.-]{{1,64}}")
+
+
+def kind_violation(field: str, kind: str) -> FieldViolation | None:
+    if not kind:
+        return FieldViolation(field, "kind is required")
+    if KIND_RE.fullmatch(kind):
+        return None
+    return FieldViolation(field, f"kind {kind!r} must match [a-z0-9_.-]{{1,128}}")
+
+
+def parse_uuid(field: str, value: str, *, what: str = "job id") -> uuid.UUID:
+    """Parses a canonical UUID string or raises INVALID_ARGUMENT naming `field`."""
+    try:
+        parsed = uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        parsed = None
+    if parsed is None or str(parsed) != value.lower() or len(value) != 36:
+        raise InvalidArgument(
+            f"{what} {value!r} is not a UUID",
+            [FieldViolation(field, f"{what} must be a UUID like 0b9e0b1c-...")],
+            reason="MALFORMED_ID",
+        )
+    return parsed
+
+
+def raise_if(violations: list[FieldViolation], message: str = "invalid request") -> None:
+    """Raises INVALID_ARGUMENT carrying every violation; the first one names the reason."""
+    if violations:
+        first = violations[0]
+        raise InvalidArgument(f"{message}: {first.description}", violations, reason=first.reason)

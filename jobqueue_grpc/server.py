@@ -1,0 +1,171 @@
+"""Assembles the gRPC server: services, health, reflection, interceptors, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from jobqueue_grpc.api.errors import ErrorInterceptor
+from jobqueue_grpc.api.jobs import JobService
+from jobqueue_grpc.config import Settings
+from jobqueue_grpc.embedded import EmbeddedPostgres
+from jobqueue_grpc.enqueue import Enqueuer
+from jobqueue_grpc.gen.jobqueue.v1 import (
+    dead_letter_service_pb2,
+    dead_letter_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    queue_service_pb2,
+    queue_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+from jobqueue_grpc.store import Store
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    dead_letter_service_pb2.DESCRIPTOR.services_by_name["DeadLetterService"].full_name,
+    queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
+]
+HEALTH_INTERVAL = 2.0
+
+
+class JobQueueServer:
+    """One replica: a gRPC server over a Store. `start`, then `stop` (graceful) when done."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.enqueuer = Enqueuer(store)
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = False
+        self.server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+                # Accept client keepalive pings every 10 s; drop peers silent for long.
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+            ],
+        )
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(
+            JobService(store, self.enqueuer, settings), self.server
+        )
+        # Filled in by their own issues; until then they answer UNIMPLEMENTED.
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
+            worker_service_pb2_grpc.WorkerServiceServicer(),  # type: ignore[abstract]
+            self.server,
+        )
+        dead_letter_service_pb2_grpc.add_DeadLetterServiceServicer_to_server(
+            dead_letter_service_pb2_grpc.DeadLetterServiceServicer(),  # type: ignore[abstract]
+            self.server,
+        )
+        queue_service_pb2_grpc.add_QueueServiceServicer_to_server(
+            queue_service_pb2_grpc.QueueServiceServicer(),  # type: ignore[abstract]
+            self.server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                [
+                    *SERVICE_NAMES,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                self.server,
+            )
+
+    async def start(self) -> int:
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
+        await self.server.start()
+        await self._check_health()
+        self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
+        log.info("serving gRPC on %s:%d", self.settings.host, self.port)
+        return self.port
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *SERVICE_NAMES]:
+            await self.health.set(name, status)
+
+    async def _check_health(self) -> None:
+        try:
+            ok = await self.store.schema_current()
+        except Exception as exc:  # any failure to answer is "not serving"
+            log.warning("health check: database not answering: %s", type(exc).__name__)
+            ok = False
+        if not self._stopping:
+            await self._set_health(ok)
+
+    async def _health_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(HEALTH_INTERVAL)
+            await self._check_health()
+
+    async def stop(self) -> None:
+        """Graceful: NOT_SERVING at once, then in-flight calls get the grace period."""
+        if self._stopping:
+            return
+        self._stopping = True
+        await self.health.enter_graceful_shutdown()
+        log.info("shutting down (grace %.1fs)", self.settings.grace_period)
+        for t in self._tasks:
+            t.cancel()
+        await self.server.stop(self.settings.grace_period)
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+
+async def run(settings: Settings) -> int:
+    """`jobqueue-grpc serve`: runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    embedded: EmbeddedPostgres | None = None
+    url = settings.database_url
+    if url is None:
+        embedded = EmbeddedPostgres(settings.data_dir / "pgdata")
+        url = await asyncio.to_thread(embedded.start)
+    try:
+        store = await Store.connect(
+            url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        )
+        try:
+            if settings.migrate_on_start:
+                await store.migrate()
+            srv = JobQueueServer(settings, store)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await srv.start()
+            print(f"jobqueue-grpc listening on {settings.host}:{srv.port}", flush=True)
+            await stop.wait()
+            await srv.stop()
+        finally:
+            await store.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+    return 0

@@ -1,0 +1,68 @@
+"""The store: the only place SQL runs. One asyncpg pool, one class per area of the schema.
+
+Statements come from `store/sql/*.sql` by name (see queries.py); nothing here builds SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import asyncpg
+
+from jobqueue_grpc.store import migrate as migrations
+from jobqueue_grpc.store.jobs import JobStore, Row
+from jobqueue_grpc.store.queries import q
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Row", "Store", "connect_pool"]
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb crosses the wire as text: the api layer decodes it straight into protobuf Structs.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: v if isinstance(v, str) else json.dumps(v),
+        decoder=lambda v: v,
+        schema="pg_catalog",
+        format="text",
+    )
+
+
+async def connect_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={"application_name": "jobqueue-grpc"},
+    )
+    assert pool is not None
+    return pool
+
+
+class Store:
+    """Owns the pool; `jobs` (and the other areas as they land) run the statements."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.jobs = JobStore(pool)
+
+    @classmethod
+    async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> Store:
+        return cls(await connect_pool(url, min_size=min_size, max_size=max_size))
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def migrate(self) -> list[int]:
+        async with self.pool.acquire() as conn:
+            return await migrations.migrate(conn)
+
+    async def schema_current(self) -> bool:
+        """True when the database answers and every known migration is applied."""
+        async with self.pool.acquire(timeout=2) as conn:
+            version: Any = await conn.fetchval(q("schema_version"), timeout=2)
+        return int(version) >= migrations.latest_version()

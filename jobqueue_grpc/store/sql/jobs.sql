@@ -1,0 +1,60 @@
+-- JobService queries. Every statement the server runs lives under store/sql/, one name each.
+-- `{job_columns}` is replaced with the column list every Job is read with.
+
+-- name: insert_jobs
+-- Inserts many jobs in one statement; an idempotency key that already names a job inserts nothing
+-- (and a key repeated inside one batch inserts its first job only).
+INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
+                           idempotency_key, lease_seconds, backoff_base, backoff_cap)
+SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority,
+       CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END,
+       t.max_attempts, coalesce(t.run_at, now()), t.idempotency_key,
+       t.lease_seconds, t.backoff_base, t.backoff_cap
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+            $7::timestamptz[], $8::text[], $9::float8[], $10::float8[], $11::float8[])
+     AS t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
+          lease_seconds, backoff_base, backoff_cap)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING {job_columns};
+
+-- name: jobs_by_idempotency_keys
+SELECT {job_columns} FROM jobqueue.jobs WHERE idempotency_key = ANY($1::text[]);
+
+-- name: notify_jobs_available
+-- Wakes dispatchers on every replica; the payload is the queue name.
+SELECT pg_notify('jobqueue_jobs', q) FROM unnest($1::text[]) AS q;
+
+-- name: get_job
+SELECT {job_columns} FROM jobqueue.jobs WHERE id = $1;
+
+-- name: list_jobs
+-- Newest first; ($4, $5) is the keyset cursor: the last row of the previous page.
+SELECT {job_columns} FROM jobqueue.jobs
+WHERE ($1::text IS NULL OR queue = $1)
+  AND ($2::text IS NULL OR kind = $2)
+  AND ($3::text IS NULL OR state = $3)
+  AND (created_at, id) < ($4::timestamptz, $5::uuid)
+ORDER BY created_at DESC, id DESC
+LIMIT $6;
+
+-- name: lock_job_state
+SELECT state FROM jobqueue.jobs WHERE id = $1 FOR UPDATE;
+
+-- name: cancel_waiting_job
+UPDATE jobqueue.jobs
+SET state = 'cancelled', finished_at = now(), updated_at = now()
+WHERE id = $1
+RETURNING {job_columns};
+
+-- name: request_cancel
+-- A running job: flag it and tell the replica holding its stream to push a cancel notice.
+WITH upd AS (
+    UPDATE jobqueue.jobs
+    SET cancel_requested = true, updated_at = now()
+    WHERE id = $1
+    RETURNING {job_columns}
+), notified AS (
+    SELECT pg_notify('jobqueue_cancel', upd.id::text || ' ' || coalesce(upd.stream_id::text, ''))
+    FROM upd
+)
+SELECT upd.* FROM upd, notified;
