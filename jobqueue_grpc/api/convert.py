@@ -14,7 +14,7 @@ from jobqueue_grpc.domain.jobs import Limits, NewJob, check_new_job
 from jobqueue_grpc.domain.states import JobState
 from jobqueue_grpc.domain.validation import DEFAULT_QUEUE, raise_if
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2, job_service_pb2
-from jobqueue_grpc.store.jobs import Row
+from jobqueue_grpc.store.types import Row
 
 STATE_TO_PROTO: dict[str, job_pb2.JobState.ValueType] = {
     JobState.QUEUED: job_pb2.JOB_STATE_QUEUED,

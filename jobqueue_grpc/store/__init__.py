@@ -12,8 +12,9 @@ from typing import Any
 import asyncpg
 
 from jobqueue_grpc.store import migrate as migrations
-from jobqueue_grpc.store.jobs import JobStore, Row
+from jobqueue_grpc.store.jobs import JobStore
 from jobqueue_grpc.store.queries import q
+from jobqueue_grpc.store.types import Row
 
 log = logging.getLogger(__name__)
 

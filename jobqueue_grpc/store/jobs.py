@@ -7,15 +7,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from jobqueue_grpc.domain.errors import FailedPrecondition, job_not_found
 from jobqueue_grpc.domain.jobs import NewJob
 from jobqueue_grpc.domain.states import CancelOutcome, JobState, cancel_outcome
 from jobqueue_grpc.store.queries import q
-
-Row = asyncpg.Record  # a jobs row read with {job_columns}
-Conn = asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
+from jobqueue_grpc.store.types import Conn, Row
 
 # The keyset cursor that sorts after every row: the first page starts here.
 FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), uuid.UUID(int=(1 << 128) - 1))

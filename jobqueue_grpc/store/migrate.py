@@ -10,14 +10,10 @@ import logging
 import re
 from pathlib import Path
 
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
-
 from jobqueue_grpc.store.queries import q
+from jobqueue_grpc.store.types import Conn
 
 log = logging.getLogger(__name__)
-
-Conn = asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _LOCK_KEY = 0x6A6F6271  # "jobq"
