@@ -1,0 +1,71 @@
+"""Prometheus metrics. Call sites count what the database committed, after the commit.
+
+The functions below are the whole API the rest of the server uses; labels are bounded by the
+queues and kinds that exist (both validated names).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_QK = ["queue", "kind"]
+_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+JOBS_ENQUEUED = Counter("jobqueue_jobs_enqueued_total", "Jobs enqueued (committed).", _QK)
+JOBS_COMPLETED = Counter("jobqueue_jobs_completed_total", "Jobs that succeeded.", _QK)
+JOBS_FAILED = Counter(
+    "jobqueue_jobs_failed_total",
+    "Failed attempts (worker failure, lease expiry, stream closed).",
+    _QK,
+)
+JOBS_RETRIED = Counter("jobqueue_jobs_retried_total", "Failed attempts scheduled to retry.", _QK)
+JOBS_DEAD_LETTERED = Counter(
+    "jobqueue_jobs_dead_lettered_total", "Jobs moved to the dead-letter queue.", _QK
+)
+JOBS_CANCELLED = Counter("jobqueue_jobs_cancelled_total", "Jobs cancelled.", _QK)
+LEASE_STREAMS = Gauge("jobqueue_lease_streams", "Open Lease streams on this server.")
+JOBS_IN_FLIGHT = Gauge("jobqueue_jobs_in_flight", "Jobs leased on this server's streams.")
+WAIT_SECONDS = Histogram(
+    "jobqueue_job_wait_seconds", "From enqueue (or run_at) to lease.", _QK, buckets=_BUCKETS
+)
+RUN_SECONDS = Histogram("jobqueue_job_run_seconds", "From lease to outcome.", _QK, buckets=_BUCKETS)
+
+
+def enqueued(queue: str, kind: str, n: int = 1) -> None:
+    JOBS_ENQUEUED.labels(queue, kind).inc(n)
+
+
+def completed(queue: str, kind: str, n: int = 1) -> None:
+    JOBS_COMPLETED.labels(queue, kind).inc(n)
+
+
+def failed(queue: str, kind: str, n: int = 1) -> None:
+    JOBS_FAILED.labels(queue, kind).inc(n)
+
+
+def retried(queue: str, kind: str, n: int = 1) -> None:
+    JOBS_RETRIED.labels(queue, kind).inc(n)
+
+
+def dead_lettered(queue: str, kind: str, n: int = 1) -> None:
+    JOBS_DEAD_LETTERED.labels(queue, kind).inc(n)
+
+
+def cancelled(queue: str, kind: str, n: int = 1) -> None:
+    JOBS_CANCELLED.labels(queue, kind).inc(n)
+
+
+def lease_streams(delta: int) -> None:
+    LEASE_STREAMS.inc(delta)
+
+
+def jobs_in_flight(delta: int) -> None:
+    JOBS_IN_FLIGHT.inc(delta)
+
+
+def observe_wait(queue: str, kind: str, seconds: float) -> None:
+    WAIT_SECONDS.labels(queue, kind).observe(max(0.0, seconds))
+
+
+def observe_run(queue: str, kind: str, seconds: float) -> None:
+    RUN_SECONDS.labels(queue, kind).observe(max(0.0, seconds))
