@@ -331,7 +331,12 @@ class RequeueDeadLettersRequest(_message.Message):
 
     FILTER_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     dry_run: _builtins.bool
+    limit: _builtins.int
+    """Requeue at most this many (oldest failure first); 0 means every match. Lets a client work
+    through a large backlog in steps and show progress.
+    """
     @_builtins.property
     def filter(self) -> Global___DeadLetterFilter: ...
     def __init__(
@@ -339,10 +344,11 @@ class RequeueDeadLettersRequest(_message.Message):
         *,
         filter: Global___DeadLetterFilter | None = ...,
         dry_run: _builtins.bool = ...,
+        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "filter", b"filter"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "filter", b"filter", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -410,7 +416,10 @@ class PurgeDeadLettersRequest(_message.Message):
 
     FILTER_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     dry_run: _builtins.bool
+    limit: _builtins.int
+    """Delete at most this many (oldest failure first); 0 means every match."""
     @_builtins.property
     def filter(self) -> Global___DeadLetterFilter: ...
     def __init__(
@@ -418,10 +427,11 @@ class PurgeDeadLettersRequest(_message.Message):
         *,
         filter: Global___DeadLetterFilter | None = ...,
         dry_run: _builtins.bool = ...,
+        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "filter", b"filter"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "filter", b"filter", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
