@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -77,6 +77,58 @@ class Settings(BaseSettings):
     reaper_interval: float = Field(
         1.0, gt=0, description="Seconds between sweeps for expired leases and due jobs."
     )
+    # -- production hardening: auth, TLS, limits (see README "Production") --------------------
+    auth_tokens_file: Path | None = Field(
+        None,
+        description="File of `role:token` lines (roles: producer, worker, admin; # comments). "
+        "Set, or auth_tokens set: every call but health and reflection needs a bearer token. "
+        "Unset both: no authentication, so never expose such a server beyond a trusted network.",
+    )
+    auth_tokens: SecretStr | None = Field(
+        None,
+        description="`role:token` entries separated by commas or newlines, from the environment "
+        "(JOBQUEUE_AUTH_TOKENS), never a flag: a token on a command line leaks through ps.",
+    )
+    tls_cert: Path | None = Field(
+        None, description="PEM server certificate (chain); with tls_key turns TLS on."
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="PEM CA bundle; set, every client must present a certificate it signed (mTLS).",
+    )
+    max_lease_streams: int = Field(
+        1000,
+        ge=1,
+        description="Most Lease streams open on one server; more get RESOURCE_EXHAUSTED. Each "
+        "holds memory and a dispatcher slot; too low turns workers away.",
+    )
+    max_concurrent_rpcs: int = Field(
+        10_000,
+        ge=1,
+        description="Most calls (streams included) a server runs at once; more get "
+        "RESOURCE_EXHAUSTED. Bounds memory against a flood; keep it above max_lease_streams.",
+    )
+    max_concurrent_streams: int = Field(
+        1000,
+        ge=1,
+        description="HTTP/2 streams per connection; a client past it waits for a free one.",
+    )
+    keepalive_time: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds between the server's pings on an idle connection. Too long keeps "
+        "dead peers (and their leases) around; too short wastes traffic.",
+    )
+    keepalive_timeout: float = Field(
+        10.0, gt=0, description="Seconds without a ping ack before the peer is declared dead."
+    )
+    keepalive_min_ping_interval: float = Field(
+        10.0,
+        gt=0,
+        description="Shortest interval between client pings the server accepts; clients pinging "
+        "faster are disconnected (too_many_pings). Must not exceed what clients use (10 s).",
+    )
     log_level: str = Field("INFO")
     log_format: str = Field("text", pattern="^(text|json)$")
 
@@ -88,4 +140,12 @@ class Settings(BaseSettings):
             raise ValueError("db_pool_min must be <= db_pool_max")
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must be <= max_page_size")
+        return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
         return self

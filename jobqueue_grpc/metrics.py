@@ -6,6 +6,8 @@ queues and kinds that exist (both validated names).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _QK = ["queue", "kind"]
@@ -69,3 +71,40 @@ def observe_wait(queue: str, kind: str, seconds: float) -> None:
 
 def observe_run(queue: str, kind: str, seconds: float) -> None:
     RUN_SECONDS.labels(queue, kind).observe(max(0.0, seconds))
+
+
+# -- RPCs and queue depth (the hardening issue) -------------------------------------------------
+RPCS = Counter(
+    "jobqueue_rpcs_total", "RPCs handled, by method and status code.", ["method", "code"]
+)
+RPC_SECONDS = Histogram(
+    "jobqueue_rpc_duration_seconds",
+    "RPC handling time (streams: their lifetime).",
+    ["method"],
+    buckets=_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "jobqueue_queue_depth",
+    "Jobs in each queue by state, read from the database at scrape.",
+    ["queue", "state"],
+)
+DEAD_LETTERS = Gauge(
+    "jobqueue_dead_letters",
+    "Jobs in the dead-letter queue, read from the database at scrape.",
+    ["queue"],
+)
+
+
+def rpc_handled(method: str, code: str, seconds: float) -> None:
+    RPCS.labels(method, code).inc()
+    RPC_SECONDS.labels(method).observe(max(0.0, seconds))
+
+
+def set_queue_depth(depth: Iterable[tuple[str, str, int]], dead: Iterable[tuple[str, int]]) -> None:
+    """Replaces the gauges with the database's counts (label sets that emptied go away)."""
+    QUEUE_DEPTH.clear()
+    for queue, state, n in depth:
+        QUEUE_DEPTH.labels(queue, state).set(n)
+    DEAD_LETTERS.clear()
+    for queue, n in dead:
+        DEAD_LETTERS.labels(queue).set(n)

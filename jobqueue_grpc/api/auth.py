@@ -1,0 +1,184 @@
+"""Bearer-token authentication and roles, as a server interceptor.
+
+Off unless tokens are configured. Then every call except health and reflection (which probes and
+grpcurl need) must carry `authorization: Bearer <token>`; the token's role decides which services
+it may call. Tokens are compared in constant time against every known token, so neither timing
+nor early exit tells a guesser how close it came.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from jobqueue_grpc.api.errors import to_status
+from jobqueue_grpc.config import Settings
+from jobqueue_grpc.domain import errors as e
+
+
+class Role(enum.StrEnum):
+    PRODUCER = "producer"
+    WORKER = "worker"
+    ADMIN = "admin"
+
+
+# Which role may call which service; admin may call everything.
+SERVICE_ROLES: dict[str, frozenset[Role]] = {
+    "jobqueue.v1.JobService": frozenset({Role.PRODUCER, Role.ADMIN}),
+    "jobqueue.v1.WorkerService": frozenset({Role.WORKER, Role.ADMIN}),
+    "jobqueue.v1.DeadLetterService": frozenset({Role.ADMIN}),
+    "jobqueue.v1.QueueService": frozenset({Role.ADMIN}),
+}
+# Open without a token: Kubernetes probes and grpcurl must work before anyone holds a token.
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+_SEPARATORS = re.compile(r"[,\s]+")
+
+
+@dataclass(frozen=True)
+class Credential:
+    role: Role
+    digest: bytes  # sha256 of the token: equal lengths for compare_digest
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def parse_tokens(text: str, source: str) -> list[Credential]:
+    """`role:token` entries separated by newlines, commas or spaces; `#` starts a comment."""
+    out: list[Credential] = []
+    for raw_line in text.splitlines():
+        line = raw_line.split("#", 1)[0]
+        for entry in _SEPARATORS.split(line.strip()):
+            if not entry:
+                continue
+            role, sep, token = entry.partition(":")
+            if not sep or not token:
+                # Never echo the entry: it may be a token missing its role.
+                raise ValueError(f"{source}: an entry is not `role:token`")
+            try:
+                out.append(Credential(Role(role.lower()), _digest(token)))
+            except ValueError:
+                raise ValueError(
+                    f"{source}: unknown role {role!r} (producer, worker, admin)"
+                ) from None
+    return out
+
+
+def load_credentials(settings: Settings) -> list[Credential]:
+    """Every configured token; empty means authentication is off."""
+    creds: list[Credential] = []
+    if settings.auth_tokens_file is not None:
+        text = Path(settings.auth_tokens_file).read_text()
+        creds += parse_tokens(text, str(settings.auth_tokens_file))
+        if not creds:
+            raise ValueError(f"{settings.auth_tokens_file}: no tokens (auth would be off)")
+    if settings.auth_tokens is not None:
+        creds += parse_tokens(settings.auth_tokens.get_secret_value(), "JOBQUEUE_AUTH_TOKENS")
+    return creds
+
+
+def role_of(presented: str, creds: Iterable[Credential]) -> Role | None:
+    """The role of the token, comparing against every credential without an early exit."""
+    digest = _digest(presented)
+    found: Role | None = None
+    for c in creds:
+        if hmac.compare_digest(digest, c.digest) and found is None:
+            found = c.role
+    return found
+
+
+def bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return None
+    return None
+
+
+def service_of(method: str) -> str:
+    """`/jobqueue.v1.JobService/Enqueue` -> `jobqueue.v1.JobService`."""
+    return method.lstrip("/").split("/", 1)[0]
+
+
+def check(method: str, metadata: Any, creds: list[Credential]) -> e.JobQueueError | None:
+    """The error that refuses this call, or None to let it through."""
+    if method.startswith(OPEN_PREFIXES):
+        return None
+    token = bearer(metadata)
+    if token is None:
+        return e.Unauthenticated(
+            "missing credentials: send `authorization: Bearer <token>` metadata",
+            reason="UNAUTHENTICATED",
+        )
+    role = role_of(token, creds)
+    if role is None:
+        return e.Unauthenticated("the token is not valid", reason="UNAUTHENTICATED")
+    allowed = SERVICE_ROLES.get(service_of(method), frozenset({Role.ADMIN}))
+    if role not in allowed:
+        return e.PermissionDenied(
+            f"role {role.value} may not call {service_of(method)}",
+            reason="PERMISSION_DENIED",
+        )
+    return None
+
+
+def refusing(h: grpc.RpcMethodHandler[Any, Any], err: e.JobQueueError) -> Any:
+    """A handler of the same shape as `h` that ends the call with `err` and runs nothing."""
+    status = to_status(err)
+
+    async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def deny_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        yield  # pragma: no cover - makes this an async generator
+
+    kw = {
+        "request_deserializer": h.request_deserializer,
+        "response_serializer": h.response_serializer,
+    }
+    if h.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(deny, **kw)
+    if h.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(deny_stream, **kw)
+    if h.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(deny, **kw)
+    return grpc.stream_stream_rpc_method_handler(deny_stream, **kw)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without a token for their service (see the module doc)."""
+
+    def __init__(self, creds: list[Credential]) -> None:
+        self.creds = creds
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        err = check(
+            handler_call_details.method, handler_call_details.invocation_metadata, self.creds
+        )
+        if err is None:
+            return handler
+        result: grpc.RpcMethodHandler[Any, Any] = refusing(handler, err)
+        return result

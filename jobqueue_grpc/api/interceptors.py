@@ -1,0 +1,176 @@
+"""The interceptor chain, outermost first: observe (log + count) -> auth -> limits -> errors.
+
+Observe is outermost so that it sees every call's final code, refusals by auth and limits
+included. Auth comes before anything that could run code or take a slot for the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from jobqueue_grpc import metrics
+from jobqueue_grpc.api.auth import AuthInterceptor, load_credentials
+from jobqueue_grpc.api.errors import ErrorInterceptor, to_status
+from jobqueue_grpc.config import Settings
+from jobqueue_grpc.domain import errors as e
+from jobqueue_grpc.logs import fields
+
+log = logging.getLogger("jobqueue_grpc.rpc")
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+Handler = grpc.RpcMethodHandler[Any, Any]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+# Wraps a call: an async context manager around the handler's whole run.
+Around = Callable[[Ctx], contextlib.AbstractAsyncContextManager[None]]
+
+
+def wrap(h: Handler, around: Around) -> Handler:
+    """`h` with every call run inside `around(context)`, whatever the handler's shape."""
+
+    def unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def behavior(request: Any, context: Ctx) -> Any:
+            async with around(context):
+                return await fn(request, context)
+
+        return behavior
+
+    def streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if not inspect.isasyncgenfunction(fn):
+            return unary(fn)
+
+        async def gen(request: Any, context: Ctx) -> AsyncIterator[Any]:
+            async with around(context):
+                async for item in fn(request, context):
+                    yield item
+
+        return gen
+
+    kw = {
+        "request_deserializer": h.request_deserializer,
+        "response_serializer": h.response_serializer,
+    }
+    if h.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(h.unary_unary), **kw)
+    if h.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming(h.unary_stream), **kw)
+    if h.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(h.stream_unary), **kw)
+    assert h.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(streaming(h.stream_stream), **kw)
+
+
+def _code(context: Ctx, exc: BaseException | None) -> grpc.StatusCode:
+    if exc is None or isinstance(exc, grpc.aio.AbortError):
+        code = context.code()
+        # grpc.aio reports an unset code as None or as a bare int 0.
+        if isinstance(code, grpc.StatusCode):
+            return code
+        if code:
+            return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+        return grpc.StatusCode.OK
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+class ObserveInterceptor(grpc.aio.ServerInterceptor):
+    """Logs each call (method, code, duration, peer) and counts it by method and code."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Handler] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        @contextlib.asynccontextmanager
+        async def observed(context: Ctx) -> AsyncIterator[None]:
+            start = time.monotonic()
+            exc: BaseException | None = None
+            try:
+                yield
+            except BaseException as err:
+                exc = err
+                raise
+            finally:
+                took = time.monotonic() - start
+                code = _code(context, exc)
+                metrics.rpc_handled(method, code.name, took)
+                level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO
+                if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                    level = logging.WARNING
+                if log.isEnabledFor(level):
+                    log.log(
+                        level,
+                        "rpc %s %s",
+                        method,
+                        code.name,
+                        extra=fields(
+                            method=method,
+                            code=code.name,
+                            duration_ms=round(took * 1000, 3),
+                            peer=context.peer(),
+                        ),
+                    )
+
+        return wrap(handler, observed)
+
+
+class LeaseStreamLimit(grpc.aio.ServerInterceptor):
+    """At most `limit` streaming WorkerService calls (Lease) at once; more: RESOURCE_EXHAUSTED."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if (
+            handler is None
+            or not handler.stream_stream
+            or not method.startswith("/jobqueue.v1.WorkerService/")
+        ):
+            return handler
+        full = e.ResourceExhausted(
+            f"this server already holds {self.limit} Lease streams; try another replica",
+            reason="TOO_MANY_STREAMS",
+        )
+        status = to_status(full)
+
+        @contextlib.asynccontextmanager
+        async def slot(context: Ctx) -> AsyncIterator[None]:
+            # Decided when the call starts, before any request is read or any row touched.
+            if self.open >= self.limit:
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            self.open += 1
+            try:
+                yield
+            finally:
+                self.open -= 1
+
+        return wrap(handler, slot)
+
+
+def build(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
+    """The server's interceptors in order. Auth is left out when no token is configured."""
+    chain: list[grpc.aio.ServerInterceptor] = [ObserveInterceptor()]
+    creds = load_credentials(settings)
+    if creds:
+        chain.append(AuthInterceptor(creds))
+    chain += [LeaseStreamLimit(settings.max_lease_streams), ErrorInterceptor()]
+    return chain
