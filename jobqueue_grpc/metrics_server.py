@@ -13,6 +13,10 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from jobqueue_grpc import metrics
+from jobqueue_grpc.config import Settings
+from jobqueue_grpc.store import Store, stats
+
 log = logging.getLogger(__name__)
 
 _MAX_HEADER = 16 * 1024
@@ -84,3 +88,17 @@ class MetricsServer:
             + body
         )
         await writer.drain()
+
+
+async def start_for(settings: Settings, store: Store) -> MetricsServer | None:
+    """The server's /metrics, with queue depth read from `store` at each scrape; None when off."""
+    if settings.metrics_port == 0:
+        return None
+
+    async def refresh() -> None:
+        depth, dead = await stats.queue_depth(store.pool)
+        metrics.set_queue_depth(depth, dead)
+
+    srv = MetricsServer(settings.metrics_host, settings.metrics_port, refresh)
+    await srv.start()
+    return srv

@@ -12,7 +12,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from jobqueue_grpc.api.errors import ErrorInterceptor
+from jobqueue_grpc import metrics_server, tls
+from jobqueue_grpc.api import interceptors
 from jobqueue_grpc.api.jobs import JobService
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.embedded import EmbeddedPostgres
@@ -51,18 +52,25 @@ class JobQueueServer:
         self.port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
+        self.metrics: metrics_server.MetricsServer | None = None
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            # Outermost first: observe (log + count) -> auth -> limits -> error mapping.
+            interceptors=interceptors.build(settings),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
                 # Accept client keepalive pings every 10 s; drop peers silent for long.
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                (
+                    "grpc.http2.min_ping_interval_without_data_ms",
+                    int(settings.keepalive_min_ping_interval * 1000),
+                ),
                 ("grpc.http2.max_pings_without_data", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_time_ms", int(settings.keepalive_time * 1000)),
+                ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * 1000)),
             ],
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
@@ -93,12 +101,18 @@ class JobQueueServer:
             )
 
     async def start(self) -> int:
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        creds = tls.server_credentials(self.settings)
+        if creds is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, creds)
         if self.port == 0:
             raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
         await self.server.start()
         await self._check_health()
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
+        self.metrics = await metrics_server.start_for(self.settings, self.store)
         log.info("serving gRPC on %s:%d", self.settings.host, self.port)
         return self.port
 
@@ -135,6 +149,8 @@ class JobQueueServer:
         for t in self._tasks:
             t.cancel()
         await self.server.stop(self.settings.grace_period)
+        if self.metrics is not None:
+            await self.metrics.stop()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t

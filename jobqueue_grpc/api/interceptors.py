@@ -12,7 +12,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -26,10 +26,11 @@ from jobqueue_grpc.logs import fields
 log = logging.getLogger("jobqueue_grpc.rpc")
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
-Handler = grpc.RpcMethodHandler[Any, Any]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
-# Wraps a call: an async context manager around the handler's whole run.
-Around = Callable[[Ctx], contextlib.AbstractAsyncContextManager[None]]
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+    # Wraps a call: an async context manager around the handler's whole run.
+    Around = Callable[[Ctx], contextlib.AbstractAsyncContextManager[None]]
 
 
 def wrap(h: Handler, around: Around) -> Handler:
