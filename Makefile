@@ -23,12 +23,21 @@ serve: $(STAMP) ## run the server (embedded PostgreSQL unless JOBQUEUE_DATABASE_
 test: $(STAMP) ## run the whole test suite (starts its own PostgreSQL)
 	$(BIN)/pytest
 
-generate: $(STAMP) ## regenerate the committed stubs from proto/
+GENERATED := jobqueue_grpc/gen clients/go/jobqueuev1 clients/typescript/src/gen
+TS_DEPS   := clients/typescript/node_modules/.package-lock.json
+
+tools: ## install the pinned Go tools (protoc plugins, grpcurl, grpc-health-probe) into .tools/bin
+	scripts/tools.sh
+
+$(TS_DEPS): clients/typescript/package-lock.json
+	cd clients/typescript && npm ci --no-audit --no-fund
+
+generate: $(STAMP) tools $(TS_DEPS) ## regenerate the Python, Go and TypeScript stubs (buf.gen.yaml)
 	PYTHON=$(BIN)/python scripts/generate.sh
 
 check-generated: generate ## fail if the committed stubs are stale
-	git diff --exit-code -- jobqueue_grpc/gen
-	@test -z "$$(git status --porcelain -- jobqueue_grpc/gen)" || { git status --porcelain -- jobqueue_grpc/gen; exit 1; }
+	git diff --exit-code -- $(GENERATED)
+	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --porcelain -- $(GENERATED); exit 1; }
 
 lint: $(STAMP) ## buf lint, ruff, mypy --strict
 	$(BIN)/buf lint
@@ -39,4 +48,4 @@ lint: $(STAMP) ## buf lint, ruff, mypy --strict
 bench: $(STAMP) ## run the benchmarks; prints JSON and a table
 	$(BIN)/python bench/run.py
 
-.PHONY: help install serve test generate check-generated lint bench
+.PHONY: help install serve test tools generate check-generated lint bench
