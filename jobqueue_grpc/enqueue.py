@@ -23,7 +23,7 @@ class Enqueuer:
         *,
         max_group: int = 500,
         concurrency: int = 2,
-        on_commit: Callable[[Sequence[str]], None] | None = None,
+        on_commit: Callable[[Sequence[Row]], None] | None = None,
     ) -> None:
         self.store = store
         self.max_group = max_group
@@ -71,7 +71,6 @@ class Enqueuer:
             self._running -= 1
 
     def _committed(self, out: Sequence[tuple[Row, bool]]) -> None:
-        if self.on_commit is not None:
-            queues = {row["queue"] for row, created in out if created}
-            if queues:
-                self.on_commit(sorted(queues))
+        created = [row for row, was_created in out if was_created]
+        if self.on_commit is not None and created:
+            self.on_commit(created)

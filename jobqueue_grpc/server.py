@@ -15,8 +15,10 @@ from grpc_reflection.v1alpha import reflection
 from jobqueue_grpc import metrics_server, tls
 from jobqueue_grpc.api import interceptors
 from jobqueue_grpc.api.jobs import JobService
+from jobqueue_grpc.api.workers import WorkerService
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.embedded import EmbeddedPostgres
+from jobqueue_grpc.dispatch.dispatcher import Dispatcher
 from jobqueue_grpc.enqueue import Enqueuer
 from jobqueue_grpc.gen.jobqueue.v1 import (
     dead_letter_service_pb2,
@@ -47,7 +49,8 @@ class JobQueueServer:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.enqueuer = Enqueuer(store)
+        self.dispatcher = Dispatcher(store, settings)
+        self.enqueuer = Enqueuer(store, on_commit=self.dispatcher.enqueued)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._tasks: list[asyncio.Task[Any]] = []
@@ -76,11 +79,10 @@ class JobQueueServer:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
             JobService(store, self.enqueuer, settings), self.server
         )
-        # Filled in by their own issues; until then they answer UNIMPLEMENTED.
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
-            worker_service_pb2_grpc.WorkerServiceServicer(),  # type: ignore[abstract]
-            self.server,
+            WorkerService(self.dispatcher, settings), self.server
         )
+        # Filled in by their own issues; until then they answer UNIMPLEMENTED.
         dead_letter_service_pb2_grpc.add_DeadLetterServiceServicer_to_server(
             dead_letter_service_pb2_grpc.DeadLetterServiceServicer(),  # type: ignore[abstract]
             self.server,
@@ -110,6 +112,7 @@ class JobQueueServer:
         if self.port == 0:
             raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
         await self.server.start()
+        await self.dispatcher.start()
         await self._check_health()
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
         self.metrics = await metrics_server.start_for(self.settings, self.store)
@@ -146,9 +149,13 @@ class JobQueueServer:
         self._stopping = True
         await self.health.enter_graceful_shutdown()
         log.info("shutting down (grace %.1fs)", self.settings.grace_period)
+        # Streams get `draining`; outcomes are accepted for the grace period, then the rest is
+        # released into the retry path before the RPCs are cut.
+        await self.dispatcher.drain(self.settings.grace_period)
+        await self.dispatcher.stop()
         for t in self._tasks:
             t.cancel()
-        await self.server.stop(self.settings.grace_period)
+        await self.server.stop(1.0)
         if self.metrics is not None:
             await self.metrics.stop()
         for t in self._tasks:

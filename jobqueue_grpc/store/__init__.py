@@ -13,6 +13,7 @@ import asyncpg
 
 from jobqueue_grpc.store import migrate as migrations
 from jobqueue_grpc.store.jobs import JobStore
+from jobqueue_grpc.store.leases import LeaseStore
 from jobqueue_grpc.store.queries import q
 from jobqueue_grpc.store.types import Row
 
@@ -47,13 +48,15 @@ async def connect_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> as
 class Store:
     """Owns the pool; `jobs` (and the other areas as they land) run the statements."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str = "") -> None:
         self.pool = pool
+        self.url = url  # for connections outside the pool (LISTEN)
         self.jobs = JobStore(pool)
+        self.leases = LeaseStore(pool)
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> Store:
-        return cls(await connect_pool(url, min_size=min_size, max_size=max_size))
+        return cls(await connect_pool(url, min_size=min_size, max_size=max_size), url)
 
     async def close(self) -> None:
         await self.pool.close()

@@ -31,9 +31,12 @@ CREATE TABLE jobqueue.jobs (
 
 CREATE UNIQUE INDEX jobs_idempotency_key ON jobqueue.jobs (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
--- The claim: waiting jobs in (priority, run_at, id) order per queue.
-CREATE INDEX jobs_waiting ON jobqueue.jobs (queue, priority, run_at, id)
-    WHERE state IN ('queued', 'scheduled', 'retrying');
+-- The claim: due jobs in (priority, run_at, id) order per queue. Only 'queued' jobs are
+-- claimable; the scheduler promotes 'scheduled' and 'retrying' jobs to 'queued' when due, so a
+-- queue with many future jobs never makes the claim scan past them.
+CREATE INDEX jobs_queued ON jobqueue.jobs (queue, priority, run_at, id) WHERE state = 'queued';
+-- The scheduler: parked jobs by due time.
+CREATE INDEX jobs_parked ON jobqueue.jobs (run_at) WHERE state IN ('scheduled', 'retrying');
 -- The reaper: running jobs by lease expiry; release on stream end: by stream.
 CREATE INDEX jobs_running ON jobqueue.jobs (lease_expires_at) WHERE state = 'running';
 CREATE INDEX jobs_running_stream ON jobqueue.jobs (stream_id) WHERE state = 'running';

@@ -87,6 +87,7 @@ class LeaseRequest(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    DRAIN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def open(self) -> Global___LeaseOpen: ...
     @_builtins.property
@@ -101,6 +102,8 @@ class LeaseRequest(_message.Message):
     def cancelled(self) -> Global___LeaseCancelled: ...
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
+    @_builtins.property
+    def drain(self) -> Global___LeaseDrain: ...
     def __init__(
         self,
         *,
@@ -111,12 +114,13 @@ class LeaseRequest(_message.Message):
         progress: Global___LeaseProgress | None = ...,
         cancelled: Global___LeaseCancelled | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        drain: Global___LeaseDrain | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "complete", b"complete", "extend", b"extend", "fail", b"fail", "heartbeat", b"heartbeat", "msg", b"msg", "open", b"open", "progress", b"progress"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "complete", b"complete", "drain", b"drain", "extend", b"extend", "fail", b"fail", "heartbeat", b"heartbeat", "msg", b"msg", "open", b"open", "progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "complete", b"complete", "extend", b"extend", "fail", b"fail", "heartbeat", b"heartbeat", "msg", b"msg", "open", b"open", "progress", b"progress"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "complete", b"complete", "drain", b"drain", "extend", b"extend", "fail", b"fail", "heartbeat", b"heartbeat", "msg", b"msg", "open", b"open", "progress", b"progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["open", "complete", "fail", "extend", "progress", "cancelled", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["open", "complete", "fail", "extend", "progress", "cancelled", "heartbeat", "drain"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
@@ -403,6 +407,25 @@ class LeaseCancelled(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LeaseCancelled: _TypeAlias = LeaseCancelled  # noqa: Y015
+
+@_typing.final
+class LeaseDrain(_message.Message):
+    """LeaseDrain: the worker is stopping. The server sends it no more jobs; the worker finishes and
+    reports what it holds, then closes the stream.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseDrain: _TypeAlias = LeaseDrain  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):

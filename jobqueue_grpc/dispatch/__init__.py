@@ -1,0 +1,1 @@
+"""Work beside the API: lease dispatch, wake-ups, the reaper and the pruner."""

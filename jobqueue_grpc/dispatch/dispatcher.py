@@ -1,0 +1,616 @@
+"""The dispatcher: pushes jobs down Lease streams and settles what comes back, in batches.
+
+One claim serves every waiting stream that wants the same queues and kinds: the streams' free
+slots are interleaved and sent to PostgreSQL in one `claim_jobs` statement. Outcomes from all
+streams are group-committed by the Settler. Wake-ups come from in-process enqueues and from
+LISTEN (other replicas); a timer bounds how long a lost notification can delay a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from jobqueue_grpc import metrics
+from jobqueue_grpc.api import convert
+from jobqueue_grpc.config import Settings
+from jobqueue_grpc.domain.errors import InvalidArgument, Unavailable
+from jobqueue_grpc.domain.retry import FailureClass, decide_failure
+from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2 as w
+from jobqueue_grpc.store import Row, Store
+from jobqueue_grpc.store.leases import Failure
+
+log = logging.getLogger(__name__)
+
+CLAIM_MAX = 1000  # jobs per claim statement
+IDLE_POLL = 1.0  # seconds: the longest a lost notification can delay a job
+HEARTBEAT_EVERY = 15.0
+
+
+@dataclass
+class Lease:
+    """What the dispatcher remembers of a job it has out on a stream."""
+
+    job_id: uuid.UUID
+    token: uuid.UUID
+    queue: str
+    kind: str
+    attempt: int
+    max_attempts: int
+    backoff_base: float | None
+    backoff_cap: float | None
+    last_sleep: float | None
+    leased_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class Stream:
+    """One worker's Lease stream on this replica."""
+
+    worker_id: str
+    queues: tuple[str, ...]
+    kinds: tuple[str, ...] | None
+    max_in_flight: int
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    leases: dict[str, Lease] = field(default_factory=dict)  # by job id string
+    outbox: asyncio.Queue[w.LeaseResponse | None] = field(default_factory=asyncio.Queue)
+    draining: bool = False
+    closed: bool = False
+
+    @property
+    def capacity(self) -> int:
+        if self.draining or self.closed:
+            return 0
+        return self.max_in_flight - len(self.leases)
+
+    @property
+    def group(self) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+        return self.queues, self.kinds
+
+    def send(self, msg: w.LeaseResponse) -> None:
+        if not self.closed:
+            self.outbox.put_nowait(msg)
+
+    def reject(self, job_id: str, code: w.RejectReason.ValueType, reason: str) -> None:
+        self.send(
+            w.LeaseResponse(rejected=w.LeaseRejected(job_id=job_id, reason=reason, code=code))
+        )
+
+
+STALE = w.REJECT_REASON_STALE_LEASE
+UNKNOWN = w.REJECT_REASON_UNKNOWN_JOB
+INVALID = w.REJECT_REASON_INVALID
+UNRECORDED = w.REJECT_REASON_UNSPECIFIED
+
+
+def _error_json(message: str, source: str, details: dict[str, Any] | None = None) -> str:
+    return json.dumps({"message": message[:8192], "details": details, "source": source})
+
+
+class Dispatcher:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.streams: dict[uuid.UUID, Stream] = {}
+        self.draining = False
+        self._wake = asyncio.Event()
+        self._wake_scheduler = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncpg.Connection | None = None
+        self.leases_shrank = asyncio.Event()  # set whenever a lease leaves a stream
+        self.settler = Settler(self)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        for coro, name in (
+            (self._claim_loop(), "claim"),
+            (self._scheduler_loop(), "scheduler"),
+            (self._reaper_loop(), "reaper"),
+            (self._listen_loop(), "listen"),
+        ):
+            self._tasks.append(asyncio.create_task(coro, name=f"dispatch-{name}"))
+
+    async def drain(self, grace: float) -> None:
+        """Shutdown: lease nothing more, tell every stream, wait up to `grace` for outcomes."""
+        self.draining = True
+        msg = w.LeaseResponse(draining=w.Draining(grace_period=convert.duration(grace)))
+        for s in list(self.streams.values()):
+            s.send(msg)
+        deadline = time.monotonic() + grace
+        while any(s.leases for s in self.streams.values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.leases_shrank.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.leases_shrank.wait(), left)
+        await self.settler.idle()
+
+    async def stop(self) -> None:
+        """Releases whatever is still leased here into the retry path, and stops the loops."""
+        self.draining = True
+        streams = list(self.streams.values())
+        for s in streams:
+            s.closed = True
+            s.outbox.put_nowait(None)
+        if streams:
+            await self._release([s.id for s in streams], "server_shutdown")
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+
+    # -- streams ----------------------------------------------------------------------------------
+    def open_stream(
+        self, worker_id: str, queues: Sequence[str], kinds: Sequence[str] | None, max_in_flight: int
+    ) -> Stream:
+        if self.draining:
+            raise Unavailable("the server is draining; reconnect elsewhere", reason="DRAINING")
+        s = Stream(
+            worker_id=worker_id,
+            queues=tuple(sorted(set(queues))),
+            kinds=tuple(sorted(set(kinds))) if kinds else None,
+            max_in_flight=max_in_flight,
+        )
+        self.streams[s.id] = s
+        metrics.lease_streams(1)
+        self.wake()
+        return s
+
+    async def close_stream(self, s: Stream) -> None:
+        """The stream ended: every job still leased on it goes into the retry path at once."""
+        if self.streams.pop(s.id, None) is None:
+            return
+        metrics.lease_streams(-1)
+        s.closed = True
+        s.outbox.put_nowait(None)
+        await self.settler.idle()
+        if s.leases:
+            await self._release([s.id], "stream_closed")
+            metrics.jobs_in_flight(-len(s.leases))
+            s.leases.clear()
+            self.leases_shrank.set()
+
+    async def _release(self, stream_ids: list[uuid.UUID], source: str) -> None:
+        message = {
+            "stream_closed": "the worker's stream ended before the job finished",
+            "server_shutdown": "the server shut down before the job finished",
+        }[source]
+        rows = await self.store.leases.release_streams(
+            stream_ids, lambda r: self._decide_lost(r, message, source)
+        )
+        _count_failures(rows)
+
+    def _decide_lost(self, r: Row, message: str, source: str) -> Failure:
+        """A lease that ended without an outcome is a failed attempt (retry path)."""
+        d = decide_failure(
+            attempt=r["attempt"],
+            max_attempts=r["max_attempts"],
+            failure_class=FailureClass.RETRY,
+            base=_or(r["backoff_base"], self.settings.backoff_base),
+            cap=_or(r["backoff_cap"], self.settings.backoff_cap),
+            prev_sleep=r["last_sleep"],
+        )
+        return Failure(
+            r["id"], r["lease_token"], d.state.value, d.delay, _error_json(message, source)
+        )
+
+    def wake(self, queues: Iterable[str] = ()) -> None:
+        self._wake.set()
+
+    def enqueued(self, rows: Sequence[Row]) -> None:
+        """In-process wake-up after an enqueue commits (other replicas hear NOTIFY)."""
+        if any(r["state"] == "queued" for r in rows):
+            self._wake.set()
+        if any(r["state"] == "scheduled" for r in rows):
+            self._wake_scheduler.set()  # it may now be due sooner than the scheduler planned
+
+    def wake_scheduler(self) -> None:
+        self._wake_scheduler.set()
+
+    # -- the claim --------------------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
+            self._wake.clear()
+            if self.draining:
+                continue
+            try:
+                if await self._claim_round():
+                    self._wake.set()  # a claim came back full: there may be more
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("claim failed; retrying")
+                await asyncio.sleep(0.5)
+
+    async def _claim_round(self) -> bool:
+        groups: dict[tuple[tuple[str, ...], tuple[str, ...] | None], list[Stream]] = {}
+        for s in self.streams.values():
+            if s.capacity > 0:
+                groups.setdefault(s.group, []).append(s)
+        full = False
+        for (queues, kinds), streams in groups.items():
+            slots = _interleave(streams, CLAIM_MAX)
+            rows = await self.store.leases.claim(
+                queues, kinds, [(s.id, s.worker_id) for s in slots]
+            )
+            if rows:
+                self._deliver(rows)
+            full = full or len(rows) == len(slots)
+        return full
+
+    def _deliver(self, rows: list[Row]) -> None:
+        now = datetime.now(UTC)
+        batches: dict[uuid.UUID, list[w.LeasedJob]] = {}
+        orphans: list[Row] = []
+        for r in rows:
+            s = self.streams.get(r["stream_id"])
+            if s is None or s.closed:
+                orphans.append(r)
+                continue
+            job_id = str(r["id"])
+            s.leases[job_id] = Lease(
+                job_id=r["id"],
+                token=r["lease_token"],
+                queue=r["queue"],
+                kind=r["kind"],
+                attempt=r["attempt"],
+                max_attempts=r["max_attempts"],
+                backoff_base=r["backoff_base"],
+                backoff_cap=r["backoff_cap"],
+                last_sleep=r["last_sleep"],
+            )
+            leased = w.LeasedJob(job=convert.job(r), lease_token=str(r["lease_token"]))
+            leased.lease_expires_at.FromDatetime(r["lease_expires_at"])
+            batches.setdefault(s.id, []).append(leased)
+            metrics.observe_wait(r["queue"], r["kind"], (now - r["run_at"]).total_seconds())
+        metrics.jobs_in_flight(len(rows) - len(orphans))
+        for sid, jobs in batches.items():
+            self.streams[sid].send(w.LeaseResponse(jobs=w.LeasedJobs(jobs=jobs)))
+        if orphans:  # the stream closed while the claim ran: release them now
+            asyncio.get_running_loop().create_task(
+                self._release(list({r["stream_id"] for r in orphans}), "stream_closed")
+            )
+
+    # -- what workers send ----------------------------------------------------------------------
+    async def handle(self, s: Stream, req: w.LeaseRequest) -> None:
+        which = req.WhichOneof("msg")
+        if which == "complete":
+            for c in req.complete.jobs:
+                lease = self._held(s, c.job_id, c.lease_token)
+                if lease is None:
+                    continue
+                try:
+                    result = (
+                        convert.struct_to_json("result", c.result) if c.HasField("result") else None
+                    )
+                except Exception:
+                    s.reject(c.job_id, INVALID, "result is not valid JSON")
+                    continue
+                if result is not None and len(result) > self.settings.payload_max_bytes:
+                    s.reject(c.job_id, INVALID, "result is larger than the payload limit")
+                    continue
+                self.settler.complete(s, lease, result)
+        elif which == "fail":
+            for f in req.fail.jobs:
+                lease = self._held(s, f.job_id, f.lease_token)
+                if lease is not None:
+                    self.settler.fail(s, lease, self._decide_worker_failure(lease, f))
+        elif which == "cancelled":
+            for cj in req.cancelled.jobs:
+                lease = self._held(s, cj.job_id, cj.lease_token)
+                if lease is not None:
+                    self.settler.cancelled(s, lease)
+        elif which == "extend":
+            await self._extend(s, req.extend)
+        elif which == "progress":
+            await self._progress(s, req.progress)
+        elif which == "heartbeat":
+            s.send(w.LeaseResponse(heartbeat=w.Heartbeat()))
+        elif which == "drain":
+            s.draining = True
+        else:  # a second `open`, or a case this server does not know
+            raise InvalidArgument(
+                f"unexpected message {which!r} on an open stream", reason="PROTOCOL_VIOLATION"
+            )
+
+    def _held(self, s: Stream, job_id: str, token: str) -> Lease | None:
+        """The lease if this stream holds `job_id` under `token`; otherwise rejects it."""
+        lease = s.leases.get(job_id)
+        if lease is None:
+            s.reject(job_id, UNKNOWN, "no such job is leased on this stream")
+            return None
+        if token != str(lease.token):
+            s.reject(job_id, STALE, "lease token is not the job's current lease")
+            return None
+        return lease
+
+    def _decide_worker_failure(self, lease: Lease, f: w.FailedJob) -> Failure:
+        cls = {
+            w.FAILURE_CLASS_DO_NOT_RETRY: FailureClass.DO_NOT_RETRY,
+            w.FAILURE_CLASS_RETRY_AFTER: FailureClass.RETRY_AFTER,
+        }.get(f.failure_class, FailureClass.RETRY)
+        retry_after = convert.seconds(f.retry_after) if f.HasField("retry_after") else None
+        d = decide_failure(
+            attempt=lease.attempt,
+            max_attempts=lease.max_attempts,
+            failure_class=cls,
+            base=_or(lease.backoff_base, self.settings.backoff_base),
+            cap=_or(lease.backoff_cap, self.settings.backoff_cap),
+            prev_sleep=lease.last_sleep,
+            retry_after=min(retry_after, 30 * 86400.0) if retry_after is not None else None,
+        )
+        details: dict[str, Any] | None = None
+        if f.error.HasField("details"):
+            with contextlib.suppress(Exception):
+                details = json.loads(convert.struct_to_json("details", f.error.details))
+        return Failure(
+            lease.job_id,
+            lease.token,
+            d.state.value,
+            d.delay,
+            _error_json(f.error.message or "failed", "worker", details),
+        )
+
+    async def _extend(self, s: Stream, msg: w.LeaseExtend) -> None:
+        items = []
+        for e in msg.jobs:
+            lease = self._held(s, e.job_id, e.lease_token)
+            if lease is None:
+                continue
+            secs = convert.seconds(e.extend_by) if e.HasField("extend_by") else None
+            if secs is not None:
+                secs = min(max(secs, 1.0), 24 * 3600.0)
+            items.append((lease.job_id, lease.token, secs))
+        if not items:
+            return
+        rows = {r["id"]: r for r in await self.store.leases.extend(items)}
+        for job_id, _, _ in items:
+            r = rows.get(job_id)
+            if r is None:
+                self._lost(s, str(job_id))
+                continue
+            ext = w.LeaseExtended(job_id=str(job_id))
+            ext.lease_expires_at.FromDatetime(r["lease_expires_at"])
+            s.send(w.LeaseResponse(extended=ext))
+            if r["cancel_requested"]:  # re-deliver: a notice may have been lost
+                s.send(w.LeaseResponse(cancel=w.CancelNotice(job_id=str(job_id))))
+
+    async def _progress(self, s: Stream, p: w.LeaseProgress) -> None:
+        lease = self._held(s, p.job_id, p.lease_token)
+        if lease is None:
+            return
+        try:
+            text = convert.struct_to_json("progress", p.progress)
+        except Exception:
+            s.reject(p.job_id, INVALID, "progress is not valid JSON")
+            return
+        if len(text) > self.settings.payload_max_bytes:
+            s.reject(p.job_id, INVALID, "progress is larger than the payload limit")
+            return
+        if not await self.store.leases.set_progress(lease.job_id, lease.token, text):
+            self._lost(s, p.job_id)
+
+    def _lost(self, s: Stream, job_id: str) -> None:
+        """The database says this stream's lease is gone (expired and moved on)."""
+        if s.leases.pop(job_id, None) is not None:
+            metrics.jobs_in_flight(-1)
+            self.leases_shrank.set()
+            self.wake()
+        s.reject(job_id, STALE, "the lease expired and the job moved on")
+
+    # -- scheduler, reaper, notifications ---------------------------------------------------------
+    async def _scheduler_loop(self) -> None:
+        """Promotes due scheduled and retrying jobs so they are claimed on time."""
+        while True:
+            delay = IDLE_POLL
+            try:
+                promoted, queues = await self.store.leases.promote_due(CLAIM_MAX)
+                if queues:
+                    self.wake(queues)
+                if promoted >= CLAIM_MAX:
+                    delay = 0.0
+                else:
+                    nxt = await self.store.leases.next_parked_due()
+                    if nxt is not None:
+                        delay = min(
+                            IDLE_POLL, max(0.005, (nxt - datetime.now(UTC)).total_seconds())
+                        )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduler pass failed")
+            self._wake_scheduler.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_scheduler.wait(), delay)
+
+    async def _reaper_loop(self) -> None:
+        """Expired leases (on any replica) become failed attempts; SKIP LOCKED splits the work."""
+        while True:
+            await asyncio.sleep(self.settings.reaper_interval)
+            try:
+                while True:
+                    rows = await self.store.leases.expire(500, self._decide_expired)
+                    if not rows:
+                        break
+                    _count_failures(rows)
+                    for r in rows:
+                        self._forget(str(r["id"]))
+                    self.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reaper pass failed")
+
+    def _decide_expired(self, r: Row) -> Failure:
+        return self._decide_lost(r, "the lease expired without an outcome", "lease_expired")
+
+    def _forget(self, job_id: str) -> None:
+        for s in self.streams.values():
+            if s.leases.pop(job_id, None) is not None:
+                metrics.jobs_in_flight(-1)
+                self.leases_shrank.set()
+
+    async def _listen_loop(self) -> None:
+        """LISTEN for enqueues and cancels from every replica; reconnects when the link drops."""
+        while True:
+            try:
+                conn = await asyncpg.connect(self.store.url)
+                self._listener = conn
+                await conn.add_listener("jobqueue_jobs", self._on_jobs)
+                await conn.add_listener("jobqueue_cancel", self._on_cancel)
+                while not conn.is_closed():
+                    await asyncio.sleep(IDLE_POLL)
+                    await conn.execute("SELECT 1")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN connection lost (%s); polling until it is back", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                if self._listener is not None:
+                    with contextlib.suppress(Exception):
+                        await self._listener.close()
+                    self._listener = None
+
+    def _on_jobs(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        self.wake((str(payload),))
+
+    def _on_cancel(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        job_id, _, stream_id = str(payload).partition(" ")
+        with contextlib.suppress(ValueError):
+            s = self.streams.get(uuid.UUID(stream_id))
+            if s is not None and job_id in s.leases:
+                s.send(w.LeaseResponse(cancel=w.CancelNotice(job_id=job_id)))
+
+
+class Settler:
+    """Group-commits outcomes from every stream: while one transaction runs, the next fills."""
+
+    def __init__(self, d: Dispatcher, concurrency: int = 2) -> None:
+        self.d = d
+        self._completes: list[tuple[Stream, Lease, str | None]] = []
+        self._cancels: list[tuple[Stream, Lease]] = []
+        self._fails: list[tuple[Stream, Lease, Failure]] = []
+        self._running = 0
+        self._concurrency = concurrency
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def complete(self, s: Stream, lease: Lease, result: str | None) -> None:
+        self._completes.append((s, lease, result))
+        self._kick()
+
+    def cancelled(self, s: Stream, lease: Lease) -> None:
+        self._cancels.append((s, lease))
+        self._kick()
+
+    def fail(self, s: Stream, lease: Lease, f: Failure) -> None:
+        self._fails.append((s, lease, f))
+        self._kick()
+
+    async def idle(self) -> None:
+        """Returns once every outcome handed in so far is committed (or refused)."""
+        while not self._idle.is_set():
+            await self._idle.wait()
+
+    def _kick(self) -> None:
+        self._idle.clear()
+        if self._running < self._concurrency:
+            self._running += 1
+            asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._completes or self._cancels or self._fails:
+                completes, self._completes = self._completes, []
+                cancels, self._cancels = self._cancels, []
+                fails, self._fails = self._fails, []
+                try:
+                    done = await self.d.store.leases.settle(
+                        [(le.job_id, le.token, res) for _, le, res in completes],
+                        [(le.job_id, le.token) for _, le in cancels],
+                        [f for _, _, f in fails],
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # The leases stay held; unless a retry lands, they expire into the retry path.
+                    log.exception("could not record %d outcomes", len(completes + cancels + fails))
+                    for s, le in [(s, le) for s, le, _ in completes + fails] + cancels:
+                        s.reject(
+                            str(le.job_id), UNRECORDED, "the server could not record it; retry"
+                        )
+                    continue
+                now = time.monotonic()
+                for s, le, _ in completes:
+                    self._finish(s, le, le.job_id in done.completed, now)
+                    if le.job_id in done.completed:
+                        metrics.completed(le.queue, le.kind)
+                for s, le in cancels:
+                    self._finish(s, le, le.job_id in done.cancelled, now)
+                    if le.job_id in done.cancelled:
+                        metrics.cancelled(le.queue, le.kind)
+                failed = {r["id"] for r in done.failed}
+                for s, le, _ in fails:
+                    self._finish(s, le, le.job_id in failed, now)
+                _count_failures(done.failed)
+                self.d.wake()
+        finally:
+            self._running -= 1
+            if self._running == 0 and not (self._completes or self._cancels or self._fails):
+                self._idle.set()
+
+    def _finish(self, s: Stream, le: Lease, took: bool, now: float) -> None:
+        job_id = str(le.job_id)
+        if s.leases.get(job_id) is le:
+            del s.leases[job_id]
+            metrics.jobs_in_flight(-1)
+            self.d.leases_shrank.set()
+        if took:
+            metrics.observe_run(le.queue, le.kind, now - le.leased_at)
+        else:
+            s.reject(job_id, STALE, "the lease expired and the job moved on")
+
+
+def _count_failures(rows: Iterable[Row]) -> None:
+    for r in rows:
+        metrics.failed(r["queue"], r["kind"])
+        if r["state"] == "retrying":
+            metrics.retried(r["queue"], r["kind"])
+        elif r["state"] == "failed":
+            metrics.dead_lettered(r["queue"], r["kind"])
+        elif r["state"] == "cancelled":
+            metrics.cancelled(r["queue"], r["kind"])
+
+
+def _interleave(streams: list[Stream], limit: int) -> list[Stream]:
+    """One slot per free place, round-robin across streams, so a short claim is shared fairly."""
+    caps = {s.id: s.capacity for s in streams}
+    out: list[Stream] = []
+    while len(out) < limit and any(caps.values()):
+        for s in streams:
+            if caps[s.id] > 0 and len(out) < limit:
+                out.append(s)
+                caps[s.id] -= 1
+    return out
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value

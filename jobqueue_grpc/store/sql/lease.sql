@@ -1,0 +1,134 @@
+-- WorkerService.Lease: claim, settle, extend, expire. Every outcome is fenced by lease_token:
+-- a token that is not the job's current lease matches no row and changes nothing.
+
+-- name: claim_jobs
+-- One claim serves many streams: $3/$4 hold one (stream_id, worker_id) slot per job wanted,
+-- interleaved across streams; the n-th job picked goes to the n-th slot.
+WITH picked AS (
+    SELECT s.id AS picked_id, row_number() OVER () AS n
+    FROM (
+        SELECT j.id
+        FROM jobqueue.jobs j
+        WHERE j.state = 'queued'
+          AND j.queue = ANY($1::text[])
+          AND ($2::text[] IS NULL OR j.kind = ANY($2::text[]))
+          AND NOT j.cancel_requested
+          AND NOT EXISTS (SELECT 1 FROM jobqueue.queues p WHERE p.name = j.queue AND p.paused)
+        ORDER BY j.priority, j.run_at, j.id
+        LIMIT cardinality($3::uuid[])
+        FOR UPDATE SKIP LOCKED
+    ) s
+)
+UPDATE jobqueue.jobs j
+SET state = 'running',
+    attempt = j.attempt + 1,
+    lease_token = gen_random_uuid(),
+    lease_expires_at = now() + j.lease_seconds * interval '1 second',
+    stream_id = ($3::uuid[])[p.n],
+    worker_id = ($4::text[])[p.n],
+    started_at = now(),
+    updated_at = now()
+FROM picked p
+WHERE j.id = p.picked_id
+RETURNING {job_columns};
+
+-- name: promote_due_jobs
+-- The scheduler: parked jobs whose time has come become claimable, and their queues' dispatchers
+-- (on every replica) are woken. Returns how many jobs each queue got.
+WITH due AS (
+    SELECT id FROM jobqueue.jobs
+    WHERE state IN ('scheduled', 'retrying') AND run_at <= now()
+    ORDER BY run_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE jobqueue.jobs j SET state = 'queued', updated_at = now()
+    FROM due WHERE j.id = due.id
+    RETURNING j.queue
+)
+SELECT queue, count(*) AS n, pg_notify('jobqueue_jobs', queue) FROM upd GROUP BY queue;
+
+-- name: next_parked_due
+-- When the scheduler next has work (NULL: nothing parked).
+SELECT min(run_at) FROM jobqueue.jobs WHERE state IN ('scheduled', 'retrying');
+
+-- name: complete_jobs
+UPDATE jobqueue.jobs j
+SET state = 'succeeded', result = t.result::jsonb, finished_at = now(), updated_at = now(),
+    lease_token = NULL, lease_expires_at = NULL, stream_id = NULL
+FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS t(id, token, result)
+WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+RETURNING j.id;
+
+-- name: cancel_running_jobs
+-- The worker stopped these after a cancel notice (or chose to).
+UPDATE jobqueue.jobs j
+SET state = 'cancelled', finished_at = now(), updated_at = now(),
+    lease_token = NULL, lease_expires_at = NULL, stream_id = NULL
+FROM unnest($1::uuid[], $2::uuid[]) AS t(id, token)
+WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+RETURNING j.id;
+
+-- name: fail_jobs
+-- Ends attempts: $3 is the next state the domain decided ('retrying' after $4 seconds, or
+-- 'failed'); a job whose cancel was requested ends 'cancelled' instead. A job that fails for good
+-- is copied into the dead-letter store in this same statement, with every attempt's error.
+WITH t AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::text[])
+        AS t(id, token, next_state, delay, error)
+), upd AS (
+    UPDATE jobqueue.jobs j
+    SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE t.next_state END,
+        run_at = CASE WHEN t.next_state = 'retrying'
+                      THEN now() + t.delay * interval '1 second' ELSE j.run_at END,
+        last_sleep = CASE WHEN t.next_state = 'retrying' THEN t.delay ELSE j.last_sleep END,
+        errors = j.errors || jsonb_build_array(
+            t.error::jsonb || jsonb_build_object('attempt', j.attempt, 'failed_at', now())),
+        finished_at = CASE WHEN j.cancel_requested OR t.next_state = 'failed'
+                           THEN now() END,
+        lease_token = NULL, lease_expires_at = NULL, stream_id = NULL,
+        updated_at = now()
+    FROM t
+    WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+    RETURNING j.*
+), dead AS (
+    INSERT INTO jobqueue.dead_letters (job_id, queue, kind, payload, priority, attempts,
+                                       max_attempts, errors, idempotency_key, lease_seconds,
+                                       backoff_base, backoff_cap, created_at, failed_at)
+    SELECT id, queue, kind, payload, priority, attempt, max_attempts, errors, idempotency_key,
+           lease_seconds, backoff_base, backoff_cap, created_at, now()
+    FROM upd WHERE upd.state = 'failed'
+    ON CONFLICT (job_id) DO UPDATE
+    SET attempts = excluded.attempts, errors = excluded.errors, failed_at = excluded.failed_at
+)
+SELECT upd.id, upd.state, upd.queue, upd.kind FROM upd;
+
+-- name: extend_leases
+UPDATE jobqueue.jobs j
+SET lease_expires_at = now() + coalesce(t.secs, j.lease_seconds) * interval '1 second',
+    updated_at = now()
+FROM unnest($1::uuid[], $2::uuid[], $3::float8[]) AS t(id, token, secs)
+WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+RETURNING j.id, j.lease_expires_at, j.cancel_requested;
+
+-- name: set_progress
+UPDATE jobqueue.jobs
+SET progress = $3::jsonb, updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND state = 'running'
+RETURNING id;
+
+-- name: lock_expired_leases
+-- The reaper's pick: leases past expiry, on any replica; SKIP LOCKED so replicas split the work.
+SELECT id, lease_token, attempt, max_attempts, backoff_base, backoff_cap, last_sleep, queue, kind
+FROM jobqueue.jobs
+WHERE state = 'running' AND lease_expires_at < now()
+ORDER BY lease_expires_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED;
+
+-- name: lock_stream_leases
+-- Jobs still leased on a stream (for release when the stream ends).
+SELECT id, lease_token, attempt, max_attempts, backoff_base, backoff_cap, last_sleep, queue, kind
+FROM jobqueue.jobs
+WHERE state = 'running' AND stream_id = ANY($1::uuid[])
+FOR UPDATE SKIP LOCKED;
