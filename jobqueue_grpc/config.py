@@ -77,6 +77,39 @@ class Settings(BaseSettings):
     reaper_interval: float = Field(
         1.0, gt=0, description="Seconds between sweeps for expired leases and due jobs."
     )
+    # -- retention (the pruner; 0 keeps for ever) ---------------------------------------------
+    retention_succeeded: float = Field(
+        86_400.0,
+        ge=0,
+        description="Seconds a SUCCEEDED job is kept after it finished (1 day); 0 keeps for ever. "
+        "Too long grows the jobs table and slows every count; too short loses results clients "
+        "still poll for with GetJob.",
+    )
+    retention_cancelled: float = Field(
+        7 * 86_400.0, ge=0, description="Seconds a CANCELLED job is kept (7 days); 0: for ever."
+    )
+    retention_failed: float = Field(
+        7 * 86_400.0,
+        ge=0,
+        description="Seconds a FAILED job row is kept (7 days); 0: for ever. Its dead letter is a "
+        "separate copy with its own retention, so requeue still works after the row is gone.",
+    )
+    dead_letter_retention: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds a dead letter is kept after it failed; 0 (the default) keeps it "
+        "until an operator requeues, deletes or purges it.",
+    )
+    prune_interval: float = Field(
+        60.0, gt=0, description="Seconds between pruning rounds (each replica runs one)."
+    )
+    prune_batch_size: int = Field(
+        500,
+        ge=1,
+        le=100_000,
+        description="Rows deleted per statement. Large batches hold many row locks at once and "
+        "can stall dispatch; small ones just take more statements.",
+    )
     # -- production hardening: auth, TLS, limits (see README "Production") --------------------
     auth_tokens_file: Path | None = Field(
         None,

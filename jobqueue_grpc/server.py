@@ -14,9 +14,12 @@ from grpc_reflection.v1alpha import reflection
 
 from jobqueue_grpc import metrics_server, tls
 from jobqueue_grpc.api import interceptors
+from jobqueue_grpc.api.dead_letters import DeadLetterService
 from jobqueue_grpc.api.jobs import JobService
+from jobqueue_grpc.api.queues import QueueService
 from jobqueue_grpc.api.workers import WorkerService
 from jobqueue_grpc.config import Settings
+from jobqueue_grpc.dispatch.pruner import Pruner
 from jobqueue_grpc.embedded import EmbeddedPostgres
 from jobqueue_grpc.dispatch.dispatcher import Dispatcher
 from jobqueue_grpc.enqueue import Enqueuer
@@ -84,13 +87,10 @@ class JobQueueServer:
         )
         # Filled in by their own issues; until then they answer UNIMPLEMENTED.
         dead_letter_service_pb2_grpc.add_DeadLetterServiceServicer_to_server(
-            dead_letter_service_pb2_grpc.DeadLetterServiceServicer(),  # type: ignore[abstract]
-            self.server,
+            DeadLetterService(store, settings), self.server
         )
-        queue_service_pb2_grpc.add_QueueServiceServicer_to_server(
-            queue_service_pb2_grpc.QueueServiceServicer(),  # type: ignore[abstract]
-            self.server,
-        )
+        queue_service_pb2_grpc.add_QueueServiceServicer_to_server(QueueService(store), self.server)
+        self.pruner = Pruner(store.retention, settings)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.reflection:
             reflection.enable_server_reflection(
@@ -115,6 +115,7 @@ class JobQueueServer:
         await self.dispatcher.start()
         await self._check_health()
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
+        self._tasks.append(asyncio.create_task(self.pruner.run(), name="pruner"))
         self.metrics = await metrics_server.start_for(self.settings, self.store)
         log.info("serving gRPC on %s:%d", self.settings.host, self.port)
         return self.port

@@ -12,9 +12,12 @@ from typing import Any
 import asyncpg
 
 from jobqueue_grpc.store import migrate as migrations
+from jobqueue_grpc.store.dead_letters import DeadLetterStore
 from jobqueue_grpc.store.jobs import JobStore
 from jobqueue_grpc.store.leases import LeaseStore
 from jobqueue_grpc.store.queries import q
+from jobqueue_grpc.store.queues import QueueStore
+from jobqueue_grpc.store.retention import RetentionStore
 from jobqueue_grpc.store.types import Row
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,9 @@ class Store:
         self.pool = pool
         self.url = url  # for connections outside the pool (LISTEN)
         self.jobs = JobStore(pool)
+        self.dead_letters = DeadLetterStore(pool)
+        self.queues = QueueStore(pool)
+        self.retention = RetentionStore(pool)
         self.leases = LeaseStore(pool)
 
     @classmethod

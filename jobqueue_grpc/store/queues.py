@@ -1,0 +1,49 @@
+"""QueueService statements: queues found in the jobs table, live counts; pause and resume."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from jobqueue_grpc.domain.errors import NotFound
+from jobqueue_grpc.store.queries import q
+from jobqueue_grpc.store.types import Conn, Row
+
+
+def queue_not_found(name: str) -> NotFound:
+    return NotFound(
+        f"queue {name!r} not found: it has no jobs and no settings", reason="QUEUE_NOT_FOUND"
+    )
+
+
+class QueueStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def list(self) -> list[Row]:
+        return list(await self.pool.fetch(q("list_queues")))
+
+    async def get(self, name: str) -> Row:
+        row = await self.pool.fetchrow(q("get_queue"), name)
+        if row is None:
+            raise queue_not_found(name)
+        return row
+
+    async def pause(self, name: str) -> Row:
+        """Pauses `name`, even before its first job (operators pre-pause)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(q("pause_queue"), name)
+            return await self._get(conn, name)
+
+    async def resume(self, name: str) -> Row:
+        """Resumes `name` and wakes dispatchers on every replica so the backlog goes out at once."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.fetchval(q("resume_queue"), name)
+            row = await self._get(conn, name)
+            await conn.execute(q("notify_jobs_available"), [name])
+            return row
+
+    async def _get(self, conn: Conn, name: str) -> Row:
+        row = await conn.fetchrow(q("get_queue"), name)
+        if row is None:
+            raise queue_not_found(name)
+        return row

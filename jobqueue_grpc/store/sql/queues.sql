@@ -1,0 +1,61 @@
+-- QueueService queries. A queue exists when it has jobs or a row in jobqueue.queues (an operator
+-- may pause a queue before its first job); nothing here knows any queue by name.
+
+-- name: list_queues
+-- Every queue, live counts by state, paused flag; ordered by name.
+WITH counts AS (
+    SELECT queue,
+           count(*) FILTER (WHERE state = 'queued')    AS queued,
+           count(*) FILTER (WHERE state = 'scheduled') AS scheduled,
+           count(*) FILTER (WHERE state = 'running')   AS running,
+           count(*) FILTER (WHERE state = 'retrying')  AS retrying,
+           count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'failed')    AS failed,
+           count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+    FROM jobqueue.jobs
+    GROUP BY queue
+)
+SELECT coalesce(c.queue, s.name) AS name,
+       coalesce(s.paused, false) AS paused, s.paused_at,
+       coalesce(c.queued, 0) AS queued, coalesce(c.scheduled, 0) AS scheduled,
+       coalesce(c.running, 0) AS running, coalesce(c.retrying, 0) AS retrying,
+       coalesce(c.succeeded, 0) AS succeeded, coalesce(c.failed, 0) AS failed,
+       coalesce(c.cancelled, 0) AS cancelled
+FROM counts c FULL OUTER JOIN jobqueue.queues s ON s.name = c.queue
+ORDER BY 1;
+
+-- name: get_queue
+-- One queue; no row at all when it has neither jobs nor settings.
+WITH counts AS (
+    SELECT count(*) AS total,
+           count(*) FILTER (WHERE state = 'queued')    AS queued,
+           count(*) FILTER (WHERE state = 'scheduled') AS scheduled,
+           count(*) FILTER (WHERE state = 'running')   AS running,
+           count(*) FILTER (WHERE state = 'retrying')  AS retrying,
+           count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'failed')    AS failed,
+           count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+    FROM jobqueue.jobs
+    WHERE queue = $1
+)
+SELECT $1::text AS name,
+       coalesce(s.paused, false) AS paused, s.paused_at,
+       c.queued, c.scheduled, c.running, c.retrying, c.succeeded, c.failed, c.cancelled
+FROM counts c LEFT JOIN jobqueue.queues s ON s.name = $1
+WHERE c.total > 0 OR s.name IS NOT NULL;
+
+-- name: pause_queue
+-- The claim skips queues paused here, on every replica at once. Pausing twice keeps the first time.
+INSERT INTO jobqueue.queues (name, paused, paused_at, updated_at)
+VALUES ($1, true, now(), now())
+ON CONFLICT (name) DO UPDATE
+SET paused = true,
+    paused_at = coalesce(jobqueue.queues.paused_at, now()),
+    updated_at = now();
+
+-- name: resume_queue
+-- Returns the queue name when a settings row existed (so the caller knows the queue is real).
+UPDATE jobqueue.queues
+SET paused = false, paused_at = NULL, updated_at = now()
+WHERE name = $1
+RETURNING name;
