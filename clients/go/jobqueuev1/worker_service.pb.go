@@ -147,6 +147,7 @@ type LeaseRequest struct {
 	//	*LeaseRequest_Progress
 	//	*LeaseRequest_Cancelled
 	//	*LeaseRequest_Heartbeat
+	//	*LeaseRequest_Drain
 	Msg           isLeaseRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -252,6 +253,15 @@ func (x *LeaseRequest) GetHeartbeat() *Heartbeat {
 	return nil
 }
 
+func (x *LeaseRequest) GetDrain() *LeaseDrain {
+	if x != nil {
+		if x, ok := x.Msg.(*LeaseRequest_Drain); ok {
+			return x.Drain
+		}
+	}
+	return nil
+}
+
 type isLeaseRequest_Msg interface {
 	isLeaseRequest_Msg()
 }
@@ -284,6 +294,10 @@ type LeaseRequest_Heartbeat struct {
 	Heartbeat *Heartbeat `protobuf:"bytes,7,opt,name=heartbeat,proto3,oneof"`
 }
 
+type LeaseRequest_Drain struct {
+	Drain *LeaseDrain `protobuf:"bytes,8,opt,name=drain,proto3,oneof"`
+}
+
 func (*LeaseRequest_Open) isLeaseRequest_Msg() {}
 
 func (*LeaseRequest_Complete) isLeaseRequest_Msg() {}
@@ -297,6 +311,8 @@ func (*LeaseRequest_Progress) isLeaseRequest_Msg() {}
 func (*LeaseRequest_Cancelled) isLeaseRequest_Msg() {}
 
 func (*LeaseRequest_Heartbeat) isLeaseRequest_Msg() {}
+
+func (*LeaseRequest_Drain) isLeaseRequest_Msg() {}
 
 // LeaseOpen is the first message on a stream.
 type LeaseOpen struct {
@@ -911,6 +927,44 @@ func (x *LeaseCancelled) GetJobs() []*CancelledJob {
 	return nil
 }
 
+// LeaseDrain: the worker is stopping. The server sends it no more jobs; the worker finishes and
+// reports what it holds, then closes the stream.
+type LeaseDrain struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseDrain) Reset() {
+	*x = LeaseDrain{}
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseDrain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseDrain) ProtoMessage() {}
+
+func (x *LeaseDrain) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseDrain.ProtoReflect.Descriptor instead.
+func (*LeaseDrain) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{12}
+}
+
 // Heartbeat keeps the stream alive through proxies; either side may send it.
 type Heartbeat struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -920,7 +974,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[12]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +986,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[12]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +999,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{12}
+	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{13}
 }
 
 type LeaseResponse struct {
@@ -965,7 +1019,7 @@ type LeaseResponse struct {
 
 func (x *LeaseResponse) Reset() {
 	*x = LeaseResponse{}
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[13]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -977,7 +1031,7 @@ func (x *LeaseResponse) String() string {
 func (*LeaseResponse) ProtoMessage() {}
 
 func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[13]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -990,7 +1044,7 @@ func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseResponse.ProtoReflect.Descriptor instead.
 func (*LeaseResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{13}
+	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LeaseResponse) GetMsg() isLeaseResponse_Msg {
@@ -1106,7 +1160,7 @@ type LeasedJob struct {
 
 func (x *LeasedJob) Reset() {
 	*x = LeasedJob{}
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[14]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1172,7 @@ func (x *LeasedJob) String() string {
 func (*LeasedJob) ProtoMessage() {}
 
 func (x *LeasedJob) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[14]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1185,7 @@ func (x *LeasedJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeasedJob.ProtoReflect.Descriptor instead.
 func (*LeasedJob) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{14}
+	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LeasedJob) GetJob() *Job {
@@ -1164,7 +1218,7 @@ type LeasedJobs struct {
 
 func (x *LeasedJobs) Reset() {
 	*x = LeasedJobs{}
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[15]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1230,7 @@ func (x *LeasedJobs) String() string {
 func (*LeasedJobs) ProtoMessage() {}
 
 func (x *LeasedJobs) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[15]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1243,7 @@ func (x *LeasedJobs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeasedJobs.ProtoReflect.Descriptor instead.
 func (*LeasedJobs) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{15}
+	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LeasedJobs) GetJobs() []*LeasedJob {
@@ -1209,7 +1263,7 @@ type CancelNotice struct {
 
 func (x *CancelNotice) Reset() {
 	*x = CancelNotice{}
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[16]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1221,7 +1275,7 @@ func (x *CancelNotice) String() string {
 func (*CancelNotice) ProtoMessage() {}
 
 func (x *CancelNotice) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[16]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1234,7 +1288,7 @@ func (x *CancelNotice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelNotice.ProtoReflect.Descriptor instead.
 func (*CancelNotice) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{16}
+	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CancelNotice) GetJobId() string {
@@ -1254,7 +1308,7 @@ type LeaseExtended struct {
 
 func (x *LeaseExtended) Reset() {
 	*x = LeaseExtended{}
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[17]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1320,7 @@ func (x *LeaseExtended) String() string {
 func (*LeaseExtended) ProtoMessage() {}
 
 func (x *LeaseExtended) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[17]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1333,7 @@ func (x *LeaseExtended) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseExtended.ProtoReflect.Descriptor instead.
 func (*LeaseExtended) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{17}
+	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *LeaseExtended) GetJobId() string {
@@ -1309,7 +1363,7 @@ type LeaseRejected struct {
 
 func (x *LeaseRejected) Reset() {
 	*x = LeaseRejected{}
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[18]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1375,7 @@ func (x *LeaseRejected) String() string {
 func (*LeaseRejected) ProtoMessage() {}
 
 func (x *LeaseRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[18]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1388,7 @@ func (x *LeaseRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRejected.ProtoReflect.Descriptor instead.
 func (*LeaseRejected) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{18}
+	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LeaseRejected) GetJobId() string {
@@ -1369,7 +1423,7 @@ type Draining struct {
 
 func (x *Draining) Reset() {
 	*x = Draining{}
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[19]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1435,7 @@ func (x *Draining) String() string {
 func (*Draining) ProtoMessage() {}
 
 func (x *Draining) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[19]
+	mi := &file_jobqueue_v1_worker_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1448,7 @@ func (x *Draining) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Draining.ProtoReflect.Descriptor instead.
 func (*Draining) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{19}
+	return file_jobqueue_v1_worker_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Draining) GetGracePeriod() *durationpb.Duration {
@@ -1408,7 +1462,7 @@ var File_jobqueue_v1_worker_service_proto protoreflect.FileDescriptor
 
 const file_jobqueue_v1_worker_service_proto_rawDesc = "" +
 	"\n" +
-	" jobqueue/v1/worker_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\x8e\x03\n" +
+	" jobqueue/v1/worker_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xbf\x03\n" +
 	"\fLeaseRequest\x12,\n" +
 	"\x04open\x18\x01 \x01(\v2\x16.jobqueue.v1.LeaseOpenH\x00R\x04open\x128\n" +
 	"\bcomplete\x18\x02 \x01(\v2\x1a.jobqueue.v1.LeaseCompleteH\x00R\bcomplete\x12,\n" +
@@ -1416,7 +1470,8 @@ const file_jobqueue_v1_worker_service_proto_rawDesc = "" +
 	"\x06extend\x18\x04 \x01(\v2\x18.jobqueue.v1.LeaseExtendH\x00R\x06extend\x128\n" +
 	"\bprogress\x18\x05 \x01(\v2\x1a.jobqueue.v1.LeaseProgressH\x00R\bprogress\x12;\n" +
 	"\tcancelled\x18\x06 \x01(\v2\x1b.jobqueue.v1.LeaseCancelledH\x00R\tcancelled\x126\n" +
-	"\theartbeat\x18\a \x01(\v2\x16.jobqueue.v1.HeartbeatH\x00R\theartbeatB\x05\n" +
+	"\theartbeat\x18\a \x01(\v2\x16.jobqueue.v1.HeartbeatH\x00R\theartbeat\x12/\n" +
+	"\x05drain\x18\b \x01(\v2\x17.jobqueue.v1.LeaseDrainH\x00R\x05drainB\x05\n" +
 	"\x03msg\"z\n" +
 	"\tLeaseOpen\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x16\n" +
@@ -1460,7 +1515,9 @@ const file_jobqueue_v1_worker_service_proto_rawDesc = "" +
 	"\vlease_token\x18\x02 \x01(\tR\n" +
 	"leaseToken\"?\n" +
 	"\x0eLeaseCancelled\x12-\n" +
-	"\x04jobs\x18\x01 \x03(\v2\x19.jobqueue.v1.CancelledJobR\x04jobs\"\v\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x19.jobqueue.v1.CancelledJobR\x04jobs\"\f\n" +
+	"\n" +
+	"LeaseDrain\"\v\n" +
 	"\tHeartbeat\"\xdb\x02\n" +
 	"\rLeaseResponse\x12-\n" +
 	"\x04jobs\x18\x01 \x01(\v2\x17.jobqueue.v1.LeasedJobsH\x00R\x04jobs\x123\n" +
@@ -1515,7 +1572,7 @@ func file_jobqueue_v1_worker_service_proto_rawDescGZIP() []byte {
 }
 
 var file_jobqueue_v1_worker_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_jobqueue_v1_worker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_jobqueue_v1_worker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_jobqueue_v1_worker_service_proto_goTypes = []any{
 	(FailureClass)(0),             // 0: jobqueue.v1.FailureClass
 	(RejectReason)(0),             // 1: jobqueue.v1.RejectReason
@@ -1531,18 +1588,19 @@ var file_jobqueue_v1_worker_service_proto_goTypes = []any{
 	(*LeaseProgress)(nil),         // 11: jobqueue.v1.LeaseProgress
 	(*CancelledJob)(nil),          // 12: jobqueue.v1.CancelledJob
 	(*LeaseCancelled)(nil),        // 13: jobqueue.v1.LeaseCancelled
-	(*Heartbeat)(nil),             // 14: jobqueue.v1.Heartbeat
-	(*LeaseResponse)(nil),         // 15: jobqueue.v1.LeaseResponse
-	(*LeasedJob)(nil),             // 16: jobqueue.v1.LeasedJob
-	(*LeasedJobs)(nil),            // 17: jobqueue.v1.LeasedJobs
-	(*CancelNotice)(nil),          // 18: jobqueue.v1.CancelNotice
-	(*LeaseExtended)(nil),         // 19: jobqueue.v1.LeaseExtended
-	(*LeaseRejected)(nil),         // 20: jobqueue.v1.LeaseRejected
-	(*Draining)(nil),              // 21: jobqueue.v1.Draining
-	(*structpb.Struct)(nil),       // 22: google.protobuf.Struct
-	(*durationpb.Duration)(nil),   // 23: google.protobuf.Duration
-	(*Job)(nil),                   // 24: jobqueue.v1.Job
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*LeaseDrain)(nil),            // 14: jobqueue.v1.LeaseDrain
+	(*Heartbeat)(nil),             // 15: jobqueue.v1.Heartbeat
+	(*LeaseResponse)(nil),         // 16: jobqueue.v1.LeaseResponse
+	(*LeasedJob)(nil),             // 17: jobqueue.v1.LeasedJob
+	(*LeasedJobs)(nil),            // 18: jobqueue.v1.LeasedJobs
+	(*CancelNotice)(nil),          // 19: jobqueue.v1.CancelNotice
+	(*LeaseExtended)(nil),         // 20: jobqueue.v1.LeaseExtended
+	(*LeaseRejected)(nil),         // 21: jobqueue.v1.LeaseRejected
+	(*Draining)(nil),              // 22: jobqueue.v1.Draining
+	(*structpb.Struct)(nil),       // 23: google.protobuf.Struct
+	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(*Job)(nil),                   // 25: jobqueue.v1.Job
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
 }
 var file_jobqueue_v1_worker_service_proto_depIdxs = []int32{
 	3,  // 0: jobqueue.v1.LeaseRequest.open:type_name -> jobqueue.v1.LeaseOpen
@@ -1551,37 +1609,38 @@ var file_jobqueue_v1_worker_service_proto_depIdxs = []int32{
 	10, // 3: jobqueue.v1.LeaseRequest.extend:type_name -> jobqueue.v1.LeaseExtend
 	11, // 4: jobqueue.v1.LeaseRequest.progress:type_name -> jobqueue.v1.LeaseProgress
 	13, // 5: jobqueue.v1.LeaseRequest.cancelled:type_name -> jobqueue.v1.LeaseCancelled
-	14, // 6: jobqueue.v1.LeaseRequest.heartbeat:type_name -> jobqueue.v1.Heartbeat
-	22, // 7: jobqueue.v1.CompletedJob.result:type_name -> google.protobuf.Struct
-	4,  // 8: jobqueue.v1.LeaseComplete.jobs:type_name -> jobqueue.v1.CompletedJob
-	22, // 9: jobqueue.v1.JobError.details:type_name -> google.protobuf.Struct
-	6,  // 10: jobqueue.v1.FailedJob.error:type_name -> jobqueue.v1.JobError
-	0,  // 11: jobqueue.v1.FailedJob.failure_class:type_name -> jobqueue.v1.FailureClass
-	23, // 12: jobqueue.v1.FailedJob.retry_after:type_name -> google.protobuf.Duration
-	7,  // 13: jobqueue.v1.LeaseFail.jobs:type_name -> jobqueue.v1.FailedJob
-	23, // 14: jobqueue.v1.ExtendedJob.extend_by:type_name -> google.protobuf.Duration
-	9,  // 15: jobqueue.v1.LeaseExtend.jobs:type_name -> jobqueue.v1.ExtendedJob
-	22, // 16: jobqueue.v1.LeaseProgress.progress:type_name -> google.protobuf.Struct
-	12, // 17: jobqueue.v1.LeaseCancelled.jobs:type_name -> jobqueue.v1.CancelledJob
-	17, // 18: jobqueue.v1.LeaseResponse.jobs:type_name -> jobqueue.v1.LeasedJobs
-	18, // 19: jobqueue.v1.LeaseResponse.cancel:type_name -> jobqueue.v1.CancelNotice
-	19, // 20: jobqueue.v1.LeaseResponse.extended:type_name -> jobqueue.v1.LeaseExtended
-	20, // 21: jobqueue.v1.LeaseResponse.rejected:type_name -> jobqueue.v1.LeaseRejected
-	14, // 22: jobqueue.v1.LeaseResponse.heartbeat:type_name -> jobqueue.v1.Heartbeat
-	21, // 23: jobqueue.v1.LeaseResponse.draining:type_name -> jobqueue.v1.Draining
-	24, // 24: jobqueue.v1.LeasedJob.job:type_name -> jobqueue.v1.Job
-	25, // 25: jobqueue.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
-	16, // 26: jobqueue.v1.LeasedJobs.jobs:type_name -> jobqueue.v1.LeasedJob
-	25, // 27: jobqueue.v1.LeaseExtended.lease_expires_at:type_name -> google.protobuf.Timestamp
-	1,  // 28: jobqueue.v1.LeaseRejected.code:type_name -> jobqueue.v1.RejectReason
-	23, // 29: jobqueue.v1.Draining.grace_period:type_name -> google.protobuf.Duration
-	2,  // 30: jobqueue.v1.WorkerService.Lease:input_type -> jobqueue.v1.LeaseRequest
-	15, // 31: jobqueue.v1.WorkerService.Lease:output_type -> jobqueue.v1.LeaseResponse
-	31, // [31:32] is the sub-list for method output_type
-	30, // [30:31] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	15, // 6: jobqueue.v1.LeaseRequest.heartbeat:type_name -> jobqueue.v1.Heartbeat
+	14, // 7: jobqueue.v1.LeaseRequest.drain:type_name -> jobqueue.v1.LeaseDrain
+	23, // 8: jobqueue.v1.CompletedJob.result:type_name -> google.protobuf.Struct
+	4,  // 9: jobqueue.v1.LeaseComplete.jobs:type_name -> jobqueue.v1.CompletedJob
+	23, // 10: jobqueue.v1.JobError.details:type_name -> google.protobuf.Struct
+	6,  // 11: jobqueue.v1.FailedJob.error:type_name -> jobqueue.v1.JobError
+	0,  // 12: jobqueue.v1.FailedJob.failure_class:type_name -> jobqueue.v1.FailureClass
+	24, // 13: jobqueue.v1.FailedJob.retry_after:type_name -> google.protobuf.Duration
+	7,  // 14: jobqueue.v1.LeaseFail.jobs:type_name -> jobqueue.v1.FailedJob
+	24, // 15: jobqueue.v1.ExtendedJob.extend_by:type_name -> google.protobuf.Duration
+	9,  // 16: jobqueue.v1.LeaseExtend.jobs:type_name -> jobqueue.v1.ExtendedJob
+	23, // 17: jobqueue.v1.LeaseProgress.progress:type_name -> google.protobuf.Struct
+	12, // 18: jobqueue.v1.LeaseCancelled.jobs:type_name -> jobqueue.v1.CancelledJob
+	18, // 19: jobqueue.v1.LeaseResponse.jobs:type_name -> jobqueue.v1.LeasedJobs
+	19, // 20: jobqueue.v1.LeaseResponse.cancel:type_name -> jobqueue.v1.CancelNotice
+	20, // 21: jobqueue.v1.LeaseResponse.extended:type_name -> jobqueue.v1.LeaseExtended
+	21, // 22: jobqueue.v1.LeaseResponse.rejected:type_name -> jobqueue.v1.LeaseRejected
+	15, // 23: jobqueue.v1.LeaseResponse.heartbeat:type_name -> jobqueue.v1.Heartbeat
+	22, // 24: jobqueue.v1.LeaseResponse.draining:type_name -> jobqueue.v1.Draining
+	25, // 25: jobqueue.v1.LeasedJob.job:type_name -> jobqueue.v1.Job
+	26, // 26: jobqueue.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
+	17, // 27: jobqueue.v1.LeasedJobs.jobs:type_name -> jobqueue.v1.LeasedJob
+	26, // 28: jobqueue.v1.LeaseExtended.lease_expires_at:type_name -> google.protobuf.Timestamp
+	1,  // 29: jobqueue.v1.LeaseRejected.code:type_name -> jobqueue.v1.RejectReason
+	24, // 30: jobqueue.v1.Draining.grace_period:type_name -> google.protobuf.Duration
+	2,  // 31: jobqueue.v1.WorkerService.Lease:input_type -> jobqueue.v1.LeaseRequest
+	16, // 32: jobqueue.v1.WorkerService.Lease:output_type -> jobqueue.v1.LeaseResponse
+	32, // [32:33] is the sub-list for method output_type
+	31, // [31:32] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_jobqueue_v1_worker_service_proto_init() }
@@ -1598,8 +1657,9 @@ func file_jobqueue_v1_worker_service_proto_init() {
 		(*LeaseRequest_Progress)(nil),
 		(*LeaseRequest_Cancelled)(nil),
 		(*LeaseRequest_Heartbeat)(nil),
+		(*LeaseRequest_Drain)(nil),
 	}
-	file_jobqueue_v1_worker_service_proto_msgTypes[13].OneofWrappers = []any{
+	file_jobqueue_v1_worker_service_proto_msgTypes[14].OneofWrappers = []any{
 		(*LeaseResponse_Jobs)(nil),
 		(*LeaseResponse_Cancel)(nil),
 		(*LeaseResponse_Extended)(nil),
@@ -1613,7 +1673,7 @@ func file_jobqueue_v1_worker_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobqueue_v1_worker_service_proto_rawDesc), len(file_jobqueue_v1_worker_service_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file jobqueue/v1/worker_service.proto.
  */
 export const file_jobqueue_v1_worker_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBqb2JxdWV1ZS92MS93b3JrZXJfc2VydmljZS5wcm90bxILam9icXVldWUudjEi0AIKDExlYXNlUmVxdWVzdBImCgRvcGVuGAEgASgLMhYuam9icXVldWUudjEuTGVhc2VPcGVuSAASLgoIY29tcGxldGUYAiABKAsyGi5qb2JxdWV1ZS52MS5MZWFzZUNvbXBsZXRlSAASJgoEZmFpbBgDIAEoCzIWLmpvYnF1ZXVlLnYxLkxlYXNlRmFpbEgAEioKBmV4dGVuZBgEIAEoCzIYLmpvYnF1ZXVlLnYxLkxlYXNlRXh0ZW5kSAASLgoIcHJvZ3Jlc3MYBSABKAsyGi5qb2JxdWV1ZS52MS5MZWFzZVByb2dyZXNzSAASMAoJY2FuY2VsbGVkGAYgASgLMhsuam9icXVldWUudjEuTGVhc2VDYW5jZWxsZWRIABIrCgloZWFydGJlYXQYByABKAsyFi5qb2JxdWV1ZS52MS5IZWFydGJlYXRIAEIFCgNtc2ciVAoJTGVhc2VPcGVuEhEKCXdvcmtlcl9pZBgBIAEoCRIOCgZxdWV1ZXMYAiADKAkSDQoFa2luZHMYAyADKAkSFQoNbWF4X2luX2ZsaWdodBgEIAEoBSJcCgxDb21wbGV0ZWRKb2ISDgoGam9iX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgJEicKBnJlc3VsdBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiOAoNTGVhc2VDb21wbGV0ZRInCgRqb2JzGAEgAygLMhkuam9icXVldWUudjEuQ29tcGxldGVkSm9iIkUKCEpvYkVycm9yEg8KB21lc3NhZ2UYASABKAkSKAoHZGV0YWlscxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiuAEKCUZhaWxlZEpvYhIOCgZqb2JfaWQYASABKAkSEwoLbGVhc2VfdG9rZW4YAiABKAkSJAoFZXJyb3IYAyABKAsyFS5qb2JxdWV1ZS52MS5Kb2JFcnJvchIwCg1mYWlsdXJlX2NsYXNzGAQgASgOMhkuam9icXVldWUudjEuRmFpbHVyZUNsYXNzEi4KC3JldHJ5X2FmdGVyGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjEKCUxlYXNlRmFpbBIkCgRqb2JzGAEgAygLMhYuam9icXVldWUudjEuRmFpbGVkSm9iImAKC0V4dGVuZGVkSm9iEg4KBmpvYl9pZBgBIAEoCRITCgtsZWFzZV90b2tlbhgCIAEoCRIsCglleHRlbmRfYnkYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iNQoLTGVhc2VFeHRlbmQSJgoEam9icxgBIAMoCzIYLmpvYnF1ZXVlLnYxLkV4dGVuZGVkSm9iIl8KDUxlYXNlUHJvZ3Jlc3MSDgoGam9iX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgJEikKCHByb2dyZXNzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCIzCgxDYW5jZWxsZWRKb2ISDgoGam9iX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgJIjkKDkxlYXNlQ2FuY2VsbGVkEicKBGpvYnMYASADKAsyGS5qb2JxdWV1ZS52MS5DYW5jZWxsZWRKb2IiCwoJSGVhcnRiZWF0IqQCCg1MZWFzZVJlc3BvbnNlEicKBGpvYnMYASABKAsyFy5qb2JxdWV1ZS52MS5MZWFzZWRKb2JzSAASKwoGY2FuY2VsGAIgASgLMhkuam9icXVldWUudjEuQ2FuY2VsTm90aWNlSAASLgoIZXh0ZW5kZWQYAyABKAsyGi5qb2JxdWV1ZS52MS5MZWFzZUV4dGVuZGVkSAASLgoIcmVqZWN0ZWQYBCABKAsyGi5qb2JxdWV1ZS52MS5MZWFzZVJlamVjdGVkSAASKwoJaGVhcnRiZWF0GAUgASgLMhYuam9icXVldWUudjEuSGVhcnRiZWF0SAASKQoIZHJhaW5pbmcYBiABKAsyFS5qb2JxdWV1ZS52MS5EcmFpbmluZ0gAQgUKA21zZyJ1CglMZWFzZWRKb2ISHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iEhMKC2xlYXNlX3Rva2VuGAIgASgJEjQKEGxlYXNlX2V4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjIKCkxlYXNlZEpvYnMSJAoEam9icxgBIAMoCzIWLmpvYnF1ZXVlLnYxLkxlYXNlZEpvYiIeCgxDYW5jZWxOb3RpY2USDgoGam9iX2lkGAEgASgJIlUKDUxlYXNlRXh0ZW5kZWQSDgoGam9iX2lkGAEgASgJEjQKEGxlYXNlX2V4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlgKDUxlYXNlUmVqZWN0ZWQSDgoGam9iX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRInCgRjb2RlGAMgASgOMhkuam9icXVldWUudjEuUmVqZWN0UmVhc29uIjsKCERyYWluaW5nEi8KDGdyYWNlX3BlcmlvZBgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiqFAQoMRmFpbHVyZUNsYXNzEh0KGUZBSUxVUkVfQ0xBU1NfVU5TUEVDSUZJRUQQABIXChNGQUlMVVJFX0NMQVNTX1JFVFJZEAESHgoaRkFJTFVSRV9DTEFTU19ET19OT1RfUkVUUlkQAhIdChlGQUlMVVJFX0NMQVNTX1JFVFJZX0FGVEVSEAMqhgEKDFJlamVjdFJlYXNvbhIdChlSRUpFQ1RfUkVBU09OX1VOU1BFQ0lGSUVEEAASHQoZUkVKRUNUX1JFQVNPTl9TVEFMRV9MRUFTRRABEh0KGVJFSkVDVF9SRUFTT05fVU5LTk9XTl9KT0IQAhIZChVSRUpFQ1RfUkVBU09OX0lOVkFMSUQQAzJTCg1Xb3JrZXJTZXJ2aWNlEkIKBUxlYXNlEhkuam9icXVldWUudjEuTGVhc2VSZXF1ZXN0Ghouam9icXVldWUudjEuTGVhc2VSZXNwb25zZSgBMAFCSVpHZ2l0aHViLmNvbS9qb2JxdWV1ZS1ncnBjL2pvYnF1ZXVlLWdycGMvY2xpZW50cy9nby9qb2JxdWV1ZXYxO2pvYnF1ZXVldjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_jobqueue_v1_job]);
+  fileDesc("CiBqb2JxdWV1ZS92MS93b3JrZXJfc2VydmljZS5wcm90bxILam9icXVldWUudjEi+gIKDExlYXNlUmVxdWVzdBImCgRvcGVuGAEgASgLMhYuam9icXVldWUudjEuTGVhc2VPcGVuSAASLgoIY29tcGxldGUYAiABKAsyGi5qb2JxdWV1ZS52MS5MZWFzZUNvbXBsZXRlSAASJgoEZmFpbBgDIAEoCzIWLmpvYnF1ZXVlLnYxLkxlYXNlRmFpbEgAEioKBmV4dGVuZBgEIAEoCzIYLmpvYnF1ZXVlLnYxLkxlYXNlRXh0ZW5kSAASLgoIcHJvZ3Jlc3MYBSABKAsyGi5qb2JxdWV1ZS52MS5MZWFzZVByb2dyZXNzSAASMAoJY2FuY2VsbGVkGAYgASgLMhsuam9icXVldWUudjEuTGVhc2VDYW5jZWxsZWRIABIrCgloZWFydGJlYXQYByABKAsyFi5qb2JxdWV1ZS52MS5IZWFydGJlYXRIABIoCgVkcmFpbhgIIAEoCzIXLmpvYnF1ZXVlLnYxLkxlYXNlRHJhaW5IAEIFCgNtc2ciVAoJTGVhc2VPcGVuEhEKCXdvcmtlcl9pZBgBIAEoCRIOCgZxdWV1ZXMYAiADKAkSDQoFa2luZHMYAyADKAkSFQoNbWF4X2luX2ZsaWdodBgEIAEoBSJcCgxDb21wbGV0ZWRKb2ISDgoGam9iX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgJEicKBnJlc3VsdBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiOAoNTGVhc2VDb21wbGV0ZRInCgRqb2JzGAEgAygLMhkuam9icXVldWUudjEuQ29tcGxldGVkSm9iIkUKCEpvYkVycm9yEg8KB21lc3NhZ2UYASABKAkSKAoHZGV0YWlscxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiuAEKCUZhaWxlZEpvYhIOCgZqb2JfaWQYASABKAkSEwoLbGVhc2VfdG9rZW4YAiABKAkSJAoFZXJyb3IYAyABKAsyFS5qb2JxdWV1ZS52MS5Kb2JFcnJvchIwCg1mYWlsdXJlX2NsYXNzGAQgASgOMhkuam9icXVldWUudjEuRmFpbHVyZUNsYXNzEi4KC3JldHJ5X2FmdGVyGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjEKCUxlYXNlRmFpbBIkCgRqb2JzGAEgAygLMhYuam9icXVldWUudjEuRmFpbGVkSm9iImAKC0V4dGVuZGVkSm9iEg4KBmpvYl9pZBgBIAEoCRITCgtsZWFzZV90b2tlbhgCIAEoCRIsCglleHRlbmRfYnkYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iNQoLTGVhc2VFeHRlbmQSJgoEam9icxgBIAMoCzIYLmpvYnF1ZXVlLnYxLkV4dGVuZGVkSm9iIl8KDUxlYXNlUHJvZ3Jlc3MSDgoGam9iX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgJEikKCHByb2dyZXNzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCIzCgxDYW5jZWxsZWRKb2ISDgoGam9iX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgJIjkKDkxlYXNlQ2FuY2VsbGVkEicKBGpvYnMYASADKAsyGS5qb2JxdWV1ZS52MS5DYW5jZWxsZWRKb2IiDAoKTGVhc2VEcmFpbiILCglIZWFydGJlYXQipAIKDUxlYXNlUmVzcG9uc2USJwoEam9icxgBIAEoCzIXLmpvYnF1ZXVlLnYxLkxlYXNlZEpvYnNIABIrCgZjYW5jZWwYAiABKAsyGS5qb2JxdWV1ZS52MS5DYW5jZWxOb3RpY2VIABIuCghleHRlbmRlZBgDIAEoCzIaLmpvYnF1ZXVlLnYxLkxlYXNlRXh0ZW5kZWRIABIuCghyZWplY3RlZBgEIAEoCzIaLmpvYnF1ZXVlLnYxLkxlYXNlUmVqZWN0ZWRIABIrCgloZWFydGJlYXQYBSABKAsyFi5qb2JxdWV1ZS52MS5IZWFydGJlYXRIABIpCghkcmFpbmluZxgGIAEoCzIVLmpvYnF1ZXVlLnYxLkRyYWluaW5nSABCBQoDbXNnInUKCUxlYXNlZEpvYhIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISEwoLbGVhc2VfdG9rZW4YAiABKAkSNAoQbGVhc2VfZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMgoKTGVhc2VkSm9icxIkCgRqb2JzGAEgAygLMhYuam9icXVldWUudjEuTGVhc2VkSm9iIh4KDENhbmNlbE5vdGljZRIOCgZqb2JfaWQYASABKAkiVQoNTGVhc2VFeHRlbmRlZBIOCgZqb2JfaWQYASABKAkSNAoQbGVhc2VfZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWAoNTGVhc2VSZWplY3RlZBIOCgZqb2JfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEicKBGNvZGUYAyABKA4yGS5qb2JxdWV1ZS52MS5SZWplY3RSZWFzb24iOwoIRHJhaW5pbmcSLwoMZ3JhY2VfcGVyaW9kGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uKoUBCgxGYWlsdXJlQ2xhc3MSHQoZRkFJTFVSRV9DTEFTU19VTlNQRUNJRklFRBAAEhcKE0ZBSUxVUkVfQ0xBU1NfUkVUUlkQARIeChpGQUlMVVJFX0NMQVNTX0RPX05PVF9SRVRSWRACEh0KGUZBSUxVUkVfQ0xBU1NfUkVUUllfQUZURVIQAyqGAQoMUmVqZWN0UmVhc29uEh0KGVJFSkVDVF9SRUFTT05fVU5TUEVDSUZJRUQQABIdChlSRUpFQ1RfUkVBU09OX1NUQUxFX0xFQVNFEAESHQoZUkVKRUNUX1JFQVNPTl9VTktOT1dOX0pPQhACEhkKFVJFSkVDVF9SRUFTT05fSU5WQUxJRBADMlMKDVdvcmtlclNlcnZpY2USQgoFTGVhc2USGS5qb2JxdWV1ZS52MS5MZWFzZVJlcXVlc3QaGi5qb2JxdWV1ZS52MS5MZWFzZVJlc3BvbnNlKAEwAUJJWkdnaXRodWIuY29tL2pvYnF1ZXVlLWdycGMvam9icXVldWUtZ3JwYy9jbGllbnRzL2dvL2pvYnF1ZXVldjE7am9icXVldWV2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_jobqueue_v1_job]);
 
 /**
  * @generated from message jobqueue.v1.LeaseRequest
@@ -65,6 +65,12 @@ export type LeaseRequest = Message<"jobqueue.v1.LeaseRequest"> & {
      */
     value: Heartbeat;
     case: "heartbeat";
+  } | {
+    /**
+     * @generated from field: jobqueue.v1.LeaseDrain drain = 8;
+     */
+    value: LeaseDrain;
+    case: "drain";
   } | { case: undefined; value?: undefined };
 };
 
@@ -356,6 +362,22 @@ export const LeaseCancelledSchema: GenMessage<LeaseCancelled> = /*@__PURE__*/
   messageDesc(file_jobqueue_v1_worker_service, 11);
 
 /**
+ * LeaseDrain: the worker is stopping. The server sends it no more jobs; the worker finishes and
+ * reports what it holds, then closes the stream.
+ *
+ * @generated from message jobqueue.v1.LeaseDrain
+ */
+export type LeaseDrain = Message<"jobqueue.v1.LeaseDrain"> & {
+};
+
+/**
+ * Describes the message jobqueue.v1.LeaseDrain.
+ * Use `create(LeaseDrainSchema)` to create a new message.
+ */
+export const LeaseDrainSchema: GenMessage<LeaseDrain> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_worker_service, 12);
+
+/**
  * Heartbeat keeps the stream alive through proxies; either side may send it.
  *
  * @generated from message jobqueue.v1.Heartbeat
@@ -368,7 +390,7 @@ export type Heartbeat = Message<"jobqueue.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_worker_service, 12);
+  messageDesc(file_jobqueue_v1_worker_service, 13);
 
 /**
  * @generated from message jobqueue.v1.LeaseResponse
@@ -421,7 +443,7 @@ export type LeaseResponse = Message<"jobqueue.v1.LeaseResponse"> & {
  * Use `create(LeaseResponseSchema)` to create a new message.
  */
 export const LeaseResponseSchema: GenMessage<LeaseResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_worker_service, 13);
+  messageDesc(file_jobqueue_v1_worker_service, 14);
 
 /**
  * @generated from message jobqueue.v1.LeasedJob
@@ -450,7 +472,7 @@ export type LeasedJob = Message<"jobqueue.v1.LeasedJob"> & {
  * Use `create(LeasedJobSchema)` to create a new message.
  */
 export const LeasedJobSchema: GenMessage<LeasedJob> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_worker_service, 14);
+  messageDesc(file_jobqueue_v1_worker_service, 15);
 
 /**
  * @generated from message jobqueue.v1.LeasedJobs
@@ -467,7 +489,7 @@ export type LeasedJobs = Message<"jobqueue.v1.LeasedJobs"> & {
  * Use `create(LeasedJobsSchema)` to create a new message.
  */
 export const LeasedJobsSchema: GenMessage<LeasedJobs> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_worker_service, 15);
+  messageDesc(file_jobqueue_v1_worker_service, 16);
 
 /**
  * CancelNotice asks the worker to stop a job; it answers with `cancelled` (or completes it).
@@ -486,7 +508,7 @@ export type CancelNotice = Message<"jobqueue.v1.CancelNotice"> & {
  * Use `create(CancelNoticeSchema)` to create a new message.
  */
 export const CancelNoticeSchema: GenMessage<CancelNotice> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_worker_service, 16);
+  messageDesc(file_jobqueue_v1_worker_service, 17);
 
 /**
  * @generated from message jobqueue.v1.LeaseExtended
@@ -508,7 +530,7 @@ export type LeaseExtended = Message<"jobqueue.v1.LeaseExtended"> & {
  * Use `create(LeaseExtendedSchema)` to create a new message.
  */
 export const LeaseExtendedSchema: GenMessage<LeaseExtended> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_worker_service, 17);
+  messageDesc(file_jobqueue_v1_worker_service, 18);
 
 /**
  * LeaseRejected says an outcome or extension changed nothing.
@@ -539,7 +561,7 @@ export type LeaseRejected = Message<"jobqueue.v1.LeaseRejected"> & {
  * Use `create(LeaseRejectedSchema)` to create a new message.
  */
 export const LeaseRejectedSchema: GenMessage<LeaseRejected> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_worker_service, 18);
+  messageDesc(file_jobqueue_v1_worker_service, 19);
 
 /**
  * Draining: the server is shutting down. Finish, report, then reconnect elsewhere.
@@ -560,7 +582,7 @@ export type Draining = Message<"jobqueue.v1.Draining"> & {
  * Use `create(DrainingSchema)` to create a new message.
  */
 export const DrainingSchema: GenMessage<Draining> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_worker_service, 19);
+  messageDesc(file_jobqueue_v1_worker_service, 20);
 
 /**
  * FailureClass is the worker's judgement of a failure.
