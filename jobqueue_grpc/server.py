@@ -19,9 +19,9 @@ from jobqueue_grpc.api.jobs import JobService
 from jobqueue_grpc.api.queues import QueueService
 from jobqueue_grpc.api.workers import WorkerService
 from jobqueue_grpc.config import Settings
+from jobqueue_grpc.dispatch.dispatcher import Dispatcher
 from jobqueue_grpc.dispatch.pruner import Pruner
 from jobqueue_grpc.embedded import EmbeddedPostgres
-from jobqueue_grpc.dispatch.dispatcher import Dispatcher
 from jobqueue_grpc.enqueue import Enqueuer
 from jobqueue_grpc.gen.jobqueue.v1 import (
     dead_letter_service_pb2,

@@ -15,8 +15,10 @@ from google.protobuf import timestamp_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import dead_letter_service_pb2 as pb
 from jobqueue_grpc.gen.jobqueue.v1 import dead_letter_service_pb2_grpc as pb_grpc
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2 as w
 from jobqueue_grpc.store import Store
-from tests.operators import T0, error_info, seed_dead_letter, seed_job
+from tests.lease_helpers import RawWorker, enqueue, get_job
+from tests.operators import T0, error_info, eventually, seed_dead_letter, seed_job
 
 
 @pytest.fixture
@@ -339,3 +341,49 @@ async def test_purge_dry_run_counts_what_the_real_call_deletes(
     assert await db.fetchval("SELECT state FROM jobqueue.jobs WHERE id = $1", live) == "queued"
     again = await dlq.PurgeDeadLetters(pb.PurgeDeadLettersRequest(filter=f))
     assert again.count == 0
+
+
+# -- with a live worker ---------------------------------------------------------------------------
+async def test_a_job_out_of_attempts_is_dead_lettered_requeued_and_then_succeeds(
+    channel: grpc.aio.Channel, dlq: pb_grpc.DeadLetterServiceStub
+) -> None:
+    worker = await RawWorker(channel).open(queues=("mail",), max_in_flight=1)
+    try:
+        job_id = (await enqueue(channel, kind="send", queue="mail", max_attempts=1)).job.id
+        leased = await worker.next_job()
+        assert leased.job.id == job_id
+        await worker.send(
+            fail=w.LeaseFail(
+                jobs=[
+                    w.FailedJob(
+                        job_id=job_id,
+                        lease_token=leased.lease_token,
+                        error=w.JobError(message="smtp down"),
+                        failure_class=w.FAILURE_CLASS_RETRY,
+                    )
+                ]
+            )
+        )
+
+        async def dead_lettered() -> bool:
+            stats = await dlq.GetDeadLetterStats(pb.GetDeadLetterStatsRequest())
+            return stats.total == 1
+
+        await eventually(dead_lettered, what="the failed job to reach the dead-letter queue")
+        d = (await dlq.GetDeadLetter(pb.GetDeadLetterRequest(job_id=job_id))).dead_letter
+        assert (d.queue, d.kind, d.attempts) == ("mail", "send", 1)
+        assert [e.message for e in d.errors] == ["smtp down"]
+        assert (await get_job(channel, job_id)).state == job_pb2.JOB_STATE_FAILED
+
+        await dlq.RequeueDeadLetter(pb.RequeueDeadLetterRequest(job_id=job_id))
+        again = await worker.next_job()
+        assert again.job.id == job_id and again.job.attempt == 1 and not again.job.errors
+        await worker.complete(again)
+
+        async def succeeded() -> bool:
+            return bool((await get_job(channel, job_id)).state == job_pb2.JOB_STATE_SUCCEEDED)
+
+        await eventually(succeeded, what="the requeued job to succeed")
+        assert (await dlq.GetDeadLetterStats(pb.GetDeadLetterStatsRequest())).total == 0
+    finally:
+        worker.cancel()
