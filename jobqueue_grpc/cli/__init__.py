@@ -7,13 +7,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from jobqueue_grpc.cli import serve
+from jobqueue_grpc.cli import serve, worker
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jobqueue-grpc", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     serve.register(sub)
+    worker.register(sub)
     return p
 
 

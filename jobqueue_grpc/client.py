@@ -1,0 +1,213 @@
+"""JobService clients: `AsyncClient` (asyncio) and `Client` (blocking), the same methods.
+
+client = AsyncClient("localhost:50051")
+r = await client.enqueue("send_email", {"to": "a@example.com"}, idempotency_key="welcome-42")
+r.job.id, r.created
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import duration_pb2
+
+from jobqueue_grpc._channel import TLS, aio_channel, metadata, sync_channel
+from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
+from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
+from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
+
+Job = job_pb2.Job
+JobState = job_pb2.JobState
+EnqueueResponse = js.EnqueueResponse
+CancelJobResponse = js.CancelJobResponse
+
+__all__ = ["TLS", "AsyncClient", "Client", "Job", "enqueue_request"]
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def enqueue_request(
+    kind: str,
+    payload: Mapping[str, Any] | None = None,
+    *,
+    queue: str = "",
+    priority: int = 0,
+    max_attempts: int = 0,
+    run_at: datetime | None = None,
+    idempotency_key: str = "",
+    lease_duration: float | None = None,
+    backoff_base: float | None = None,
+    backoff_cap: float | None = None,
+) -> js.EnqueueRequest:
+    """An EnqueueRequest; `run_at` must be timezone-aware, durations are seconds."""
+    req = js.EnqueueRequest(
+        kind=kind,
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+    )
+    if payload:
+        req.payload.update(payload)
+    if run_at is not None:
+        if run_at.tzinfo is None:
+            raise ValueError("run_at must be timezone-aware")
+        req.run_at.FromDatetime(run_at)
+    if lease_duration is not None:
+        req.lease_duration.CopyFrom(_duration(lease_duration))
+    if backoff_base is not None:
+        req.retry_policy.backoff_base.CopyFrom(_duration(backoff_base))
+    if backoff_cap is not None:
+        req.retry_policy.backoff_cap.CopyFrom(_duration(backoff_cap))
+    return req
+
+
+def _batch(jobs: Sequence[js.EnqueueRequest | Mapping[str, Any]]) -> js.EnqueueBatchRequest:
+    return js.EnqueueBatchRequest(
+        jobs=[j if isinstance(j, js.EnqueueRequest) else enqueue_request(**j) for j in jobs]
+    )
+
+
+def _list(queue: str, kind: str, state: int, page_size: int, page_token: str) -> js.ListJobsRequest:
+    return js.ListJobsRequest(
+        queue=queue,
+        kind=kind,
+        state=state,  # type: ignore[arg-type]
+        page_size=page_size,
+        page_token=page_token,
+    )
+
+
+class AsyncClient:
+    """JobService over grpc.aio. `token` is sent as a bearer token; `tls` turns TLS on."""
+
+    def __init__(
+        self, address: str = "localhost:50051", *, token: str | None = None, tls: TLS | None = None
+    ) -> None:
+        self.channel = aio_channel(address, tls)
+        self._stub = jsg.JobServiceStub(self.channel)
+        self._md = metadata(token)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def enqueue(
+        self, kind: str, payload: Mapping[str, Any] | None = None, **options: Any
+    ) -> js.EnqueueResponse:
+        """Options: queue, priority, max_attempts, run_at, idempotency_key, lease_duration,
+        backoff_base, backoff_cap."""
+        req = enqueue_request(kind, payload, **options)
+        resp: js.EnqueueResponse = await self._stub.Enqueue(req, metadata=self._md)
+        return resp
+
+    async def enqueue_batch(
+        self, jobs: Sequence[js.EnqueueRequest | Mapping[str, Any]]
+    ) -> list[js.EnqueueBatchResult]:
+        """All or nothing; each mapping holds enqueue() arguments (kind, payload, ...)."""
+        resp = await self._stub.EnqueueBatch(_batch(jobs), metadata=self._md)
+        return list(resp.results)
+
+    async def get_job(self, job_id: str) -> Job:
+        resp = await self._stub.GetJob(js.GetJobRequest(id=job_id), metadata=self._md)
+        return resp.job
+
+    async def list_jobs(
+        self,
+        *,
+        queue: str = "",
+        kind: str = "",
+        state: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> js.ListJobsResponse:
+        req = _list(queue, kind, state, page_size, page_token)
+        resp: js.ListJobsResponse = await self._stub.ListJobs(req, metadata=self._md)
+        return resp
+
+    async def iter_jobs(
+        self, *, queue: str = "", kind: str = "", state: int = 0
+    ) -> AsyncIterator[Job]:
+        """Every matching job, newest first, page by page."""
+        token = ""
+        while True:
+            page = await self.list_jobs(queue=queue, kind=kind, state=state, page_token=token)
+            for job in page.jobs:
+                yield job
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def cancel_job(self, job_id: str) -> js.CancelJobResponse:
+        resp: js.CancelJobResponse = await self._stub.CancelJob(
+            js.CancelJobRequest(id=job_id), metadata=self._md
+        )
+        return resp
+
+
+class Client:
+    """The blocking twin of AsyncClient, for scripts and threads."""
+
+    def __init__(
+        self, address: str = "localhost:50051", *, token: str | None = None, tls: TLS | None = None
+    ) -> None:
+        self.channel = sync_channel(address, tls)
+        self._stub = jsg.JobServiceStub(self.channel)
+        self._md = metadata(token)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def enqueue(
+        self, kind: str, payload: Mapping[str, Any] | None = None, **options: Any
+    ) -> js.EnqueueResponse:
+        return self._stub.Enqueue(enqueue_request(kind, payload, **options), metadata=self._md)
+
+    def enqueue_batch(
+        self, jobs: Sequence[js.EnqueueRequest | Mapping[str, Any]]
+    ) -> list[js.EnqueueBatchResult]:
+        return list(self._stub.EnqueueBatch(_batch(jobs), metadata=self._md).results)
+
+    def get_job(self, job_id: str) -> Job:
+        return self._stub.GetJob(js.GetJobRequest(id=job_id), metadata=self._md).job
+
+    def list_jobs(
+        self,
+        *,
+        queue: str = "",
+        kind: str = "",
+        state: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> js.ListJobsResponse:
+        req = _list(queue, kind, state, page_size, page_token)
+        return self._stub.ListJobs(req, metadata=self._md)
+
+    def iter_jobs(self, *, queue: str = "", kind: str = "", state: int = 0) -> Iterator[Job]:
+        token = ""
+        while True:
+            page = self.list_jobs(queue=queue, kind=kind, state=state, page_token=token)
+            yield from page.jobs
+            token = page.next_page_token
+            if not token:
+                return
+
+    def cancel_job(self, job_id: str) -> js.CancelJobResponse:
+        return self._stub.CancelJob(js.CancelJobRequest(id=job_id), metadata=self._md)

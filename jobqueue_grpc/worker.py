@@ -1,0 +1,470 @@
+"""The Python worker SDK: handlers by kind, one Lease stream, leases extended for you.
+
+    worker = Worker("localhost:50051", queues=["default"], concurrency=10)
+
+    @worker.handler("send_email")
+    async def send_email(ctx: JobContext) -> dict[str, object]:
+        await ctx.progress({"step": "rendering"})
+        return {"sent": True}
+
+    worker.run_sync()   # SIGTERM/SIGINT: finish what is running, report it, then exit
+
+Async handlers run on the event loop (a cancel notice cancels their task); plain functions run in
+a thread pool and can watch `ctx.cancel_requested`. Raise `DoNotRetry` to dead-letter at once, or
+`RetryAfter(seconds)` to pick the delay; any other exception retries with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, struct_pb2
+
+from jobqueue_grpc._channel import TLS, aio_channel, metadata
+from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
+from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2 as w
+from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2_grpc as wsg
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["JobContext"], Any]
+
+__all__ = ["DoNotRetry", "JobCancelled", "JobContext", "RetryAfter", "Worker"]
+
+
+class DoNotRetry(Exception):
+    """The job cannot succeed: dead-letter it now, whatever attempts remain."""
+
+
+class RetryAfter(Exception):
+    """Retry after `seconds` (while attempts remain), instead of the backoff's delay."""
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        super().__init__(message or f"retry after {seconds}s")
+        self.seconds = seconds
+
+
+class JobCancelled(Exception):
+    """Raised by a sync handler (see JobContext.raise_if_cancelled) to stop a cancelled job."""
+
+
+def _plain(v: struct_pb2.Value) -> Any:
+    k = v.WhichOneof("kind")
+    if k == "struct_value":
+        return {key: _plain(x) for key, x in v.struct_value.fields.items()}
+    if k == "list_value":
+        return [_plain(x) for x in v.list_value.values]
+    if k in (None, "null_value"):
+        return None
+    return getattr(v, k)
+
+
+def _dict(s: struct_pb2.Struct) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in s.fields.items()}
+
+
+def _struct(d: Mapping[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(d)
+    return s
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+@dataclass(eq=False)
+class JobContext:
+    """What a handler gets: the job, and ways to report progress and notice cancellation."""
+
+    job: job_pb2.Job
+    lease_token: str
+    _worker: Worker
+    _session: _Session
+    _cancel: threading.Event = field(default_factory=threading.Event)
+    _payload: dict[str, Any] | None = None
+    expires_at: float = 0.0  # monotonic
+    lost: bool = False  # the lease is gone: the outcome would be rejected
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def kind(self) -> str:
+        return self.job.kind
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempt
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        if self._payload is None:
+            self._payload = _dict(self.job.payload)
+        return self._payload
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled(self.job.id)
+
+    async def progress(self, progress: Mapping[str, Any]) -> None:
+        """Replaces the job's progress (visible in GetJob)."""
+        self._session.send(
+            w.LeaseRequest(
+                progress=w.LeaseProgress(
+                    job_id=self.job.id, lease_token=self.lease_token, progress=_struct(progress)
+                )
+            )
+        )
+
+    def progress_sync(self, progress: Mapping[str, Any]) -> None:
+        """progress() for handlers running in threads."""
+        loop = self._worker._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(self._session.send_progress, self, dict(progress))
+
+
+class _Session:
+    """One Lease stream: its outbox, the jobs it runs, and the batching of their outcomes."""
+
+    def __init__(self, worker: Worker, call: Any) -> None:
+        self.worker = worker
+        self.call = call
+        self.outbox: asyncio.Queue[w.LeaseRequest | None] = asyncio.Queue()
+        self.running: dict[str, tuple[JobContext, asyncio.Task[None]]] = {}
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.draining = False
+        self._completes: list[w.CompletedJob] = []
+        self._fails: list[w.FailedJob] = []
+        self._cancelled: list[w.CancelledJob] = []
+        self._flush_scheduled = False
+
+    def send(self, req: w.LeaseRequest) -> None:
+        self.outbox.put_nowait(req)
+
+    def send_progress(self, ctx: JobContext, progress: dict[str, Any]) -> None:
+        self.send(
+            w.LeaseRequest(
+                progress=w.LeaseProgress(
+                    job_id=ctx.job.id, lease_token=ctx.lease_token, progress=_struct(progress)
+                )
+            )
+        )
+
+    # Outcomes produced in one turn of the event loop travel in one message of each kind.
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self._completes:
+            self.send(w.LeaseRequest(complete=w.LeaseComplete(jobs=self._completes)))
+            self._completes = []
+        if self._fails:
+            self.send(w.LeaseRequest(fail=w.LeaseFail(jobs=self._fails)))
+            self._fails = []
+        if self._cancelled:
+            self.send(w.LeaseRequest(cancelled=w.LeaseCancelled(jobs=self._cancelled)))
+            self._cancelled = []
+
+    def complete(self, ctx: JobContext, result: Any) -> None:
+        c = w.CompletedJob(job_id=ctx.job.id, lease_token=ctx.lease_token)
+        if result is not None:
+            c.result.update(result if isinstance(result, Mapping) else {"value": result})
+        self._completes.append(c)
+        self._schedule_flush()
+
+    def fail(
+        self,
+        ctx: JobContext,
+        exc: BaseException,
+        cls: w.FailureClass.ValueType,
+        retry_after: float | None = None,
+    ) -> None:
+        details = {
+            "type": type(exc).__name__,
+            "traceback": "".join(traceback.format_exception(exc))[-4000:],
+        }
+        f = w.FailedJob(
+            job_id=ctx.job.id,
+            lease_token=ctx.lease_token,
+            error=w.JobError(
+                message=f"{type(exc).__name__}: {exc}"[:8000], details=_struct(details)
+            ),
+            failure_class=cls,
+        )
+        if retry_after is not None:
+            f.retry_after.CopyFrom(_duration(retry_after))
+        self._fails.append(f)
+        self._schedule_flush()
+
+    def cancelled(self, ctx: JobContext) -> None:
+        self._cancelled.append(w.CancelledJob(job_id=ctx.job.id, lease_token=ctx.lease_token))
+        self._schedule_flush()
+
+
+class Worker:
+    """Runs handlers for jobs leased over one WorkerService.Lease stream (reconnecting)."""
+
+    def __init__(
+        self,
+        address: str = "localhost:50051",
+        *,
+        queues: Sequence[str] = ("default",),
+        concurrency: int = 10,
+        worker_id: str | None = None,
+        kinds: Sequence[str] | None = None,
+        token: str | None = None,
+        tls: TLS | None = None,
+        shutdown_timeout: float = 30.0,
+        reconnect_min: float = 0.1,
+        reconnect_max: float = 5.0,
+    ) -> None:
+        self.address = address
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.kinds = list(kinds) if kinds is not None else None
+        self.token = token
+        self.tls = tls
+        self.shutdown_timeout = shutdown_timeout
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.handlers: dict[str, Handler] = {}
+        self._threads: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._session: _Session | None = None
+        self.connected = asyncio.Event()  # set while a stream is open (tests wait on it)
+
+    # -- registration -----------------------------------------------------------------------------
+    def handler(self, kind: str) -> Callable[[Handler], Handler]:
+        def register(fn: Handler) -> Handler:
+            self.register(kind, fn)
+            return fn
+
+        return register
+
+    def register(self, kind: str, fn: Handler) -> None:
+        self.handlers[kind] = fn
+
+    # -- running ----------------------------------------------------------------------------
+    def run_sync(self) -> None:
+        """Runs until SIGTERM or SIGINT, then stops gracefully."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+            await self.run()
+
+        asyncio.run(main())
+
+    def stop(self) -> None:
+        """Graceful stop: take no new jobs, finish and report the running ones, disconnect."""
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self) -> None:
+        if not self.handlers:
+            raise ValueError("register at least one handler before run()")
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="jobqueue-handler")
+        backoff = self.reconnect_min
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    await self._run_session()
+                except grpc.aio.AioRpcError as e:
+                    log.warning("lease stream ended: %s %s", e.code().name, e.details())
+                except OSError as e:
+                    log.warning("lease stream failed: %s", e)
+                if self._stop.is_set():
+                    break
+                if time.monotonic() - started > 10:
+                    backoff = self.reconnect_min
+                delay = random.uniform(self.reconnect_min, backoff)
+                backoff = min(self.reconnect_max, backoff * 2)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        finally:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _run_session(self) -> None:
+        assert self._stop is not None
+        async with aio_channel(self.address, self.tls) as channel:
+            call = wsg.WorkerServiceStub(channel).Lease(metadata=metadata(self.token))
+            s = _Session(self, call)
+            self._session = s
+            kinds = self.kinds if self.kinds is not None else sorted(self.handlers)
+            s.send(
+                w.LeaseRequest(
+                    open=w.LeaseOpen(
+                        worker_id=self.worker_id,
+                        queues=self.queues,
+                        kinds=kinds,
+                        max_in_flight=self.concurrency,
+                    )
+                )
+            )
+            writer = asyncio.create_task(self._write(s))
+            ticker = asyncio.create_task(self._tick(s))
+            stopper = asyncio.create_task(self._on_stop(s))
+            self.connected.set()
+            try:
+                async for msg in call:
+                    self._on_message(s, msg)
+            finally:
+                self.connected.clear()
+                for t in (writer, ticker, stopper):
+                    t.cancel()
+                # The stream is gone, and with it our leases: stop work whose outcome is moot.
+                for ctx, task in list(s.running.values()):
+                    ctx.lost = True
+                    task.cancel()
+                self._session = None
+
+    async def _write(self, s: _Session) -> None:
+        while True:
+            req = await s.outbox.get()
+            if req is None:
+                await s.call.done_writing()
+                return
+            await s.call.write(req)
+
+    async def _on_stop(self, s: _Session) -> None:
+        assert self._stop is not None
+        await self._stop.wait()
+        await self._drain(s)
+
+    async def _drain(self, s: _Session) -> None:
+        """Tell the server to send nothing more, finish what runs, report it, then close."""
+        if s.draining:
+            return
+        s.draining = True
+        s.send(w.LeaseRequest(drain=w.LeaseDrain()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(s.idle.wait(), self.shutdown_timeout)
+        s.flush()
+        s.outbox.put_nowait(None)
+
+    async def _tick(self, s: _Session) -> None:
+        """Extends leases that are half spent, and keeps the stream alive through proxies."""
+        last_sent = time.monotonic()
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            due = [
+                w.ExtendedJob(job_id=ctx.job.id, lease_token=ctx.lease_token)
+                for ctx, _ in s.running.values()
+                if not ctx.lost and ctx.expires_at - now < _lease_seconds(ctx) / 2
+            ]
+            if due:
+                s.send(w.LeaseRequest(extend=w.LeaseExtend(jobs=due)))
+                last_sent = now
+            elif now - last_sent > 15:
+                s.send(w.LeaseRequest(heartbeat=w.Heartbeat()))
+                last_sent = now
+
+    def _on_message(self, s: _Session, msg: w.LeaseResponse) -> None:
+        which = msg.WhichOneof("msg")
+        if which == "jobs":
+            now = time.monotonic()
+            wall = time.time()
+            for leased in msg.jobs.jobs:
+                ctx = JobContext(
+                    job=leased.job, lease_token=leased.lease_token, _worker=self, _session=s
+                )
+                ctx.expires_at = now + (leased.lease_expires_at.ToNanoseconds() / 1e9 - wall)
+                task = asyncio.get_running_loop().create_task(self._execute(s, ctx))
+                s.running[ctx.job.id] = (ctx, task)
+                s.idle.clear()
+        elif which == "cancel":
+            entry = s.running.get(msg.cancel.job_id)
+            if entry is not None and not entry[0].cancel_requested:
+                ctx, task = entry
+                ctx._cancel.set()
+                if inspect.iscoroutinefunction(self.handlers.get(ctx.kind)):
+                    task.cancel()
+        elif which == "extended":
+            entry = s.running.get(msg.extended.job_id)
+            if entry is not None:
+                wall = msg.extended.lease_expires_at.ToNanoseconds() / 1e9
+                entry[0].expires_at = time.monotonic() + (wall - time.time())
+        elif which == "rejected":
+            r = msg.rejected
+            log.warning("server rejected an update for job %s: %s", r.job_id, r.reason)
+            entry = s.running.get(r.job_id)
+            if entry is not None and r.code == w.REJECT_REASON_STALE_LEASE:
+                entry[0].lost = True  # another worker may have it now; stop extending
+        elif which == "draining":
+            log.info("server is draining; finishing running jobs, then reconnecting")
+            asyncio.get_running_loop().create_task(self._drain(s))
+
+    async def _execute(self, s: _Session, ctx: JobContext) -> None:
+        fn = self.handlers.get(ctx.kind)
+        try:
+            if fn is None:
+                raise DoNotRetry(f"this worker has no handler for kind {ctx.kind!r}")
+            if inspect.iscoroutinefunction(fn):
+                result = await fn(ctx)
+            else:
+                assert self._threads is not None
+                result = await asyncio.get_running_loop().run_in_executor(self._threads, fn, ctx)
+                if inspect.isawaitable(result):
+                    result = await result
+        except asyncio.CancelledError:
+            if ctx.lost:
+                return
+            if ctx.cancel_requested:
+                s.cancelled(ctx)
+                return
+            raise
+        except JobCancelled:
+            s.cancelled(ctx)
+        except DoNotRetry as e:
+            s.fail(ctx, e, w.FAILURE_CLASS_DO_NOT_RETRY)
+        except RetryAfter as e:
+            s.fail(ctx, e, w.FAILURE_CLASS_RETRY_AFTER, e.seconds)
+        except Exception as e:
+            log.info("job %s (%s) attempt %d failed: %s", ctx.id, ctx.kind, ctx.attempt, e)
+            s.fail(ctx, e, w.FAILURE_CLASS_RETRY)
+        else:
+            if not ctx.lost:
+                s.complete(ctx, result)
+        finally:
+            s.running.pop(ctx.job.id, None)
+            if not s.running:
+                s.idle.set()
+
+
+def _lease_seconds(ctx: JobContext) -> float:
+    d = ctx.job.lease_duration
+    return (d.seconds + d.nanos / 1e9) or 30.0

@@ -1,0 +1,159 @@
+"""The Python SDK against a real server: Client methods and Worker behaviour in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from jobqueue_grpc import AsyncClient, Client, DoNotRetry, JobContext, RetryAfter, Worker
+from jobqueue_grpc.gen.jobqueue.v1 import job_pb2, job_service_pb2
+from jobqueue_grpc.server import JobQueueServer
+
+
+async def wait_for(pred: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not await pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.connected.wait(), 10)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def client(server: JobQueueServer) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(f"127.0.0.1:{server.port}") as c:
+        yield c
+
+
+async def _is(client: AsyncClient, job_id: str, state: int) -> bool:
+    return (await client.get_job(job_id)).state == state
+
+
+async def test_worker_completes_with_result_and_progress(
+    server: JobQueueServer, client: AsyncClient
+) -> None:
+    worker = Worker(f"127.0.0.1:{server.port}", concurrency=2)
+
+    @worker.handler("greet")
+    async def greet(ctx: JobContext) -> dict[str, Any]:
+        await ctx.progress({"pct": 50})
+        return {"hello": ctx.payload["name"]}
+
+    async with running(worker):
+        r = await client.enqueue("greet", {"name": "ada"})
+        await wait_for(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_SUCCEEDED))
+    job = await client.get_job(r.job.id)
+    assert dict(job.result) == {"hello": "ada"}
+    assert dict(job.progress) == {"pct": 50}
+    assert job.attempt == 1
+
+
+async def test_do_not_retry_dead_letters_at_once(
+    server: JobQueueServer, client: AsyncClient, db: asyncpg.Connection
+) -> None:
+    worker = Worker(f"127.0.0.1:{server.port}")
+
+    @worker.handler("bad")
+    async def bad(ctx: JobContext) -> None:
+        raise DoNotRetry("payload is nonsense")
+
+    async with running(worker):
+        r = await client.enqueue("bad", {}, max_attempts=5)
+        await wait_for(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_FAILED))
+    job = await client.get_job(r.job.id)
+    assert job.attempt == 1
+    assert "payload is nonsense" in job.last_error.message
+    attempts = await db.fetchval(
+        "SELECT attempts FROM jobqueue.dead_letters WHERE job_id = $1::uuid", job.id
+    )
+    assert attempts == 1
+
+
+async def test_exceptions_retry_until_attempts_run_out(
+    make_server: Callable[..., Awaitable[JobQueueServer]],
+) -> None:
+    srv = await make_server(backoff_base=0.05, backoff_cap=0.2)
+    worker = Worker(f"127.0.0.1:{srv.port}")
+    calls: list[int] = []
+
+    @worker.handler("flaky")
+    def flaky(ctx: JobContext) -> None:  # a sync handler, run in a thread
+        calls.append(ctx.attempt)
+        raise RuntimeError(f"boom {ctx.attempt}")
+
+    async with AsyncClient(f"127.0.0.1:{srv.port}") as client, running(worker):
+        r = await client.enqueue("flaky", {}, max_attempts=3)
+        await wait_for(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_FAILED))
+        job = await client.get_job(r.job.id)
+    assert calls == [1, 2, 3]
+    assert [e.message for e in job.errors] == [f"RuntimeError: boom {n}" for n in (1, 2, 3)]
+    assert all(e.source == "worker" for e in job.errors)
+
+
+async def test_retry_after_is_honoured(server: JobQueueServer, client: AsyncClient) -> None:
+    worker = Worker(f"127.0.0.1:{server.port}")
+    seen: list[float] = []
+
+    @worker.handler("later")
+    async def later(ctx: JobContext) -> None:
+        seen.append(time.monotonic())
+        if ctx.attempt == 1:
+            raise RetryAfter(0.5)
+
+    async with running(worker):
+        r = await client.enqueue("later", {})
+        await wait_for(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_SUCCEEDED))
+    assert len(seen) == 2
+    assert seen[1] - seen[0] >= 0.45  # not before the delay the handler asked for
+
+
+async def test_cancel_reaches_async_handler(server: JobQueueServer, client: AsyncClient) -> None:
+    worker = Worker(f"127.0.0.1:{server.port}")
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    @worker.handler("long")
+    async def long(ctx: JobContext) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with running(worker):
+        r = await client.enqueue("long", {})
+        await asyncio.wait_for(started.wait(), 10)
+        resp = await client.cancel_job(r.job.id)
+        assert resp.outcome == job_service_pb2.CANCEL_OUTCOME_CANCEL_REQUESTED
+        await asyncio.wait_for(cancelled.wait(), 10)
+        await wait_for(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_CANCELLED))
+
+
+async def test_sync_client(server: JobQueueServer) -> None:
+    def use() -> None:
+        with Client(f"127.0.0.1:{server.port}") as c:
+            r = c.enqueue("x", {"a": 1}, idempotency_key="k")
+            again = c.enqueue("x", {"a": 1}, idempotency_key="k")
+            assert r.created and not again.created and again.job.id == r.job.id
+            assert c.get_job(r.job.id).kind == "x"
+            assert [j.id for j in c.iter_jobs(kind="x")] == [r.job.id]
+            assert c.cancel_job(r.job.id).job.state == job_pb2.JOB_STATE_CANCELLED
+
+    await asyncio.to_thread(use)
