@@ -8,8 +8,10 @@ in together, so a busy server makes few large transactions and an idle one adds 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Sequence
 
+from jobqueue_grpc import metrics
 from jobqueue_grpc.domain.jobs import NewJob
 from jobqueue_grpc.store import Row, Store
 
@@ -72,5 +74,8 @@ class Enqueuer:
 
     def _committed(self, out: Sequence[tuple[Row, bool]]) -> None:
         created = [row for row, was_created in out if was_created]
+        # After the commit, and only rows it created: the counter says what the database holds.
+        for (queue, kind), n in Counter((r["queue"], r["kind"]) for r in created).items():
+            metrics.enqueued(queue, kind, n)
         if self.on_commit is not None and created:
             self.on_commit(created)

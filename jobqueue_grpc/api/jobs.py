@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from jobqueue_grpc import metrics
 from jobqueue_grpc.api import convert
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain import pagination
@@ -120,4 +121,6 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.CancelJobRequest, context: Ctx
     ) -> job_service_pb2.CancelJobResponse:
         row, outcome = await self.store.jobs.cancel(parse_uuid("id", request.id))
+        if outcome is CancelOutcome.CANCELLED:  # committed; CANCEL_REQUESTED ends in dispatch
+            metrics.cancelled(row["queue"], row["kind"])
         return job_service_pb2.CancelJobResponse(job=convert.job(row), outcome=_OUTCOME[outcome])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from typing import Any
 
 from jobqueue_grpc.config import Settings
+from jobqueue_grpc.logs import setup_logging
 
 # flag -> Settings field; each flag's env twin is JOBQUEUE_<FIELD>.
 _FLAGS: list[tuple[str, str, type, str]] = [
@@ -17,6 +17,14 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--data-dir", "data_dir", str, "embedded PostgreSQL's home (~/.local/share/jobqueue-grpc)"),
     ("--metrics-port", "metrics_port", int, "Prometheus /metrics port; 0 turns it off (9464)"),
     ("--grace-period", "grace_period", float, "seconds to drain on SIGTERM (10)"),
+    ("--metrics-host", "metrics_host", str, "address /metrics binds to (127.0.0.1)"),
+    ("--log-format", "log_format", str, "json or text (text)"),
+    ("--log-level", "log_level", str, "DEBUG, INFO, WARNING, ERROR (INFO)"),
+    # Tokens come from a file or JOBQUEUE_AUTH_TOKENS, never a flag: argv is visible in ps.
+    ("--auth-tokens-file", "auth_tokens_file", str, "file of role:token lines; turns auth on"),
+    ("--tls-cert", "tls_cert", str, "PEM server certificate; with --tls-key turns TLS on"),
+    ("--tls-key", "tls_key", str, "PEM private key of --tls-cert"),
+    ("--tls-client-ca", "tls_client_ca", str, "PEM CA; clients must present a cert it signed"),
 ]
 
 
@@ -35,13 +43,6 @@ def _add_flags(p: argparse.ArgumentParser, only: set[str] | None = None) -> None
 def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
     given = {f: getattr(args, f) for _, f, _, _ in _FLAGS if getattr(args, f, None) is not None}
     return Settings(**given, **extra)
-
-
-def setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _serve(args: argparse.Namespace) -> int:
