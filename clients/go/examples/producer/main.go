@@ -1,0 +1,44 @@
+// Producer enqueues jobs: go run ./examples/producer -addr 127.0.0.1:50051 -n 3
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	jobqueuev1 "github.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1"
+)
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:50051", "jobqueue-grpc server")
+	queue := flag.String("queue", "default", "queue to enqueue into")
+	n := flag.Int("n", 3, "how many jobs")
+	flag.Parse()
+
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	jobs := jobqueuev1.NewJobServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	for i := range *n {
+		payload, _ := structpb.NewStruct(map[string]any{"to": fmt.Sprintf("user%d@example.com", i)})
+		resp, err := jobs.Enqueue(ctx, &jobqueuev1.EnqueueRequest{
+			Queue: *queue, Kind: "send_email", Payload: payload,
+			IdempotencyKey: fmt.Sprintf("welcome-%d", i), // enqueue twice, get one job
+		})
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Printf("%s %s created=%v\n", resp.Job.Id, resp.Job.State, resp.Created)
+	}
+}
