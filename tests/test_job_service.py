@@ -203,6 +203,7 @@ async def test_twenty_concurrent_enqueues_with_one_key_across_two_servers(
         ({"idempotency_key": "k" * 256}, "idempotency_key", "INVALID_ARGUMENT"),
         ({"payload": payload(x=float("nan"))}, "payload", "INVALID_ARGUMENT"),
         ({"payload": payload(x=float("inf"))}, "payload", "INVALID_ARGUMENT"),
+        ({"payload": payload(s="nul\x00inside")}, "payload", "INVALID_ARGUMENT"),
         ({"payload": payload(blob="x" * MiB)}, "payload", "PAYLOAD_TOO_LARGE"),
     ],
 )
@@ -218,6 +219,15 @@ async def test_enqueue_rejects_bad_requests_before_the_database(
     assert f.reason == reason
     assert field in f.violations
     assert await count(db) == 0
+
+
+async def test_text_that_only_looks_like_an_escaped_nul_is_kept(
+    stub: job_service_pb2_grpc.JobServiceStub,
+) -> None:
+    text = "C:\\u0000\\dir \\\\u0000"  # backslashes, not NUL characters
+    job = (await stub.Enqueue(job_req(payload=payload(path=text)))).job
+    got = (await stub.GetJob(pb.GetJobRequest(id=job.id))).job
+    assert got.payload["path"] == text
 
 
 async def test_payload_at_the_limit_is_accepted(

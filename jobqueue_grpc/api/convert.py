@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +45,11 @@ def _plain(value: struct_pb2.Value) -> Any:
     return None
 
 
+# An escaped NUL in json.dumps output: `\u0000` after an even number of backslashes (an odd number
+# means the text holds a literal backslash followed by "u0000", which jsonb stores fine).
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def struct_to_json(field: str, struct: struct_pb2.Struct) -> str:
     """Encodes a Struct as JSON for jsonb; INVALID_ARGUMENT for what jsonb cannot hold."""
     obj = {k: _plain(v) for k, v in struct.fields.items()}
@@ -54,7 +60,7 @@ def struct_to_json(field: str, struct: struct_pb2.Struct) -> str:
             f"{field} holds NaN or Infinity, which JSON cannot",
             [FieldViolation(field, "numbers must be finite")],
         ) from None
-    if "\\u0000" in text:
+    if _NUL.search(text):
         raise_if([FieldViolation(field, f"{field} holds a NUL character, which jsonb cannot")])
     return text
 
