@@ -24,6 +24,7 @@ Ctx = grpc.aio.ServicerContext[w.LeaseRequest, w.LeaseResponse]
 DEFAULT_MAX_IN_FLIGHT = 10
 MAX_QUEUES = 64
 MAX_KINDS = 256
+_closing: set[asyncio.Task[None]] = set()  # stream releases in flight (strong references)
 
 
 def check_open(o: w.LeaseOpen, cap: int) -> tuple[str, list[str], list[str] | None, int]:
@@ -78,10 +79,17 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             async for req in requests:
                 await self.dispatcher.handle(stream, req)
         finally:
-            await self.dispatcher.close_stream(stream)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+            # A client's cancel ends the request iterator and then cancels this task, often while
+            # the release runs: shielded, the stream's jobs are released whatever happens here.
+            closing = asyncio.create_task(self.dispatcher.close_stream(stream))
+            _closing.add(closing)
+            closing.add_done_callback(_closing.discard)
+            try:
+                await asyncio.shield(closing)
+            finally:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await writer
 
 
 async def _write(stream: Stream, context: Ctx) -> None:

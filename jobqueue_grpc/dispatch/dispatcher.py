@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 CLAIM_MAX = 1000  # jobs per claim statement
 IDLE_POLL = 1.0  # seconds: the longest a lost notification can delay a job
 HEARTBEAT_EVERY = 15.0
+EXPIRED_REMEMBERED = 1024  # per stream: expired leases whose late outcomes are answered STALE
 
 
 @dataclass
@@ -66,6 +67,18 @@ class Stream:
     outbox: asyncio.Queue[w.LeaseResponse | None] = field(default_factory=asyncio.Queue)
     draining: bool = False
     closed: bool = False
+    # Leases that ended here without this stream's outcome (expired), so that a late outcome
+    # is answered STALE rather than UNKNOWN; bounded, oldest dropped first.
+    expired: dict[str, uuid.UUID] = field(default_factory=dict)
+
+    def forget(self, job_id: str) -> Lease | None:
+        """Drops the lease of `job_id` (it expired and moved on), remembering its token."""
+        lease = self.leases.pop(job_id, None)
+        if lease is not None:
+            self.expired[job_id] = lease.token
+            if len(self.expired) > EXPIRED_REMEMBERED:
+                del self.expired[next(iter(self.expired))]
+        return lease
 
     @property
     def capacity(self) -> int:
@@ -334,7 +347,10 @@ class Dispatcher:
         """The lease if this stream holds `job_id` under `token`; otherwise rejects it."""
         lease = s.leases.get(job_id)
         if lease is None:
-            s.reject(job_id, UNKNOWN, "no such job is leased on this stream")
+            if token and token == str(s.expired.get(job_id)):
+                s.reject(job_id, STALE, "the lease expired and the job moved on")
+            else:
+                s.reject(job_id, UNKNOWN, "no such job is leased on this stream")
             return None
         if token != str(lease.token):
             s.reject(job_id, STALE, "lease token is not the job's current lease")
@@ -409,7 +425,7 @@ class Dispatcher:
 
     def _lost(self, s: Stream, job_id: str) -> None:
         """The database says this stream's lease is gone (expired and moved on)."""
-        if s.leases.pop(job_id, None) is not None:
+        if s.forget(job_id) is not None:
             metrics.jobs_in_flight(-1)
             self.leases_shrank.set()
             self.wake()
@@ -463,7 +479,7 @@ class Dispatcher:
 
     def _forget(self, job_id: str) -> None:
         for s in self.streams.values():
-            if s.leases.pop(job_id, None) is not None:
+            if s.forget(job_id) is not None:
                 metrics.jobs_in_flight(-1)
                 self.leases_shrank.set()
 
