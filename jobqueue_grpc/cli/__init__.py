@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from jobqueue_grpc.cli import serve, worker
+from jobqueue_grpc.cli import admin, serve, worker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     serve.register(sub)
     worker.register(sub)
+    admin.register(sub)
     return p
 
 
