@@ -35,6 +35,9 @@ $(TS_DEPS): clients/typescript/package-lock.json
 generate: $(STAMP) tools $(TS_DEPS) ## regenerate the Python, Go and TypeScript stubs (buf.gen.yaml)
 	PYTHON=$(BIN)/python scripts/generate.sh
 
+breaking: $(STAMP) ## buf breaking: proto/ against the previous commit
+	BUF=$(BIN)/buf scripts/breaking.sh
+
 check-generated: generate ## fail if the committed stubs are stale
 	git diff --exit-code -- $(GENERATED)
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --porcelain -- $(GENERATED); exit 1; }
@@ -48,4 +51,4 @@ lint: $(STAMP) ## buf lint, ruff, mypy --strict
 bench: $(STAMP) ## run the benchmarks; prints JSON and a table
 	$(BIN)/python bench/run.py
 
-.PHONY: help install serve test tools generate check-generated lint bench
+.PHONY: help install serve test tools generate breaking check-generated lint bench

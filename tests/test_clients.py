@@ -6,7 +6,8 @@ grpc-health-probe watches health through a graceful shutdown.
 
 Each test skips, saying why, when its toolchain is missing: `go` for the Go suite, `node`/`npm`
 and `npm ci` for the TypeScript suite, and the pinned Go tools in .tools/bin (`make tools`; built
-here on first use when `go` is present) for grpcurl and grpc-health-probe.
+here on first use when `go` is present) for grpcurl and grpc-health-probe. CI sets
+JOBQUEUE_REQUIRE_CLIENTS=1, which turns each of those skips into a failure.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import pytest
@@ -67,6 +68,13 @@ async def run(
     return proc.returncode, out.decode(errors="replace")
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Skip, or fail where the client suites must run (CI sets JOBQUEUE_REQUIRE_CLIENTS=1)."""
+    if os.environ.get("JOBQUEUE_REQUIRE_CLIENTS"):
+        pytest.fail(f"JOBQUEUE_REQUIRE_CLIENTS is set but {reason}")
+    pytest.skip(reason)
+
+
 def queue_name() -> str:
     return "clients-" + uuid.uuid4().hex[:12]
 
@@ -77,7 +85,7 @@ def go_tools() -> Path:
     if all((TOOLS_BIN / t).exists() for t in TOOLS):
         return TOOLS_BIN
     if shutil.which("go") is None:
-        pytest.skip("go is not installed, so grpcurl and grpc-health-probe cannot be built")
+        unavailable("go is not installed, so grpcurl and grpc-health-probe cannot be built")
     r = subprocess.run(
         [ROOT / "scripts" / "tools.sh"],
         capture_output=True,
@@ -88,7 +96,7 @@ def go_tools() -> Path:
     missing = [t for t in TOOLS if not (TOOLS_BIN / t).exists()]
     if r.returncode != 0 or missing:
         tail = (r.stdout + r.stderr).strip().splitlines()[-5:]
-        pytest.skip(f"could not build the pinned Go tools (scripts/tools.sh): {tail}")
+        unavailable(f"could not build the pinned Go tools (scripts/tools.sh): {tail}")
     return TOOLS_BIN
 
 
@@ -98,7 +106,7 @@ def go_tools() -> Path:
 @pytest.mark.timeout(BUILD_TIMEOUT)
 async def test_go_client_suite(make_server: ServerFactory) -> None:
     if shutil.which("go") is None:
-        pytest.skip("go is not installed: Go client suite (clients/go) skipped")
+        unavailable("go is not installed: Go client suite (clients/go) skipped")
     srv = await make_server()
     code, out = await run(
         "go",
@@ -120,9 +128,9 @@ async def test_go_client_suite(make_server: ServerFactory) -> None:
 @pytest.mark.timeout(BUILD_TIMEOUT)
 async def test_typescript_client_suite(make_server: ServerFactory) -> None:
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node/npm not installed: TypeScript client suite (clients/typescript) skipped")
+        unavailable("node/npm not installed: TypeScript client suite (clients/typescript) skipped")
     if not (TS_CLIENT / "node_modules").is_dir():
-        pytest.skip(
+        unavailable(
             "clients/typescript/node_modules missing (run `npm ci` there): "
             "TypeScript client suite skipped"
         )
