@@ -77,6 +77,8 @@ class JobQueueServer:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.keepalive_time_ms", int(settings.keepalive_time * 1000)),
                 ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * 1000)),
+                # Any unanswered ping (not only keepalive's) ends a dead connection that soon.
+                ("grpc.http2.ping_timeout_ms", int(settings.keepalive_timeout * 1000)),
             ],
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -95,3 +96,75 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError("condition not met before the deadline")
         await asyncio.sleep(interval)
+
+
+class Proxy:
+    """A loopback TCP proxy in front of a server that counts the client's HTTP/2 PING frames
+    (plaintext only) and can freeze: stop forwarding both ways, as a dead peer or a cut cable."""
+
+    PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.connections = 0
+        self.client_pings = 0
+        self.frozen = asyncio.Event()
+        self.upstream_closed = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Proxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in self._writers:
+            w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
+        await self._server.wait_closed()
+
+    async def _accept(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers += [cw, uw]
+        for coro in (self._up(cr, uw), self._down(ur, cw)):
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+
+    async def _up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buf = b""
+        seen_preface = False
+        while data := await reader.read(65536):
+            if self.frozen.is_set():
+                return  # stop reading the client: TCP backs up, nothing reaches the server
+            buf += data
+            if not seen_preface and len(buf) >= len(self.PREFACE):
+                buf, seen_preface = buf[len(self.PREFACE) :], True
+            while seen_preface and len(buf) >= 9:
+                length = int.from_bytes(buf[:3], "big")
+                if len(buf) < 9 + length:
+                    break
+                ftype, flags = buf[3], buf[4]
+                if ftype == 0x6 and not flags & 0x1:
+                    self.client_pings += 1
+                buf = buf[9 + length :]
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def _down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if not self.frozen.is_set():
+                writer.write(data)
+                await writer.drain()
+        self.upstream_closed.set()
+        writer.close()
