@@ -70,6 +70,10 @@ class Stream:
     # Leases that ended here without this stream's outcome (expired), so that a late outcome
     # is answered STALE rather than UNKNOWN; bounded, oldest dropped first.
     expired: dict[str, uuid.UUID] = field(default_factory=dict)
+    # A lease expired here without a word from the worker (frozen, stuck loop, dead host with
+    # the connection still up): it gets no new jobs until it sends anything, or each job it is
+    # pushed would burn an attempt in turn.
+    silent: bool = False
 
     def forget(self, job_id: str) -> Lease | None:
         """Drops the lease of `job_id` (it expired and moved on), remembering its token."""
@@ -82,7 +86,7 @@ class Stream:
 
     @property
     def capacity(self) -> int:
-        if self.draining or self.closed:
+        if self.draining or self.closed or self.silent:
             return 0
         return self.max_in_flight - len(self.leases)
 
@@ -303,6 +307,9 @@ class Dispatcher:
 
     # -- what workers send ----------------------------------------------------------------------
     async def handle(self, s: Stream, req: w.LeaseRequest) -> None:
+        if s.silent:  # the worker is alive after all
+            s.silent = False
+            self.wake()
         which = req.WhichOneof("msg")
         if which == "complete":
             for c in req.complete.jobs:
@@ -480,6 +487,7 @@ class Dispatcher:
     def _forget(self, job_id: str) -> None:
         for s in self.streams.values():
             if s.forget(job_id) is not None:
+                s.silent = True
                 metrics.jobs_in_flight(-1)
                 self.leases_shrank.set()
 
