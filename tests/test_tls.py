@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
+import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from jobqueue_grpc import TLS, AsyncClient, JobContext, Worker
 from jobqueue_grpc.config import Settings
-from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2, job_service_pb2_grpc
+from jobqueue_grpc.gen.jobqueue.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from jobqueue_grpc.tls import channel_credentials
 from tests.conftest import ServerFactory
+from tests.hardening import eventually
 
 
 @dataclass(frozen=True)
@@ -231,3 +237,79 @@ def test_half_configured_tls_is_refused_at_start(fields: dict[str, str]) -> None
 def test_client_certificate_needs_its_key(pki: Pki) -> None:
     with pytest.raises(ValueError):
         channel_credentials(ca=pki.ca.pem.cert, cert=pki.client.cert)
+
+
+async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("jobqueue-grpc")),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_sdk_worker_and_cli_with_tokens_over_mtls(
+    make_server: ServerFactory, pki: Pki, tmp_path: Path
+) -> None:
+    """The issue's 'done when': tokens + mTLS; authorised calls served, the rest refused."""
+    srv = await make_server(
+        tls_cert=pki.server.cert,
+        tls_key=pki.server.key,
+        tls_client_ca=pki.ca.pem.cert,
+        auth_tokens="producer:p-tok,worker:w-tok,admin:a-tok",
+    )
+    address = f"localhost:{srv.port}"
+    tls = TLS(ca=pki.ca.pem.cert, cert=pki.client.cert, key=pki.client.key)
+    async with AsyncClient(address, token="p-tok", tls=tls) as client:
+        made = await client.enqueue("greet", {"name": "ada"})
+        worker = Worker(address, token="w-tok", tls=tls)
+
+        @worker.handler("greet")
+        async def greet(ctx: JobContext) -> dict[str, object]:
+            return {"hello": ctx.payload["name"]}
+
+        task = asyncio.create_task(worker.run())
+        try:
+
+            async def done() -> bool:
+                job = await client.get_job(made.job.id)
+                return bool(job.state == job_pb2.JOB_STATE_SUCCEEDED)
+
+            await eventually(done)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 30)
+        # A worker token cannot enqueue, a producer token cannot lease.
+        async with AsyncClient(address, token="w-tok", tls=tls) as wrong:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await wrong.enqueue("greet", {})
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("a-tok\n")
+    tls_flags = ["--tls-ca", str(pki.ca.pem.cert), "--tls-cert", str(pki.client.cert)]
+    tls_flags += ["--tls-key", str(pki.client.key)]
+    code, out, err = await _cli(
+        "jobs", "get", made.job.id, "--json", "--address", address, "--token-file",
+        str(token_file), *tls_flags,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["result"] == {"hello": "ada"}
+    # The token from the environment works too; no token at all is refused.
+    code, out, err = await _cli(
+        "queues", "list", "--json", "--address", address, *tls_flags,
+        env={"JOBQUEUE_TOKEN": "a-tok"},
+    )  # fmt: skip
+    assert code == 0, err
+    code, _, err = await _cli("queues", "list", "--address", address, *tls_flags)
+    assert code == 1 and "UNAUTHENTICATED" in err
+    # Without a client certificate the handshake itself fails.
+    code, _, err = await _cli(
+        "queues", "list", "--address", address, "--tls-ca", str(pki.ca.pem.cert),
+        env={"JOBQUEUE_TOKEN": "a-tok"},
+    )  # fmt: skip
+    assert code == 1 and "UNAVAILABLE" in err

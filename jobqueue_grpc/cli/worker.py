@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from typing import Any
 
+from jobqueue_grpc.cli import connection
+from jobqueue_grpc.logs import setup_logging
 from jobqueue_grpc.worker import Worker
 
 
@@ -30,11 +31,13 @@ def load(spec: str) -> Worker:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=os.environ.get("JOBQUEUE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    setup_logging(
+        fmt=os.environ.get("JOBQUEUE_LOG_FORMAT", "text"),
+        level=os.environ.get("JOBQUEUE_LOG_LEVEL", "INFO"),
     )
     worker = load(args.spec)
+    worker.token = connection.token(args) or worker.token
+    worker.tls = connection.tls(args) or worker.tls
     if args.address:
         worker.address = args.address
     if args.concurrency:
@@ -48,4 +51,5 @@ def register(sub: Any) -> None:
     p.add_argument("spec", help="module:attribute naming a Worker (or a function returning one)")
     p.add_argument("--address", default=os.environ.get("JOBQUEUE_ADDRESS"), help="server address")
     p.add_argument("--concurrency", type=int, default=None, help="jobs run at once")
+    connection.add_credential_args(p)
     p.set_defaults(func=_run)
