@@ -87,7 +87,6 @@ class JobQueueServer:
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerService(self.dispatcher, settings), self.server
         )
-        # Filled in by their own issues; until then they answer UNIMPLEMENTED.
         dead_letter_service_pb2_grpc.add_DeadLetterServiceServicer_to_server(
             DeadLetterService(store, settings), self.server
         )
@@ -117,8 +116,8 @@ class JobQueueServer:
         await self.dispatcher.start()
         await self._check_health()
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
-        self._tasks.append(asyncio.create_task(self.pruner.run(), name="pruner"))
         self.metrics = await metrics_server.start_for(self.settings, self.store)
+        self._tasks.append(asyncio.create_task(self.pruner.run(), name="pruner"))
         log.info("serving gRPC on %s:%d", self.settings.host, self.port)
         return self.port
 
