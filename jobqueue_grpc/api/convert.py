@@ -52,6 +52,8 @@ _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 def struct_to_json(field: str, struct: struct_pb2.Struct) -> str:
     """Encodes a Struct as JSON for jsonb; INVALID_ARGUMENT for what jsonb cannot hold."""
+    if not struct.fields:
+        return "{}"
     obj = {k: _plain(v) for k, v in struct.fields.items()}
     try:
         text = json.dumps(obj, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
@@ -154,8 +156,24 @@ def errors_list(text: str | None) -> list[job_pb2.AttemptError]:
     return [attempt_error(e) for e in json.loads(text)] if text else []
 
 
+_NO_TIME = datetime.max.replace(tzinfo=UTC)
+_TIMES = ("run_at", "created_at", "updated_at", "started_at", "finished_at", "lease_expires_at")
+
+
+def set_time(ts: timestamp_pb2.Timestamp, at: datetime) -> None:
+    """Timestamp.FromDatetime, exact to the microsecond and several times faster."""
+    ts.seconds = int(at.timestamp())
+    ts.nanos = at.microsecond * 1000
+
+
+def set_duration(d: duration_pb2.Duration, secs: float) -> None:
+    whole = int(secs)
+    d.seconds = whole
+    d.nanos = round((secs - whole) * 1e9)
+
+
 def job(r: Row) -> job_pb2.Job:
-    """A store row (read with {job_columns}) as a Job message."""
+    """A store row (read with {job_columns}) as a Job message. On the lease hot path: lean."""
     j = job_pb2.Job(
         id=str(r["id"]),
         queue=r["queue"],
@@ -168,27 +186,21 @@ def job(r: Row) -> job_pb2.Job:
         cancel_requested=r["cancel_requested"],
         worker_id=r["worker_id"] or "",
     )
-    json_to_struct(r["payload"], j.payload)
-    json_to_struct(r["result"], j.result)
-    json_to_struct(r["progress"], j.progress)
-    for name in (
-        "run_at",
-        "created_at",
-        "updated_at",
-        "started_at",
-        "finished_at",
-        "lease_expires_at",
-    ):
+    for name, out in (("payload", j.payload), ("result", j.result), ("progress", j.progress)):
+        text = r[name]
+        if text and text != "{}":
+            out.update(json.loads(text))
+    for name in _TIMES:
         at = r[name]
-        if at is not None and at != datetime.max.replace(tzinfo=UTC):
-            getattr(j, name).FromDatetime(at)
-    j.lease_duration.CopyFrom(duration(r["lease_seconds"]))
+        if at is not None and at != _NO_TIME:
+            set_time(getattr(j, name), at)
+    set_duration(j.lease_duration, r["lease_seconds"])
     if r["backoff_base"] is not None:
-        j.retry_policy.backoff_base.CopyFrom(duration(r["backoff_base"]))
+        set_duration(j.retry_policy.backoff_base, r["backoff_base"])
     if r["backoff_cap"] is not None:
-        j.retry_policy.backoff_cap.CopyFrom(duration(r["backoff_cap"]))
-    errs = errors_list(r["errors"])
-    if errs:
+        set_duration(j.retry_policy.backoff_cap, r["backoff_cap"])
+    if r["errors"] and r["errors"] != "[]":
+        errs = errors_list(r["errors"])
         j.errors.extend(errs)
         j.last_error.CopyFrom(errs[-1])
     return j

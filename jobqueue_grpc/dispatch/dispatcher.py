@@ -160,8 +160,12 @@ class Dispatcher:
         for s in streams:
             s.closed = True
             s.outbox.put_nowait(None)
-        if streams:
-            await self._release([s.id for s in streams], "server_shutdown")
+        held = [(le.job_id, le.token) for s in streams for le in s.leases.values()]
+        if held:
+            await self._release(held, "server_shutdown")
+        for s in streams:
+            metrics.jobs_in_flight(-len(s.leases))
+            s.leases.clear()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -197,18 +201,21 @@ class Dispatcher:
         s.outbox.put_nowait(None)
         await self.settler.idle()
         if s.leases:
-            await self._release([s.id], "stream_closed")
+            await self._release(
+                [(le.job_id, le.token) for le in s.leases.values()], "stream_closed"
+            )
             metrics.jobs_in_flight(-len(s.leases))
             s.leases.clear()
             self.leases_shrank.set()
 
-    async def _release(self, stream_ids: list[uuid.UUID], source: str) -> None:
+    async def _release(self, leases: list[tuple[uuid.UUID, uuid.UUID]], source: str) -> None:
+        """Ends these (job id, lease token) leases as failed attempts; stale ones are skipped."""
         message = {
             "stream_closed": "the worker's stream ended before the job finished",
             "server_shutdown": "the server shut down before the job finished",
         }[source]
-        rows = await self.store.leases.release_streams(
-            stream_ids, lambda r: self._decide_lost(r, message, source)
+        rows = await self.store.leases.release(
+            leases, lambda r: self._decide_lost(r, message, source)
         )
         _count_failures(rows)
 
@@ -302,7 +309,7 @@ class Dispatcher:
             self.streams[sid].send(w.LeaseResponse(jobs=w.LeasedJobs(jobs=jobs)))
         if orphans:  # the stream closed while the claim ran: release them now
             asyncio.get_running_loop().create_task(
-                self._release(list({r["stream_id"] for r in orphans}), "stream_closed")
+                self._release([(r["id"], r["lease_token"]) for r in orphans], "stream_closed")
             )
 
     # -- what workers send ----------------------------------------------------------------------

@@ -117,15 +117,18 @@ class LeaseStore:
                 await conn.fetch(q("fail_jobs"), *_failure_arrays([decide(r) for r in rows]))
             )
 
-    async def release_streams(self, stream_ids: Sequence[uuid.UUID], decide: Decide) -> list[Row]:
-        """Ends every lease still held by these streams as a failed attempt."""
+    async def release(
+        self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], decide: Decide
+    ) -> list[Row]:
+        """Ends these (job id, lease token) leases as failed attempts, where still current."""
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(q("lock_stream_leases"), list(stream_ids))
+            rows = await conn.fetch(
+                q("lock_leases"), [job for job, _ in leases], [token for _, token in leases]
+            )
             if not rows:
                 return []
-            return list(
-                await conn.fetch(q("fail_jobs"), *_failure_arrays([decide(r) for r in rows]))
-            )
+            failures = _failure_arrays([decide(r) for r in rows])
+            return list(await conn.fetch(q("fail_jobs"), *failures))
 
 
 def _failure_arrays(failures: Sequence[Failure]) -> list[list[object]]:

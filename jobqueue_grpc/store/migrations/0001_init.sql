@@ -37,9 +37,9 @@ CREATE UNIQUE INDEX jobs_idempotency_key ON jobqueue.jobs (idempotency_key)
 CREATE INDEX jobs_queued ON jobqueue.jobs (queue, priority, run_at, id) WHERE state = 'queued';
 -- The scheduler: parked jobs by due time.
 CREATE INDEX jobs_parked ON jobqueue.jobs (run_at) WHERE state IN ('scheduled', 'retrying');
--- The reaper: running jobs by lease expiry; release on stream end: by stream.
+-- The reaper: running jobs by lease expiry. (A closed stream's jobs are released by id and
+-- token, which the dispatcher holds, so stream_id needs no index.)
 CREATE INDEX jobs_running ON jobqueue.jobs (lease_expires_at) WHERE state = 'running';
-CREATE INDEX jobs_running_stream ON jobqueue.jobs (stream_id) WHERE state = 'running';
 -- ListJobs: newest first, keyset.
 CREATE INDEX jobs_created ON jobqueue.jobs (created_at DESC, id DESC);
 

@@ -126,9 +126,11 @@ ORDER BY lease_expires_at
 LIMIT $1
 FOR UPDATE SKIP LOCKED;
 
--- name: lock_stream_leases
--- Jobs still leased on a stream (for release when the stream ends).
-SELECT id, lease_token, attempt, max_attempts, backoff_base, backoff_cap, last_sleep, queue, kind
-FROM jobqueue.jobs
-WHERE state = 'running' AND stream_id = ANY($1::uuid[])
-FOR UPDATE SKIP LOCKED;
+-- name: lock_leases
+-- These leases, where still current (for release when their stream ends).
+SELECT j.id, j.lease_token, j.attempt, j.max_attempts, j.backoff_base, j.backoff_cap,
+       j.last_sleep, j.queue, j.kind
+FROM jobqueue.jobs j
+JOIN unnest($1::uuid[], $2::uuid[]) AS t(id, token) ON j.id = t.id AND j.lease_token = t.token
+WHERE j.state = 'running'
+FOR UPDATE OF j SKIP LOCKED;

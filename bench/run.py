@@ -1,0 +1,315 @@
+"""jobqueue-grpc benchmarks: `make bench`. Prints a table and a JSON line.
+
+Everything runs on this machine: a PostgreSQL with durable commits (synchronous_commit on,
+fsync on), the real server (`jobqueue-grpc serve`) as a subprocess, Python load processes and SDK
+worker processes. Figures:
+  enqueue_unary_jobs_per_s    Enqueue RPCs, 16 concurrent (2 processes x 8)
+  enqueue_batch_jobs_per_s    EnqueueBatch, 1,000 jobs a call, 4 concurrent
+  end_to_end_jobs_per_s       200,000 queued no-op jobs burned down by SDK workers over Lease
+  latency_ms p50/p95/p99      enqueue (the job's created_at, set in the inserting transaction)
+                              to the worker's handler starting, at a steady modest rate
+  server_rss_mb               the server's resident memory at the end (peak too)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from jobqueue_grpc.embedded import EmbeddedPostgres  # noqa: E402
+from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js  # noqa: E402
+from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg  # noqa: E402
+from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2 as qs  # noqa: E402
+from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2_grpc as qsg  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- load generators (each runs in its own process: `python run.py _unary ...`) ----------------
+async def _unary(address: str, n: int, concurrency: int, queue: str) -> None:
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = jsg.JobServiceStub(ch)
+        left = n
+
+        async def one() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await stub.Enqueue(js.EnqueueRequest(queue=queue, kind="noop"))
+
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+
+
+async def _batch(address: str, n: int, concurrency: int, queue: str, size: int = 1000) -> None:
+    async with grpc.aio.insecure_channel(
+        address, options=[("grpc.max_receive_message_length", 64 << 20)]
+    ) as ch:
+        stub = jsg.JobServiceStub(ch)
+        req = js.EnqueueBatchRequest(
+            jobs=[js.EnqueueRequest(queue=queue, kind="noop") for _ in range(size)]
+        )
+        left = n // size
+
+        async def one() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await stub.EnqueueBatch(req)
+
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+
+
+async def _steady(address: str, rate: float, seconds: float, queue: str) -> None:
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = jsg.JobServiceStub(ch)
+        start = time.monotonic()
+        tasks = []
+        for i in range(int(rate * seconds)):
+            at = start + i / rate
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            tasks.append(
+                asyncio.ensure_future(stub.Enqueue(js.EnqueueRequest(queue=queue, kind="latency")))
+            )
+        await asyncio.gather(*tasks)
+
+
+# -- orchestration ---------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="jq-bench-"))
+        self.pg = EmbeddedPostgres(
+            self.tmp / "pg",
+            settings={"synchronous_commit": "on", "fsync": "on", "shared_buffers": "256MB"},
+        )
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.server: subprocess.Popen[bytes] | None = None
+        self.results: dict[str, Any] = {}
+
+    def start(self) -> None:
+        url = self.pg.start()
+        env = {**os.environ, "JOBQUEUE_LOG_LEVEL": "WARNING"}
+        self.server = subprocess.Popen(
+            [
+                str(BIN / "jobqueue-grpc"),
+                "serve",
+                "--database-url",
+                url,
+                "--port",
+                str(self.port),
+                "--metrics-port",
+                "0",
+                "--grace-period",
+                "2",
+            ],
+            env=env,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with grpc.insecure_channel(self.address) as ch:
+                    grpc.channel_ready_future(ch).result(timeout=1)
+                    jsg.JobServiceStub(ch).ListJobs(js.ListJobsRequest(page_size=1))
+                return
+            except (grpc.RpcError, grpc.FutureTimeoutError):
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.results["server_rss_mb"] = _rss_mb(self.server.pid, "VmRSS")
+            self.results["server_peak_rss_mb"] = _rss_mb(self.server.pid, "VmHWM")
+            self.server.send_signal(signal.SIGTERM)
+            self.server.wait(60)
+        self.pg.stop()
+
+    def _spawn(self, *argv: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, __file__, *argv])
+
+    def unary(self) -> None:
+        n, procs, per = self.args.unary_jobs, 2, 8
+        t = time.monotonic()
+        ps = [
+            self._spawn("_unary", self.address, str(n // procs), str(per), "bench_unary")
+            for _ in range(procs)
+        ]
+        for p in ps:
+            assert p.wait() == 0
+        self.results["enqueue_unary_jobs_per_s"] = round(n / (time.monotonic() - t))
+
+    def batch(self) -> None:
+        n = self.args.batch_jobs
+        t = time.monotonic()
+        p = self._spawn("_batch", self.address, str(n), "4", "bench_batch")
+        assert p.wait() == 0
+        self.results["enqueue_batch_jobs_per_s"] = round(n / (time.monotonic() - t))
+
+    def _workers(
+        self, queue: str, procs: int, concurrency: int
+    ) -> list[tuple[subprocess.Popen[bytes], Path]]:
+        out = []
+        for i in range(procs):
+            path = self.tmp / f"{queue}-{i}.json"
+            env = {
+                **os.environ,
+                "JOBQUEUE_ADDRESS": self.address,
+                "BENCH_QUEUE": queue,
+                "BENCH_CONCURRENCY": str(concurrency),
+                "BENCH_OUT": str(path),
+                "JOBQUEUE_LOG_LEVEL": "WARNING",
+                "PYTHONPATH": str(ROOT),
+            }
+            p = subprocess.Popen(
+                [str(BIN / "jobqueue-grpc"), "worker", "bench.workers:make_worker"],
+                env=env,
+                cwd=ROOT,
+            )
+            out.append((p, path))
+        return out
+
+    def _stop_workers(
+        self, workers: list[tuple[subprocess.Popen[bytes], Path]]
+    ) -> list[dict[str, Any]]:
+        for p, _ in workers:
+            p.send_signal(signal.SIGTERM)
+        stats = []
+        for p, path in workers:
+            p.wait(60)
+            stats.append(json.loads(path.read_text()) if path.exists() else {})
+        return stats
+
+    def _counts(self, stub: Any, queue: str) -> Any:
+        return stub.GetQueue(qs.GetQueueRequest(name=queue)).queue.counts
+
+    def end_to_end(self) -> None:
+        n, queue = self.args.e2e_jobs, "bench_e2e"
+        with grpc.insecure_channel(self.address) as ch:
+            queues = qsg.QueueServiceStub(ch)
+            queues.PauseQueue(qs.PauseQueueRequest(name=queue))
+            p = self._spawn("_batch", self.address, str(n), "4", queue)
+            assert p.wait() == 0
+            workers = self._workers(queue, self.args.worker_procs, self.args.worker_concurrency)
+            time.sleep(2.0)  # let the worker processes start and open their streams
+            t = time.monotonic()
+            queues.ResumeQueue(qs.ResumeQueueRequest(name=queue))
+            while self._counts(queues, queue).succeeded < n:
+                time.sleep(0.25)
+            elapsed = time.monotonic() - t
+        stats = self._stop_workers(workers)
+        self.results["end_to_end_jobs_per_s"] = round(n / elapsed)
+        self.results["end_to_end_jobs"] = n
+        self.results["end_to_end_executions"] = sum(s.get("done", 0) for s in stats)
+
+    def latency(self) -> None:
+        queue, rate, seconds = "bench_latency", self.args.latency_rate, self.args.latency_seconds
+        workers = self._workers(queue, 1, 50)
+        time.sleep(2.0)  # worker startup
+        p = self._spawn("_steady", self.address, str(rate), str(seconds), queue)
+        assert p.wait() == 0
+        with grpc.insecure_channel(self.address) as ch:
+            queues = qsg.QueueServiceStub(ch)
+            while self._counts(queues, queue).succeeded < int(rate * seconds):
+                time.sleep(0.1)
+        stats = self._stop_workers(workers)
+        lat = sorted(x * 1000 for s in stats for x in s.get("latencies", []))
+        q = statistics.quantiles(lat, n=100)
+        self.results["latency_rate_per_s"] = rate
+        self.results["latency_samples"] = len(lat)
+        self.results["latency_ms"] = {
+            "p50": round(q[49], 2),
+            "p95": round(q[94], 2),
+            "p99": round(q[98], 2),
+        }
+
+    def run(self) -> dict[str, Any]:
+        self.start()
+        try:
+            for phase in self.args.phases.split(","):
+                getattr(self, phase)()
+                print(f"  {phase}: done", file=sys.stderr, flush=True)
+        finally:
+            self.stop()
+        return self.results
+
+
+def _rss_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+TARGETS = {
+    "enqueue_unary_jobs_per_s": 4000,
+    "enqueue_batch_jobs_per_s": 50000,
+    "end_to_end_jobs_per_s": 15000,
+}
+
+
+def table(r: dict[str, Any]) -> str:
+    rows = [("figure", "value", "target")]
+    for k, target in TARGETS.items():
+        if k in r:
+            rows.append((k, f"{r[k]:,}", f">= {target:,}"))
+    if "latency_ms" in r:
+        lat = r["latency_ms"]
+        rows.append(("latency p50 (ms)", str(lat["p50"]), "<= 2"))
+        rows.append(("latency p95 (ms)", str(lat["p95"]), ""))
+        rows.append(("latency p99 (ms)", str(lat["p99"]), "<= 10"))
+    for k in ("server_rss_mb", "server_peak_rss_mb"):
+        if k in r:
+            rows.append((k, str(r[k]), ""))
+    w = [max(len(x[i]) for x in rows) for i in range(3)]
+    return "\n".join(f"{a:<{w[0]}}  {b:>{w[1]}}  {c}" for a, b, c in rows)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
+        mode, address, *rest = sys.argv[1:]
+        if mode == "_unary":
+            asyncio.run(_unary(address, int(rest[0]), int(rest[1]), rest[2]))
+        elif mode == "_batch":
+            asyncio.run(_batch(address, int(rest[0]), int(rest[1]), rest[2]))
+        elif mode == "_steady":
+            asyncio.run(_steady(address, float(rest[0]), float(rest[1]), rest[2]))
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--phases", default="unary,batch,end_to_end,latency")
+    p.add_argument("--unary-jobs", type=int, default=20_000)
+    p.add_argument("--batch-jobs", type=int, default=200_000)
+    p.add_argument("--e2e-jobs", type=int, default=200_000)
+    p.add_argument("--worker-procs", type=int, default=2)
+    p.add_argument("--worker-concurrency", type=int, default=500)
+    p.add_argument("--latency-rate", type=float, default=200)
+    p.add_argument("--latency-seconds", type=float, default=10)
+    args = p.parse_args()
+    results = Bench(args).run()
+    print(table(results))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
