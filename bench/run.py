@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -102,7 +103,12 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="jq-bench-"))
         self.pg = EmbeddedPostgres(
             self.tmp / "pg",
-            settings={"synchronous_commit": "on", "fsync": "on", "shared_buffers": "256MB"},
+            settings={
+                "synchronous_commit": "on",
+                "fsync": "on",
+                "shared_buffers": "256MB",
+                **dict(kv.split("=", 1) for kv in args.pg_setting),
+            },
         )
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -145,6 +151,10 @@ class Bench:
             self.server.send_signal(signal.SIGTERM)
             self.server.wait(60)
         self.pg.stop()
+        if self.args.keep:
+            print(f"kept {self.tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _spawn(self, *argv: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, __file__, *argv])
@@ -305,6 +315,8 @@ def main() -> None:
     p.add_argument("--worker-concurrency", type=int, default=500)
     p.add_argument("--latency-rate", type=float, default=200)
     p.add_argument("--latency-seconds", type=float, default=10)
+    p.add_argument("--pg-setting", action="append", default=[], help="extra postgres -c k=v")
+    p.add_argument("--keep", action="store_true", help="keep the data directory (and its log)")
     args = p.parse_args()
     results = Bench(args).run()
     print(table(results))

@@ -4,20 +4,31 @@
 -- name: claim_jobs
 -- One claim serves many streams: $3/$4 hold one (stream_id, worker_id) slot per job wanted,
 -- interleaved across streams; the n-th job picked goes to the n-th slot.
-WITH picked AS (
-    SELECT s.id AS picked_id, row_number() OVER () AS n
-    FROM (
-        SELECT j.id
+-- Each unpaused queue is read in index order (priority, run_at, id) and stops at the limit, so a
+-- claim costs the same with ten jobs waiting or a million; the queues' heads are then merged.
+WITH open_queues AS (
+    SELECT qn AS name
+    FROM unnest($1::text[]) AS qn
+    WHERE NOT EXISTS (SELECT 1 FROM jobqueue.queues p WHERE p.name = qn AND p.paused)
+), candidates AS (
+    SELECT c.id, c.priority, c.run_at
+    FROM open_queues o
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.run_at
         FROM jobqueue.jobs j
         WHERE j.state = 'queued'
-          AND j.queue = ANY($1::text[])
+          AND j.queue = o.name
           AND ($2::text[] IS NULL OR j.kind = ANY($2::text[]))
           AND NOT j.cancel_requested
-          AND NOT EXISTS (SELECT 1 FROM jobqueue.queues p WHERE p.name = j.queue AND p.paused)
         ORDER BY j.priority, j.run_at, j.id
         LIMIT cardinality($3::uuid[])
         FOR UPDATE SKIP LOCKED
-    ) s
+    ) c
+), picked AS (
+    SELECT id AS picked_id, row_number() OVER (ORDER BY priority, run_at, id) AS n
+    FROM candidates
+    ORDER BY priority, run_at, id
+    LIMIT cardinality($3::uuid[])
 )
 UPDATE jobqueue.jobs j
 SET state = 'running',
