@@ -7,6 +7,7 @@ queues and kinds that exist (both validated names).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -33,28 +34,40 @@ WAIT_SECONDS = Histogram(
 RUN_SECONDS = Histogram("jobqueue_job_run_seconds", "From lease to outcome.", _QK, buckets=_BUCKETS)
 
 
+_children: dict[tuple[int, str, str], Any] = {}
+
+
+def _child(metric: Counter | Histogram, queue: str, kind: str) -> Any:
+    """metric.labels(queue, kind), cached: labels() costs microseconds on the hot path."""
+    key = (id(metric), queue, kind)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(queue, kind)
+    return child
+
+
 def enqueued(queue: str, kind: str, n: int = 1) -> None:
-    JOBS_ENQUEUED.labels(queue, kind).inc(n)
+    _child(JOBS_ENQUEUED, queue, kind).inc(n)
 
 
 def completed(queue: str, kind: str, n: int = 1) -> None:
-    JOBS_COMPLETED.labels(queue, kind).inc(n)
+    _child(JOBS_COMPLETED, queue, kind).inc(n)
 
 
 def failed(queue: str, kind: str, n: int = 1) -> None:
-    JOBS_FAILED.labels(queue, kind).inc(n)
+    _child(JOBS_FAILED, queue, kind).inc(n)
 
 
 def retried(queue: str, kind: str, n: int = 1) -> None:
-    JOBS_RETRIED.labels(queue, kind).inc(n)
+    _child(JOBS_RETRIED, queue, kind).inc(n)
 
 
 def dead_lettered(queue: str, kind: str, n: int = 1) -> None:
-    JOBS_DEAD_LETTERED.labels(queue, kind).inc(n)
+    _child(JOBS_DEAD_LETTERED, queue, kind).inc(n)
 
 
 def cancelled(queue: str, kind: str, n: int = 1) -> None:
-    JOBS_CANCELLED.labels(queue, kind).inc(n)
+    _child(JOBS_CANCELLED, queue, kind).inc(n)
 
 
 def lease_streams(delta: int) -> None:
@@ -66,11 +79,11 @@ def jobs_in_flight(delta: int) -> None:
 
 
 def observe_wait(queue: str, kind: str, seconds: float) -> None:
-    WAIT_SECONDS.labels(queue, kind).observe(max(0.0, seconds))
+    _child(WAIT_SECONDS, queue, kind).observe(max(0.0, seconds))
 
 
 def observe_run(queue: str, kind: str, seconds: float) -> None:
-    RUN_SECONDS.labels(queue, kind).observe(max(0.0, seconds))
+    _child(RUN_SECONDS, queue, kind).observe(max(0.0, seconds))
 
 
 # -- RPCs and queue depth (the hardening issue) -------------------------------------------------

@@ -24,12 +24,11 @@ import os
 import random
 import signal
 import socket
-import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -98,7 +97,7 @@ class JobContext:
     lease_token: str
     _worker: Worker
     _session: _Session
-    _cancel: threading.Event = field(default_factory=threading.Event)
+    _cancel: bool = False  # a plain flag: handler threads read it, the event loop sets it
     _payload: dict[str, Any] | None = None
     expires_at: float = 0.0  # monotonic
     lost: bool = False  # the lease is gone: the outcome would be rejected
@@ -123,10 +122,10 @@ class JobContext:
 
     @property
     def cancel_requested(self) -> bool:
-        return self._cancel.is_set()
+        return self._cancel
 
     def raise_if_cancelled(self) -> None:
-        if self._cancel.is_set():
+        if self._cancel:
             raise JobCancelled(self.job.id)
 
     async def progress(self, progress: Mapping[str, Any]) -> None:
@@ -256,6 +255,7 @@ class Worker:
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.handlers: dict[str, Handler] = {}
+        self._async: set[str] = set()  # kinds whose handler is a coroutine function
         self._threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -272,6 +272,9 @@ class Worker:
 
     def register(self, kind: str, fn: Handler) -> None:
         self.handlers[kind] = fn
+        self._async.discard(kind)
+        if inspect.iscoroutinefunction(fn):
+            self._async.add(kind)
 
     # -- running ----------------------------------------------------------------------------
     def run_sync(self) -> None:
@@ -410,8 +413,8 @@ class Worker:
             entry = s.running.get(msg.cancel.job_id)
             if entry is not None and not entry[0].cancel_requested:
                 ctx, task = entry
-                ctx._cancel.set()
-                if inspect.iscoroutinefunction(self.handlers.get(ctx.kind)):
+                ctx._cancel = True
+                if ctx.kind in self._async:
                     task.cancel()
         elif which == "extended":
             entry = s.running.get(msg.extended.job_id)
@@ -433,7 +436,7 @@ class Worker:
         try:
             if fn is None:
                 raise DoNotRetry(f"this worker has no handler for kind {ctx.kind!r}")
-            if inspect.iscoroutinefunction(fn):
+            if ctx.kind in self._async:
                 result = await fn(ctx)
             else:
                 assert self._threads is not None

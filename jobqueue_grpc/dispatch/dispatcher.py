@@ -51,6 +51,8 @@ class Lease:
     backoff_base: float | None
     backoff_cap: float | None
     last_sleep: float | None
+    id_str: str  # job_id and token as the wire carries them, made once
+    token_str: str
     leased_at: float = field(default_factory=time.monotonic)
 
 
@@ -289,6 +291,7 @@ class Dispatcher:
                 orphans.append(r)
                 continue
             job_id = str(r["id"])
+            token = str(r["lease_token"])
             s.leases[job_id] = Lease(
                 job_id=r["id"],
                 token=r["lease_token"],
@@ -299,9 +302,11 @@ class Dispatcher:
                 backoff_base=r["backoff_base"],
                 backoff_cap=r["backoff_cap"],
                 last_sleep=r["last_sleep"],
+                id_str=job_id,
+                token_str=token,
             )
-            leased = w.LeasedJob(job=convert.job(r), lease_token=str(r["lease_token"]))
-            leased.lease_expires_at.FromDatetime(r["lease_expires_at"])
+            leased = w.LeasedJob(job=convert.job(r), lease_token=token)
+            convert.set_time(leased.lease_expires_at, r["lease_expires_at"])
             batches.setdefault(s.id, []).append(leased)
             metrics.observe_wait(r["queue"], r["kind"], (now - r["run_at"]).total_seconds())
         metrics.jobs_in_flight(len(rows) - len(orphans))
@@ -366,7 +371,7 @@ class Dispatcher:
             else:
                 s.reject(job_id, UNKNOWN, "no such job is leased on this stream")
             return None
-        if token != str(lease.token):
+        if token != lease.token_str:
             s.reject(job_id, STALE, "lease token is not the job's current lease")
             return None
         return lease
@@ -417,7 +422,7 @@ class Dispatcher:
                 self._lost(s, str(job_id))
                 continue
             ext = w.LeaseExtended(job_id=str(job_id))
-            ext.lease_expires_at.FromDatetime(r["lease_expires_at"])
+            convert.set_time(ext.lease_expires_at, r["lease_expires_at"])
             s.send(w.LeaseResponse(extended=ext))
             if r["cancel_requested"]:  # re-deliver: a notice may have been lost
                 s.send(w.LeaseResponse(cancel=w.CancelNotice(job_id=str(job_id))))
@@ -609,7 +614,7 @@ class Settler:
                 self._idle.set()
 
     def _finish(self, s: Stream, le: Lease, took: bool, now: float) -> None:
-        job_id = str(le.job_id)
+        job_id = le.id_str
         if s.leases.get(job_id) is le:
             del s.leases[job_id]
             metrics.jobs_in_flight(-1)
