@@ -29,9 +29,16 @@ class Limits:
     default_lease_seconds: float
 
 
+_last_uuid7 = 0
+
+
 def uuid7() -> uuid.UUID:
-    """A time-ordered UUID (version 7): new jobs land at the right edge of the primary-key
-    index instead of at random pages, which keeps inserts cheap on a large table."""
+    """A time-ordered UUID (RFC 9562 version 7), strictly increasing within this process.
+
+    New jobs land at the right edge of the primary-key index instead of random pages, and the
+    primary key doubles as ListJobs' "newest first" order.
+    """
+    global _last_uuid7
     ms = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
     value = (
@@ -41,6 +48,9 @@ def uuid7() -> uuid.UUID:
         | 0b10 << 62
         | (rand & 0x3FFF_FFFF_FFFF_FFFF)
     )
+    if value <= _last_uuid7:  # same millisecond (or the clock stepped back): count on
+        value = _last_uuid7 + 1
+    _last_uuid7 = value
     return uuid.UUID(int=value)
 
 

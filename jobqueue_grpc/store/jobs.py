@@ -84,18 +84,9 @@ class JobStore:
         after: tuple[datetime, uuid.UUID] | None,
         limit: int,
     ) -> list[Row]:
-        created_at, job_id = after or FIRST_PAGE
-        return list(
-            await self.pool.fetch(
-                q("list_jobs"),
-                queue,
-                kind,
-                state.value if state else None,
-                created_at,
-                job_id,
-                limit,
-            )
-        )
+        last_id = after[1] if after else FIRST_PAGE[1]
+        state_value = state.value if state else None
+        return list(await self.pool.fetch(q("list_jobs"), queue, kind, state_value, last_id, limit))
 
     async def cancel(self, job_id: uuid.UUID) -> tuple[Row, CancelOutcome]:
         async with self.pool.acquire() as conn, conn.transaction():

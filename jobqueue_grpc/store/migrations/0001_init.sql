@@ -40,8 +40,8 @@ CREATE INDEX jobs_parked ON jobqueue.jobs (run_at) WHERE state IN ('scheduled', 
 -- The reaper: running jobs by lease expiry. (A closed stream's jobs are released by id and
 -- token, which the dispatcher holds, so stream_id needs no index.)
 CREATE INDEX jobs_running ON jobqueue.jobs (lease_expires_at) WHERE state = 'running';
--- ListJobs: newest first, keyset.
-CREATE INDEX jobs_created ON jobqueue.jobs (created_at DESC, id DESC);
+-- ListJobs needs no index of its own: ids are time-ordered UUIDv7s, so the primary key is
+-- "newest first" (see store/sql/jobs.sql list_jobs).
 
 CREATE TABLE jobqueue.dead_letters (
     job_id           uuid PRIMARY KEY,

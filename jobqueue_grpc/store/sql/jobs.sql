@@ -28,14 +28,15 @@ SELECT pg_notify('jobqueue_jobs', q) FROM unnest($1::text[]) AS q;
 SELECT {job_columns} FROM jobqueue.jobs WHERE id = $1;
 
 -- name: list_jobs
--- Newest first; ($4, $5) is the keyset cursor: the last row of the previous page.
+-- Newest first. Job ids are time-ordered (UUIDv7), so the primary key gives the order and the
+-- keyset cursor ($4, the last id of the previous page) without an index of its own.
 SELECT {job_columns} FROM jobqueue.jobs
 WHERE ($1::text IS NULL OR queue = $1)
   AND ($2::text IS NULL OR kind = $2)
   AND ($3::text IS NULL OR state = $3)
-  AND (created_at, id) < ($4::timestamptz, $5::uuid)
-ORDER BY created_at DESC, id DESC
-LIMIT $6;
+  AND id < $4::uuid
+ORDER BY id DESC
+LIMIT $5;
 
 -- name: lock_job_state
 SELECT state FROM jobqueue.jobs WHERE id = $1 FOR UPDATE;
