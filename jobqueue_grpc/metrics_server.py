@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from jobqueue_grpc import metrics
+from jobqueue_grpc._aio import wait, within
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.store import Store, stats
 
@@ -42,12 +43,12 @@ class MetricsServer:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+                await wait(self._server.wait_closed(), 2)
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _TIMEOUT)
+            head = await within(reader.readuntil(b"\r\n\r\n"), _TIMEOUT)
             if len(head) > _MAX_HEADER:
                 raise ValueError("header too large")
             method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
@@ -59,7 +60,7 @@ class MetricsServer:
             else:
                 if self.refresh is not None:
                     try:
-                        await asyncio.wait_for(self.refresh(), _TIMEOUT)
+                        await within(self.refresh(), _TIMEOUT)
                     except Exception as exc:
                         log.warning("metrics: queue depth not refreshed: %s", type(exc).__name__)
                 body = generate_latest(REGISTRY)

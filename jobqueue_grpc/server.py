@@ -8,6 +8,7 @@ import logging
 import signal
 from typing import Any
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -59,9 +60,10 @@ class JobQueueServer:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self.metrics: metrics_server.MetricsServer | None = None
+        self.drain_gate = interceptors.DrainGate()
         self.server = grpc.aio.server(
             # Outermost first: observe (log + count) -> auth -> limits -> error mapping.
-            interceptors=interceptors.build(settings),
+            interceptors=interceptors.build(settings, self.drain_gate),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -149,6 +151,7 @@ class JobQueueServer:
         if self._stopping:
             return
         self._stopping = True
+        self.drain_gate.draining = True
         await self.health.enter_graceful_shutdown()
         log.info("shutting down (grace %.1fs)", self.settings.grace_period)
         # Streams get `draining`; outcomes are accepted for the grace period, then the rest is
@@ -166,30 +169,42 @@ class JobQueueServer:
 
 
 async def run(settings: Settings) -> int:
-    """`jobqueue-grpc serve`: runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    """`jobqueue-grpc serve`: runs until SIGTERM or SIGINT, then shuts down gracefully.
+
+    The signal handlers go in first, so a SIGTERM during start-up (while the embedded
+    PostgreSQL starts or migrations run) still stops everything this process started.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     embedded: EmbeddedPostgres | None = None
-    url = settings.database_url
-    if url is None:
-        embedded = EmbeddedPostgres(settings.data_dir / "pgdata")
-        url = await asyncio.to_thread(embedded.start)
     try:
+        url = settings.database_url
+        if url is None:
+            embedded = EmbeddedPostgres(settings.data_dir / "pgdata")
+            url = await asyncio.to_thread(embedded.start)
+        if stop.is_set():
+            return 0
         store = await Store.connect(
             url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
         )
         try:
-            if settings.migrate_on_start:
+            if settings.migrate_on_start and not stop.is_set():
                 await store.migrate()
+            if stop.is_set():
+                return 0
             srv = JobQueueServer(settings, store)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
             await srv.start()
             print(f"jobqueue-grpc listening on {settings.host}:{srv.port}", flush=True)
             await stop.wait()
             await srv.stop()
         finally:
             await store.close()
+    except (OSError, RuntimeError, asyncpg.PostgresError) as exc:
+        # Start-up failures a user can act on (port taken, database unreachable): one line.
+        log.error("cannot start: %s", exc)
+        return 1
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)

@@ -17,7 +17,6 @@ a thread pool and can watch `ctx.cancel_requested`. Raise `DoNotRetry` to dead-l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, struct_pb2
 
+from jobqueue_grpc._aio import wait
 from jobqueue_grpc._channel import TLS, aio_channel, metadata
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2 as w
@@ -315,8 +315,7 @@ class Worker:
                     backoff = self.reconnect_min
                 delay = random.uniform(self.reconnect_min, backoff)
                 backoff = min(self.reconnect_max, backoff * 2)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                await wait(self._stop.wait(), delay)
         finally:
             self._threads.shutdown(wait=False, cancel_futures=True)
 
@@ -373,8 +372,7 @@ class Worker:
             return
         s.draining = True
         s.send(w.LeaseRequest(drain=w.LeaseDrain()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(s.idle.wait(), self.shutdown_timeout)
+        await wait(s.idle.wait(), self.shutdown_timeout)
         s.flush()
         s.outbox.put_nowait(None)
 

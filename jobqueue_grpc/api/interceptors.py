@@ -167,11 +167,40 @@ class LeaseStreamLimit(grpc.aio.ServerInterceptor):
         return wrap(handler, slot)
 
 
-def build(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
+class DrainGate(grpc.aio.ServerInterceptor):
+    """From the first moment of a graceful shutdown, new jobqueue calls get UNAVAILABLE
+    (reason DRAINING) so clients retry on another replica; calls and streams already running
+    carry on. Health and reflection stay open."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        closed = e.Unavailable("the server is shutting down; retry elsewhere", reason="DRAINING")
+        self._status = to_status(closed)
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith("/jobqueue."):
+            return handler
+        status = self._status
+
+        @contextlib.asynccontextmanager
+        async def gate(context: Ctx) -> AsyncIterator[None]:
+            if self.draining:
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            yield
+
+        return wrap(handler, gate)
+
+
+def build(settings: Settings, drain: DrainGate | None = None) -> list[grpc.aio.ServerInterceptor]:
     """The server's interceptors in order. Auth is left out when no token is configured."""
     chain: list[grpc.aio.ServerInterceptor] = [ObserveInterceptor()]
     creds = load_credentials(settings)
     if creds:
         chain.append(AuthInterceptor(creds))
+    if drain is not None:
+        chain.append(drain)
     chain += [LeaseStreamLimit(settings.max_lease_streams), ErrorInterceptor()]
     return chain

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from jobqueue_grpc._aio import within
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.dispatch.dispatcher import HEARTBEAT_EVERY, Dispatcher, Stream
 from jobqueue_grpc.domain.errors import FieldViolation, InvalidArgument
@@ -99,7 +100,7 @@ async def _write(stream: Stream, context: Ctx) -> None:
             msg = stream.outbox.get_nowait()
         except asyncio.QueueEmpty:
             try:
-                msg = await asyncio.wait_for(stream.outbox.get(), HEARTBEAT_EVERY)
+                msg = await within(stream.outbox.get(), HEARTBEAT_EVERY)
             except TimeoutError:
                 msg = w.LeaseResponse(heartbeat=w.Heartbeat())
         if msg is None:

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from jobqueue_grpc import metrics
+from jobqueue_grpc._aio import wait
 from jobqueue_grpc.api import convert
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain.errors import InvalidArgument, Unavailable
@@ -126,6 +127,7 @@ class Dispatcher:
         self._wake_scheduler = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: asyncpg.Connection | None = None
+        self._stopped = False  # loops check it too: never rely on cancellation alone
         self.leases_shrank = asyncio.Event()  # set whenever a lease leaves a stream
         self.settler = Settler(self)
 
@@ -151,8 +153,7 @@ class Dispatcher:
             if left <= 0:
                 break
             self.leases_shrank.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.leases_shrank.wait(), left)
+            await wait(self.leases_shrank.wait(), left)
         await self.settler.idle()
 
     async def stop(self) -> None:
@@ -168,11 +169,12 @@ class Dispatcher:
         for s in streams:
             metrics.jobs_in_flight(-len(s.leases))
             s.leases.clear()
+        self._stopped = True
+        self._wake.set()
+        self._wake_scheduler.set()
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await asyncio.wait(self._tasks, timeout=5)
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
@@ -250,9 +252,8 @@ class Dispatcher:
 
     # -- the claim --------------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
+        while not self._stopped:
+            await wait(self._wake.wait(), IDLE_POLL)
             self._wake.clear()
             if self.draining:
                 continue
@@ -453,7 +454,7 @@ class Dispatcher:
     # -- scheduler, reaper, notifications ---------------------------------------------------------
     async def _scheduler_loop(self) -> None:
         """Promotes due scheduled and retrying jobs so they are claimed on time."""
-        while True:
+        while not self._stopped:
             delay = IDLE_POLL
             try:
                 promoted, queues = await self.store.leases.promote_due(CLAIM_MAX)
@@ -472,12 +473,11 @@ class Dispatcher:
             except Exception:
                 log.exception("scheduler pass failed")
             self._wake_scheduler.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_scheduler.wait(), delay)
+            await wait(self._wake_scheduler.wait(), delay)
 
     async def _reaper_loop(self) -> None:
         """Expired leases (on any replica) become failed attempts; SKIP LOCKED splits the work."""
-        while True:
+        while not self._stopped:
             await asyncio.sleep(self.settings.reaper_interval)
             try:
                 while True:
@@ -505,7 +505,7 @@ class Dispatcher:
 
     async def _listen_loop(self) -> None:
         """LISTEN for enqueues and cancels from every replica; reconnects when the link drops."""
-        while True:
+        while not self._stopped:
             try:
                 conn = await asyncpg.connect(self.store.url)
                 self._listener = conn
