@@ -35,6 +35,7 @@ from google.protobuf import duration_pb2, struct_pb2
 
 from jobqueue_grpc._aio import wait
 from jobqueue_grpc._channel import TLS, aio_channel, metadata
+from jobqueue_grpc._struct import to_dict
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2 as w
 from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2_grpc as wsg
@@ -60,21 +61,6 @@ class RetryAfter(Exception):
 
 class JobCancelled(Exception):
     """Raised by a sync handler (see JobContext.raise_if_cancelled) to stop a cancelled job."""
-
-
-def _plain(v: struct_pb2.Value) -> Any:
-    k = v.WhichOneof("kind")
-    if k == "struct_value":
-        return {key: _plain(x) for key, x in v.struct_value.fields.items()}
-    if k == "list_value":
-        return [_plain(x) for x in v.list_value.values]
-    if k in (None, "null_value"):
-        return None
-    return getattr(v, k)
-
-
-def _dict(s: struct_pb2.Struct) -> dict[str, Any]:
-    return {k: _plain(v) for k, v in s.fields.items()}
 
 
 def _struct(d: Mapping[str, Any]) -> struct_pb2.Struct:
@@ -117,7 +103,7 @@ class JobContext:
     @property
     def payload(self) -> dict[str, Any]:
         if self._payload is None:
-            self._payload = _dict(self.job.payload)
+            self._payload = to_dict(self.job.payload)
         return self._payload
 
     @property

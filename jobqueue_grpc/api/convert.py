@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
+from jobqueue_grpc._struct import to_dict
 from jobqueue_grpc.domain.errors import FieldViolation, InvalidArgument
 from jobqueue_grpc.domain.jobs import Limits, NewJob, check_new_job
 from jobqueue_grpc.domain.states import JobState
@@ -30,21 +31,6 @@ STATE_FROM_PROTO = {v: JobState(k) for k, v in STATE_TO_PROTO.items()}
 
 
 # -- JSON <-> Struct ---------------------------------------------------------------------------
-def _plain(value: struct_pb2.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "struct_value":
-        return {k: _plain(v) for k, v in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_plain(v) for v in value.list_value.values]
-    if kind == "string_value":
-        return value.string_value
-    if kind == "number_value":
-        return value.number_value
-    if kind == "bool_value":
-        return value.bool_value
-    return None
-
-
 # An escaped NUL in json.dumps output: `\u0000` after an even number of backslashes (an odd number
 # means the text holds a literal backslash followed by "u0000", which jsonb stores fine).
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
@@ -54,7 +40,7 @@ def struct_to_json(field: str, struct: struct_pb2.Struct) -> str:
     """Encodes a Struct as JSON for jsonb; INVALID_ARGUMENT for what jsonb cannot hold."""
     if not struct.fields:
         return "{}"
-    obj = {k: _plain(v) for k, v in struct.fields.items()}
+    obj = to_dict(struct)
     try:
         text = json.dumps(obj, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except ValueError:

@@ -8,10 +8,10 @@ and no traceback in it (those go to the server log).
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import grpc
@@ -19,7 +19,11 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from jobqueue_grpc.api.wrap import Ctx, wrap
 from jobqueue_grpc.domain import errors as e
+
+if TYPE_CHECKING:
+    from jobqueue_grpc.api.wrap import Continuation, Handler
 
 log = logging.getLogger(__name__)
 
@@ -110,49 +114,25 @@ def _method(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 _Passthrough = (asyncio.CancelledError, grpc.aio.AbortError)
 
 
-def _wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            return await fn(request, context)
-        except _Passthrough:
-            raise
-        except Exception as exc:
-            await abort(context, exc)
-
-    return behavior
-
-
-def _wrap_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
-    if inspect.isasyncgenfunction(fn):
-
-        async def gen(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            try:
-                async for item in fn(request, context):
-                    yield item
-            except _Passthrough:
-                raise
-            except Exception as exc:
-                await abort(context, exc)
-
-        return gen
-    return _wrap_unary(fn)
+@contextlib.asynccontextmanager
+async def _mapped(context: Ctx) -> AsyncIterator[None]:
+    try:
+        yield
+    except _Passthrough:
+        raise
+    except Exception as exc:
+        await abort(context, exc)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions escaping any handler to a rich status (see the module doc)."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        self._cache: dict[str, Handler] = {}
 
     async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
         method = handler_call_details.method
         cached = self._cache.get(method)
         if cached is not None:
@@ -160,21 +140,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not method.startswith("/jobqueue."):
             return handler
-        wrapped = _wrapped(handler)
+        wrapped = wrap(handler, _mapped)
         self._cache[method] = wrapped
         return wrapped
-
-
-def _wrapped(h: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    kw = {
-        "request_deserializer": h.request_deserializer,
-        "response_serializer": h.response_serializer,
-    }
-    if h.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(_wrap_unary(h.unary_unary), **kw)
-    if h.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(_wrap_stream(h.unary_stream), **kw)
-    if h.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(_wrap_unary(h.stream_unary), **kw)
-    assert h.stream_stream is not None
-    return grpc.stream_stream_rpc_method_handler(_wrap_stream(h.stream_stream), **kw)

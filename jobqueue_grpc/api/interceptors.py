@@ -8,64 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 
 from jobqueue_grpc import metrics
 from jobqueue_grpc.api.auth import AuthInterceptor, load_credentials
 from jobqueue_grpc.api.errors import ErrorInterceptor, to_status
+from jobqueue_grpc.api.wrap import Ctx, wrap
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain import errors as e
 from jobqueue_grpc.logs import fields
 
 log = logging.getLogger("jobqueue_grpc.rpc")
 
-Ctx = grpc.aio.ServicerContext[Any, Any]
+
 if TYPE_CHECKING:
-    Handler = grpc.RpcMethodHandler[Any, Any]
-    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
-    # Wraps a call: an async context manager around the handler's whole run.
-    Around = Callable[[Ctx], contextlib.AbstractAsyncContextManager[None]]
-
-
-def wrap(h: Handler, around: Around) -> Handler:
-    """`h` with every call run inside `around(context)`, whatever the handler's shape."""
-
-    def unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def behavior(request: Any, context: Ctx) -> Any:
-            async with around(context):
-                return await fn(request, context)
-
-        return behavior
-
-    def streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if not inspect.isasyncgenfunction(fn):
-            return unary(fn)
-
-        async def gen(request: Any, context: Ctx) -> AsyncIterator[Any]:
-            async with around(context):
-                async for item in fn(request, context):
-                    yield item
-
-        return gen
-
-    kw = {
-        "request_deserializer": h.request_deserializer,
-        "response_serializer": h.response_serializer,
-    }
-    if h.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(h.unary_unary), **kw)
-    if h.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming(h.unary_stream), **kw)
-    if h.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary(h.stream_unary), **kw)
-    assert h.stream_stream is not None
-    return grpc.stream_stream_rpc_method_handler(streaming(h.stream_stream), **kw)
+    from jobqueue_grpc.api.wrap import Continuation, Handler
 
 
 def _code(context: Ctx, exc: BaseException | None) -> grpc.StatusCode:
