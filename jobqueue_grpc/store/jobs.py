@@ -23,15 +23,16 @@ class JobStore:
         self.pool = pool
 
     async def insert(self, jobs: Sequence[NewJob]) -> list[tuple[Row, bool]]:
-        """Inserts `jobs` in one transaction; returns (row, created) for each, in order.
+        """Inserts `jobs` atomically; returns (row, created) for each, in order.
 
+        One statement, so no BEGIN/COMMIT round trips: all the jobs commit together or none do.
         A job whose idempotency key already names a job (or an earlier job of the same batch)
         is not inserted: the existing row comes back with created = False.
         """
-        async with self.pool.acquire() as conn, conn.transaction():
-            return await self.insert_on(conn, jobs)
+        async with self.pool.acquire() as conn:
+            return await self._insert(conn, jobs)
 
-    async def insert_on(self, conn: Conn, jobs: Sequence[NewJob]) -> list[tuple[Row, bool]]:
+    async def _insert(self, conn: Conn, jobs: Sequence[NewJob]) -> list[tuple[Row, bool]]:
         rows = await conn.fetch(
             q("insert_jobs"),
             [j.id for j in jobs],
@@ -64,9 +65,6 @@ class JobStore:
                 if row is None:  # the conflicting job vanished (pruned) mid-call: rare
                     raise asyncpg.SerializationError("idempotency key conflict with a deleted job")
                 out.append((row, False))
-        ready = sorted({r["queue"] for r in rows if r["state"] == JobState.QUEUED})
-        if ready:
-            await conn.execute(q("notify_jobs_available"), ready)
         return out
 
     async def get(self, job_id: uuid.UUID) -> Row:

@@ -2,8 +2,11 @@
 -- `{job_columns}` is replaced with the column list every Job is read with.
 
 -- name: insert_jobs
--- Inserts many jobs in one statement; an idempotency key that already names a job inserts nothing
--- (and a key repeated inside one batch inserts its first job only).
+-- Inserts many jobs in one statement (atomic on its own: no BEGIN/COMMIT round trips); an
+-- idempotency key that already names a job inserts nothing (and a key repeated inside one batch
+-- inserts its first job only). Dispatchers on every replica are woken for the queues that got
+-- jobs ready now, in the same statement.
+WITH ins AS (
 INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
                            idempotency_key, lease_seconds, backoff_base, backoff_cap)
 SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority,
@@ -15,7 +18,12 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[]
      AS t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
           lease_seconds, backoff_base, backoff_cap)
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING {job_columns};
+RETURNING {job_columns}
+), woken AS (
+    SELECT count(pg_notify('jobqueue_jobs', queue)) AS n
+    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued') AS ready
+)
+SELECT ins.* FROM ins, woken;
 
 -- name: jobs_by_idempotency_keys
 SELECT {job_columns} FROM jobqueue.jobs WHERE idempotency_key = ANY($1::text[]);
