@@ -27,7 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,10 +115,14 @@ class Bench:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.server: subprocess.Popen[bytes] | None = None
+        self.pg_url = ""
         self.results: dict[str, Any] = {}
 
-    def start(self) -> None:
-        url = self.pg.start()
+    def start_server(self, database: str) -> None:
+        """A fresh database and a fresh server for one phase, so phases do not skew each other
+        (rows and autovacuum left behind by one phase would slow the next)."""
+        asyncio.run(_create_database(self.pg_url, database))
+        url = urlunsplit(urlsplit(self.pg_url)._replace(path="/" + database))
         env = {**os.environ, "JOBQUEUE_LOG_LEVEL": "WARNING"}
         self.server = subprocess.Popen(
             [
@@ -144,17 +150,17 @@ class Bench:
                 time.sleep(0.2)
         raise RuntimeError("server did not start")
 
-    def stop(self) -> None:
+    def stop_server(self) -> None:
         if self.server is not None:
-            self.results["server_rss_mb"] = _rss_mb(self.server.pid, "VmRSS")
-            self.results["server_peak_rss_mb"] = _rss_mb(self.server.pid, "VmHWM")
+            rss = _rss_mb(self.server.pid, "VmRSS")
+            peak = _rss_mb(self.server.pid, "VmHWM")
+            self.results["server_rss_mb"] = max(rss, self.results.get("server_rss_mb", 0))
+            self.results["server_peak_rss_mb"] = max(
+                peak, self.results.get("server_peak_rss_mb", 0)
+            )
             self.server.send_signal(signal.SIGTERM)
-            self.server.wait(60)
-        self.pg.stop()
-        if self.args.keep:
-            print(f"kept {self.tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            assert self.server.wait(60) == 0, "the server did not exit 0 on SIGTERM"
+            self.server = None
 
     def _spawn(self, *argv: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, __file__, *argv])
@@ -271,14 +277,30 @@ class Bench:
         }
 
     def run(self) -> dict[str, Any]:
-        self.start()
+        self.pg_url = self.pg.start()
         try:
             for phase in self.args.phases.split(","):
-                getattr(self, phase)()
+                self.start_server(f"bench_{phase}")
+                try:
+                    getattr(self, phase)()
+                finally:
+                    self.stop_server()
                 print(f"  {phase}: done", file=sys.stderr, flush=True)
         finally:
-            self.stop()
+            self.pg.stop()
+            if self.args.keep:
+                print(f"kept {self.tmp}", file=sys.stderr)
+            else:
+                shutil.rmtree(self.tmp, ignore_errors=True)
         return self.results
+
+
+async def _create_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
 
 
 def _rss_mb(pid: int, field: str) -> float:

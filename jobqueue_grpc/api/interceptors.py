@@ -18,7 +18,7 @@ import grpc
 from jobqueue_grpc import metrics
 from jobqueue_grpc.api.auth import AuthInterceptor, load_credentials
 from jobqueue_grpc.api.errors import ErrorInterceptor, to_status
-from jobqueue_grpc.api.wrap import Ctx, wrap
+from jobqueue_grpc.api.wrap import Ctx, WrapCache, wrap
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain import errors as e
 from jobqueue_grpc.logs import fields
@@ -27,7 +27,7 @@ log = logging.getLogger("jobqueue_grpc.rpc")
 
 
 if TYPE_CHECKING:
-    from jobqueue_grpc.api.wrap import Continuation, Handler
+    from jobqueue_grpc.api.wrap import Around, Continuation, Handler
 
 
 def _code(context: Ctx, exc: BaseException | None) -> grpc.StatusCode:
@@ -48,7 +48,7 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
     """Logs each call (method, code, duration, peer) and counts it by method and code."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, Handler] = {}
+        self._cache = WrapCache()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -57,38 +57,43 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        return self._cache.get(method, handler, lambda: wrap(handler, _observer(method)))
 
-        @contextlib.asynccontextmanager
-        async def observed(context: Ctx) -> AsyncIterator[None]:
-            start = time.monotonic()
-            exc: BaseException | None = None
-            try:
-                yield
-            except BaseException as err:
-                exc = err
-                raise
-            finally:
-                took = time.monotonic() - start
-                code = _code(context, exc)
-                metrics.rpc_handled(method, code.name, took)
-                level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO
-                if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-                    level = logging.WARNING
-                if log.isEnabledFor(level):
-                    log.log(
-                        level,
-                        "rpc %s %s",
-                        method,
-                        code.name,
-                        extra=fields(
-                            method=method,
-                            code=code.name,
-                            duration_ms=round(took * 1000, 3),
-                            peer=context.peer(),
-                        ),
-                    )
 
-        return wrap(handler, observed)
+def _observer(method: str) -> Around:
+    """The context manager that times, counts and logs each call of `method`."""
+
+    @contextlib.asynccontextmanager
+    async def observed(context: Ctx) -> AsyncIterator[None]:
+        start = time.monotonic()
+        exc: BaseException | None = None
+        try:
+            yield
+        except BaseException as err:
+            exc = err
+            raise
+        finally:
+            took = time.monotonic() - start
+            code = _code(context, exc)
+            metrics.rpc_handled(method, code.name, took)
+            level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO
+            if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                level = logging.WARNING
+            if log.isEnabledFor(level):
+                log.log(
+                    level,
+                    "rpc %s %s",
+                    method,
+                    code.name,
+                    extra=fields(
+                        method=method,
+                        code=code.name,
+                        duration_ms=round(took * 1000, 3),
+                        peer=context.peer(),
+                    ),
+                )
+
+    return observed
 
 
 class LeaseStreamLimit(grpc.aio.ServerInterceptor):
@@ -97,6 +102,7 @@ class LeaseStreamLimit(grpc.aio.ServerInterceptor):
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
+        self._cache = WrapCache()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -126,7 +132,7 @@ class LeaseStreamLimit(grpc.aio.ServerInterceptor):
             finally:
                 self.open -= 1
 
-        return wrap(handler, slot)
+        return self._cache.get(method, handler, lambda: wrap(handler, slot))
 
 
 class DrainGate(grpc.aio.ServerInterceptor):
@@ -138,6 +144,7 @@ class DrainGate(grpc.aio.ServerInterceptor):
         self.draining = False
         closed = e.Unavailable("the server is shutting down; retry elsewhere", reason="DRAINING")
         self._status = to_status(closed)
+        self._cache = WrapCache()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -153,7 +160,8 @@ class DrainGate(grpc.aio.ServerInterceptor):
                 await context.abort(status.code, status.details, status.trailing_metadata)
             yield
 
-        return wrap(handler, gate)
+        method = handler_call_details.method
+        return self._cache.get(method, handler, lambda: wrap(handler, gate))
 
 
 def build(settings: Settings, drain: DrainGate | None = None) -> list[grpc.aio.ServerInterceptor]:

@@ -50,3 +50,22 @@ def wrap(h: Handler, around: Around) -> Handler:
         return grpc.stream_unary_rpc_method_handler(unary(h.stream_unary), **kw)
     assert h.stream_stream is not None
     return grpc.stream_stream_rpc_method_handler(streaming(h.stream_stream), **kw)
+
+
+class WrapCache:
+    """Wrapping a handler builds closures and a new handler; done once per method, not per call.
+
+    An entry is reused while the inner handler is the same object (the interceptors further in
+    cache theirs too, so after the first call every layer hands back what it built then).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[Handler, Handler]] = {}
+
+    def get(self, method: str, inner: Handler, make: Callable[[], Handler]) -> Handler:
+        hit = self._entries.get(method)
+        if hit is not None and hit[0] is inner:
+            return hit[1]
+        wrapped = make()
+        self._entries[method] = (inner, wrapped)
+        return wrapped
