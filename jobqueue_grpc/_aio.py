@@ -8,8 +8,8 @@ hang on shutdown that way). `asyncio.timeout` has no such race, so every timed w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -28,3 +28,15 @@ async def within(aw: Awaitable[T], seconds: float | None) -> T:
     """`await aw`, raising TimeoutError after `seconds` (wait_for without the race)."""
     async with asyncio.timeout(seconds):
         return await aw
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """create_task, holding a reference until the task ends (the loop keeps only a weak one, so
+    an unreferenced task can be garbage-collected mid-flight)."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from jobqueue_grpc import metrics
+from jobqueue_grpc._aio import spawn
 from jobqueue_grpc.domain.jobs import NewJob
 from jobqueue_grpc.store import Row, Store
 
@@ -46,7 +47,7 @@ class Enqueuer:
         self._pending.append((job, fut))
         if self._running < self._concurrency:
             self._running += 1
-            asyncio.get_running_loop().create_task(self._flush())
+            spawn(self._flush())
         return await fut
 
     async def _flush(self) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, struct_pb2
 
-from jobqueue_grpc._aio import wait
+from jobqueue_grpc._aio import spawn, wait
 from jobqueue_grpc._channel import TLS, aio_channel, metadata
 from jobqueue_grpc._struct import to_dict
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
@@ -413,7 +413,7 @@ class Worker:
                 entry[0].lost = True  # another worker may have it now; stop extending
         elif which == "draining":
             log.info("server is draining; finishing running jobs, then reconnecting")
-            asyncio.get_running_loop().create_task(self._drain(s))
+            spawn(self._drain(s))
 
     async def _execute(self, s: _Session, ctx: JobContext) -> None:
         fn = self.handlers.get(ctx.kind)
@@ -445,7 +445,10 @@ class Worker:
             s.fail(ctx, e, w.FAILURE_CLASS_RETRY)
         else:
             if not ctx.lost:
-                s.complete(ctx, result)
+                try:
+                    s.complete(ctx, result)
+                except (ValueError, TypeError) as e:  # not JSON-shaped: the job cannot succeed
+                    s.fail(ctx, e, w.FAILURE_CLASS_DO_NOT_RETRY)
         finally:
             s.running.pop(ctx.job.id, None)
             if not s.running:

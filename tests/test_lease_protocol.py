@@ -570,3 +570,21 @@ async def test_a_paused_queue_hands_out_nothing_until_resumed(channel: grpc.aio.
     await worker.complete(resumed)
     await job_in_state(channel, held.id, S.JOB_STATE_SUCCEEDED)
     await worker.close()
+
+
+async def test_a_nul_in_an_error_message_does_not_sink_the_batch(
+    channel: grpc.aio.Channel,
+) -> None:
+    """jsonb cannot hold NUL: the server drops it rather than failing the whole settle."""
+    worker = await RawWorker(channel).open(max_in_flight=2)
+    a = (await enqueue(channel, "nul")).job
+    b = (await enqueue(channel, "nul")).job
+    first, second = await worker.next_job(), await worker.next_job()
+    await worker.fail(first, message="bad\x00byte")
+    await worker.complete(second)
+    by_id = {first.job.id: first, second.job.id: second}
+    assert set(by_id) == {a.id, b.id}
+    failed = await job_in_state(channel, first.job.id, job_pb2.JOB_STATE_RETRYING)
+    assert failed.last_error.message == "badbyte"
+    await job_in_state(channel, second.job.id, job_pb2.JOB_STATE_SUCCEEDED)
+    await worker.close()

@@ -157,3 +157,20 @@ async def test_sync_client(server: JobQueueServer) -> None:
             assert c.cancel_job(r.job.id).job.state == job_pb2.JOB_STATE_CANCELLED
 
     await asyncio.to_thread(use)
+
+
+async def test_a_result_that_is_not_json_fails_the_job(
+    server: JobQueueServer, client: AsyncClient
+) -> None:
+    worker = Worker(f"127.0.0.1:{server.port}")
+
+    @worker.handler("odd")
+    async def odd(ctx: JobContext) -> dict[str, Any]:
+        return {"when": object()}  # a Struct cannot hold it
+
+    async with running(worker):
+        r = await client.enqueue("odd", {}, max_attempts=3)
+        await wait_for(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_FAILED))
+    job = await client.get_job(r.job.id)
+    assert job.attempt == 1  # do not retry: it would fail the same way
+    assert job.last_error.message

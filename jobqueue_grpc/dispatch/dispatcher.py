@@ -16,13 +16,13 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from jobqueue_grpc import metrics
-from jobqueue_grpc._aio import wait
+from jobqueue_grpc._aio import spawn, wait
 from jobqueue_grpc.api import convert
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain.errors import InvalidArgument, Unavailable
@@ -36,7 +36,14 @@ log = logging.getLogger(__name__)
 CLAIM_MAX = 1000  # jobs per claim statement
 IDLE_POLL = 1.0  # seconds: the longest a lost notification can delay a job
 HEARTBEAT_EVERY = 15.0
+OVERDUE_GRACE = 10.0  # seconds past expiry before a lease nobody reaped here is let go
 EXPIRED_REMEMBERED = 1024  # per stream: expired leases whose late outcomes are answered STALE
+
+
+def _set_event() -> asyncio.Event:
+    e = asyncio.Event()
+    e.set()
+    return e
 
 
 @dataclass
@@ -54,6 +61,7 @@ class Lease:
     last_sleep: float | None
     id_str: str  # job_id and token as the wire carries them, made once
     token_str: str
+    expires_at: datetime  # as the database set it; refreshed by extensions
     leased_at: float = field(default_factory=time.monotonic)
 
 
@@ -70,6 +78,9 @@ class Stream:
     outbox: asyncio.Queue[w.LeaseResponse | None] = field(default_factory=asyncio.Queue)
     draining: bool = False
     closed: bool = False
+    # Outcomes handed to the Settler and not yet committed or refused; `settled` is set at 0.
+    pending: int = 0
+    settled: asyncio.Event = field(default_factory=_set_event)
     # Leases that ended here without this stream's outcome (expired), so that a late outcome
     # is answered STALE rather than UNKNOWN; bounded, oldest dropped first.
     expired: dict[str, uuid.UUID] = field(default_factory=dict)
@@ -114,7 +125,9 @@ UNRECORDED = w.REJECT_REASON_UNSPECIFIED
 
 
 def _error_json(message: str, source: str, details: dict[str, Any] | None = None) -> str:
-    return json.dumps({"message": message[:8192], "details": details, "source": source})
+    # jsonb cannot hold NUL; one worker's odd message must not sink the batch it is settled in
+    text = message[:8192].replace("\x00", "")
+    return json.dumps({"message": text, "details": details, "source": source})
 
 
 class Dispatcher:
@@ -154,7 +167,7 @@ class Dispatcher:
                 break
             self.leases_shrank.clear()
             await wait(self.leases_shrank.wait(), left)
-        await self.settler.idle()
+        await wait(self.settler.idle(), max(0.1, deadline - time.monotonic()))
 
     async def stop(self) -> None:
         """Releases whatever is still leased here into the retry path, and stops the loops."""
@@ -165,7 +178,10 @@ class Dispatcher:
             s.outbox.put_nowait(None)
         held = [(le.job_id, le.token) for s in streams for le in s.leases.values()]
         if held:
-            await self._release(held, "server_shutdown")
+            try:
+                await self._release(held, "server_shutdown")
+            except Exception:  # the reaper of another replica (or ours, later) will expire them
+                log.exception("could not release %d leases at shutdown", len(held))
         for s in streams:
             metrics.jobs_in_flight(-len(s.leases))
             s.leases.clear()
@@ -203,7 +219,7 @@ class Dispatcher:
         metrics.lease_streams(-1)
         s.closed = True
         s.outbox.put_nowait(None)
-        await self.settler.idle()
+        await wait(s.settled.wait(), 10.0)  # this stream's outcomes first, then release the rest
         if s.leases:
             await self._release(
                 [(le.job_id, le.token) for le in s.leases.values()], "stream_closed"
@@ -305,6 +321,7 @@ class Dispatcher:
                 last_sleep=r["last_sleep"],
                 id_str=job_id,
                 token_str=token,
+                expires_at=r["lease_expires_at"],
             )
             leased = w.LeasedJob(job=convert.job(r), lease_token=token)
             convert.set_time(leased.lease_expires_at, r["lease_expires_at"])
@@ -314,9 +331,7 @@ class Dispatcher:
         for sid, jobs in batches.items():
             self.streams[sid].send(w.LeaseResponse(jobs=w.LeasedJobs(jobs=jobs)))
         if orphans:  # the stream closed while the claim ran: release them now
-            asyncio.get_running_loop().create_task(
-                self._release([(r["id"], r["lease_token"]) for r in orphans], "stream_closed")
-            )
+            spawn(self._release([(r["id"], r["lease_token"]) for r in orphans], "stream_closed"))
 
     # -- what workers send ----------------------------------------------------------------------
     async def handle(self, s: Stream, req: w.LeaseRequest) -> None:
@@ -416,12 +431,19 @@ class Dispatcher:
             items.append((lease.job_id, lease.token, secs))
         if not items:
             return
-        rows = {r["id"]: r for r in await self.store.leases.extend(items)}
+        try:
+            rows = {r["id"]: r for r in await self.store.leases.extend(items)}
+        except Exception:  # a database blip must not end the stream: the SDK extends again soon
+            log.warning("could not extend %d leases", len(items), exc_info=True)
+            return
         for job_id, _, _ in items:
             r = rows.get(job_id)
             if r is None:
                 self._lost(s, str(job_id))
                 continue
+            held = s.leases.get(str(job_id))
+            if held is not None:
+                held.expires_at = r["lease_expires_at"]
             ext = w.LeaseExtended(job_id=str(job_id))
             convert.set_time(ext.lease_expires_at, r["lease_expires_at"])
             s.send(w.LeaseResponse(extended=ext))
@@ -440,7 +462,12 @@ class Dispatcher:
         if len(text) > self.settings.payload_max_bytes:
             s.reject(p.job_id, INVALID, "progress is larger than the payload limit")
             return
-        if not await self.store.leases.set_progress(lease.job_id, lease.token, text):
+        try:
+            took = await self.store.leases.set_progress(lease.job_id, lease.token, text)
+        except Exception:  # progress is advisory: a database blip must not end the stream
+            log.warning("could not record progress of %s", p.job_id, exc_info=True)
+            return
+        if not took:
             self._lost(s, p.job_id)
 
     def _lost(self, s: Stream, job_id: str) -> None:
@@ -456,6 +483,7 @@ class Dispatcher:
         """Promotes due scheduled and retrying jobs so they are claimed on time."""
         while not self._stopped:
             delay = IDLE_POLL
+            self._wake_scheduler.clear()  # before the pass: a wake-up during it is kept
             try:
                 promoted, queues = await self.store.leases.promote_due(CLAIM_MAX)
                 if queues:
@@ -472,7 +500,6 @@ class Dispatcher:
                 raise
             except Exception:
                 log.exception("scheduler pass failed")
-            self._wake_scheduler.clear()
             await wait(self._wake_scheduler.wait(), delay)
 
     async def _reaper_loop(self) -> None:
@@ -488,6 +515,7 @@ class Dispatcher:
                     for r in rows:
                         self._forget(str(r["id"]))
                     self.wake()
+                self._forget_overdue()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -495,6 +523,17 @@ class Dispatcher:
 
     def _decide_expired(self, r: Row) -> Failure:
         return self._decide_lost(r, "the lease expired without an outcome", "lease_expired")
+
+    def _forget_overdue(self) -> None:
+        """Leases long past expiry that no reaper here saw end (another replica's reaper expired
+        them, and the worker never spoke of them again): let go, or their slots stay lost."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=OVERDUE_GRACE)
+        for s in self.streams.values():
+            for le in [le for le in s.leases.values() if le.expires_at < cutoff]:
+                if s.forget(le.id_str) is not None:
+                    s.silent = True
+                    metrics.jobs_in_flight(-1)
+                    self.leases_shrank.set()
 
     def _forget(self, job_id: str) -> None:
         for s in self.streams.values():
@@ -551,26 +590,28 @@ class Settler:
 
     def complete(self, s: Stream, lease: Lease, result: str | None) -> None:
         self._completes.append((s, lease, result))
-        self._kick()
+        self._kick(s)
 
     def cancelled(self, s: Stream, lease: Lease) -> None:
         self._cancels.append((s, lease))
-        self._kick()
+        self._kick(s)
 
     def fail(self, s: Stream, lease: Lease, f: Failure) -> None:
         self._fails.append((s, lease, f))
-        self._kick()
+        self._kick(s)
 
     async def idle(self) -> None:
         """Returns once every outcome handed in so far is committed (or refused)."""
         while not self._idle.is_set():
             await self._idle.wait()
 
-    def _kick(self) -> None:
+    def _kick(self, s: Stream) -> None:
+        s.pending += 1
+        s.settled.clear()
         self._idle.clear()
         if self._running < self._concurrency:
             self._running += 1
-            asyncio.get_running_loop().create_task(self._flush())
+            spawn(self._flush())
 
     async def _flush(self) -> None:
         try:
@@ -587,12 +628,14 @@ class Settler:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    # The leases stay held; unless a retry lands, they expire into the retry path.
+                    # Some may have landed, some not: the stream lets go of all of them (else
+                    # their slots were lost for good); any lease still current in the database
+                    # expires into the retry path.
                     log.exception("could not record %d outcomes", len(completes + cancels + fails))
                     for s, le in [(s, le) for s, le, _ in completes + fails] + cancels:
-                        s.reject(
-                            str(le.job_id), UNRECORDED, "the server could not record it; retry"
-                        )
+                        self._release_slot(s, le)
+                        s.reject(le.id_str, UNRECORDED, "the server could not record it")
+                        self._settled(s)
                     continue
                 now = time.monotonic()
                 for s, le, _ in completes:
@@ -606,6 +649,8 @@ class Settler:
                 failed = {r["id"] for r in done.failed}
                 for s, le, _ in fails:
                     self._finish(s, le, le.job_id in failed, now)
+                for s in [s for s, _, _ in completes + fails] + [s for s, _ in cancels]:
+                    self._settled(s)
                 _count_failures(done.failed)
                 self.d.wake()
         finally:
@@ -613,12 +658,22 @@ class Settler:
             if self._running == 0 and not (self._completes or self._cancels or self._fails):
                 self._idle.set()
 
-    def _finish(self, s: Stream, le: Lease, took: bool, now: float) -> None:
-        job_id = le.id_str
-        if s.leases.get(job_id) is le:
-            del s.leases[job_id]
+    def _settled(self, s: Stream) -> None:
+        s.pending -= 1
+        if s.pending <= 0:
+            s.pending = 0
+            s.settled.set()
+
+    def _release_slot(self, s: Stream, le: Lease) -> None:
+        if s.leases.get(le.id_str) is le:
+            del s.leases[le.id_str]
             metrics.jobs_in_flight(-1)
             self.d.leases_shrank.set()
+            self.d.wake()
+
+    def _finish(self, s: Stream, le: Lease, took: bool, now: float) -> None:
+        job_id = le.id_str
+        self._release_slot(s, le)
         if took:
             metrics.observe_run(le.queue, le.kind, now - le.leased_at)
         else:

@@ -138,10 +138,13 @@ LIMIT $1
 FOR UPDATE SKIP LOCKED;
 
 -- name: lock_leases
--- These leases, where still current (for release when their stream ends).
+-- These leases, where still current (for release when their stream ends). No SKIP LOCKED: a row
+-- held by a concurrent CancelJob must still be released, just after it; ordered by id so two
+-- releases cannot deadlock.
 SELECT j.id, j.lease_token, j.attempt, j.max_attempts, j.backoff_base, j.backoff_cap,
        j.last_sleep, j.queue, j.kind
 FROM jobqueue.jobs j
 JOIN unnest($1::uuid[], $2::uuid[]) AS t(id, token) ON j.id = t.id AND j.lease_token = t.token
 WHERE j.state = 'running'
-FOR UPDATE OF j SKIP LOCKED;
+ORDER BY j.id
+FOR UPDATE OF j;
