@@ -142,6 +142,7 @@ class _Session:
         self.idle = asyncio.Event()
         self.idle.set()
         self.draining = False
+        self.drained = asyncio.Event()  # the server has answered after our `drain`
         self._completes: list[w.CompletedJob] = []
         self._fails: list[w.FailedJob] = []
         self._cancelled: list[w.CancelledJob] = []
@@ -358,7 +359,11 @@ class Worker:
             return
         s.draining = True
         s.send(w.LeaseRequest(drain=w.LeaseDrain()))
-        await wait(s.idle.wait(), self.shutdown_timeout)
+        # The server answers this heartbeat only after it has handled `drain`, and the stream is
+        # ordered: once the answer is in, every job meant for us is here (and running).
+        s.send(w.LeaseRequest(heartbeat=w.Heartbeat()))
+        await wait(s.drained.wait(), 5.0)
+        await wait(s.idle.wait(), self.shutdown_timeout)  # their tasks exist once they arrive
         s.flush()
         s.outbox.put_nowait(None)
 
@@ -414,6 +419,8 @@ class Worker:
         elif which == "draining":
             log.info("server is draining; finishing running jobs, then reconnecting")
             spawn(self._drain(s))
+        elif which == "heartbeat" and s.draining:
+            s.drained.set()
 
     async def _execute(self, s: _Session, ctx: JobContext) -> None:
         fn = self.handlers.get(ctx.kind)

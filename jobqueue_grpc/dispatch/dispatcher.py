@@ -142,6 +142,10 @@ class Dispatcher:
         self._listener: asyncpg.Connection | None = None
         self._stopped = False  # loops check it too: never rely on cancellation alone
         self.leases_shrank = asyncio.Event()  # set whenever a lease leaves a stream
+        # Clear while a claim round runs. Before a stream hears that no more jobs will come
+        # (`draining`, or the answer after its own `drain`), a round under way must have pushed
+        # what it claimed, so that those jobs arrive first on the stream, not after.
+        self._not_claiming = _set_event()
         self.settler = Settler(self)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -157,6 +161,7 @@ class Dispatcher:
     async def drain(self, grace: float) -> None:
         """Shutdown: lease nothing more, tell every stream, wait up to `grace` for outcomes."""
         self.draining = True
+        await wait(self._not_claiming.wait(), 5.0)
         msg = w.LeaseResponse(draining=w.Draining(grace_period=convert.duration(grace)))
         for s in list(self.streams.values()):
             s.send(msg)
@@ -273,6 +278,7 @@ class Dispatcher:
             self._wake.clear()
             if self.draining:
                 continue
+            self._not_claiming.clear()
             try:
                 if await self._claim_round():
                     self._wake.set()  # a claim came back full: there may be more
@@ -281,6 +287,8 @@ class Dispatcher:
             except Exception:
                 log.exception("claim failed; retrying")
                 await asyncio.sleep(0.5)
+            finally:
+                self._not_claiming.set()
 
     async def _claim_round(self) -> bool:
         groups: dict[tuple[tuple[str, ...], tuple[str, ...] | None], list[Stream]] = {}
@@ -372,7 +380,10 @@ class Dispatcher:
         elif which == "heartbeat":
             s.send(w.LeaseResponse(heartbeat=w.Heartbeat()))
         elif which == "drain":
+            # Requests are handled in order: anything the worker sends after `drain` (the SDK
+            # sends a heartbeat) is answered after every job this stream will ever get.
             s.draining = True
+            await wait(self._not_claiming.wait(), 5.0)
         else:  # a second `open`, or a case this server does not know
             raise InvalidArgument(
                 f"unexpected message {which!r} on an open stream", reason="PROTOCOL_VIOLATION"
