@@ -34,6 +34,9 @@ from jobqueue_grpc.store.leases import Failure
 log = logging.getLogger(__name__)
 
 CLAIM_MAX = 1000  # jobs per claim statement
+# Claim rounds that may run at once. While one round's jobs are turned into messages (Python),
+# the next round's statement runs in PostgreSQL, instead of each waiting for the other.
+CLAIMERS = 2
 IDLE_POLL = 1.0  # seconds: the longest a lost notification can delay a job
 HEARTBEAT_EVERY = 15.0
 OVERDUE_GRACE = 10.0  # seconds past expiry before a lease nobody reaped here is let go
@@ -75,6 +78,7 @@ class Stream:
     max_in_flight: int
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     leases: dict[str, Lease] = field(default_factory=dict)  # by job id string
+    reserved: int = 0  # slots asked for by claim statements still running
     outbox: asyncio.Queue[w.LeaseResponse | None] = field(default_factory=asyncio.Queue)
     draining: bool = False
     closed: bool = False
@@ -102,7 +106,7 @@ class Stream:
     def capacity(self) -> int:
         if self.draining or self.closed or self.silent:
             return 0
-        return self.max_in_flight - len(self.leases)
+        return self.max_in_flight - len(self.leases) - self.reserved
 
     @property
     def group(self) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
@@ -146,12 +150,13 @@ class Dispatcher:
         # (`draining`, or the answer after its own `drain`), a round under way must have pushed
         # what it claimed, so that those jobs arrive first on the stream, not after.
         self._not_claiming = _set_event()
+        self._claiming = 0  # claim rounds under way
         self.settler = Settler(self)
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         for coro, name in (
-            (self._claim_loop(), "claim"),
+            *((self._claim_loop(), f"claim-{i}") for i in range(CLAIMERS)),
             (self._scheduler_loop(), "scheduler"),
             (self._reaper_loop(), "reaper"),
             (self._listen_loop(), "listen"),
@@ -278,6 +283,7 @@ class Dispatcher:
             self._wake.clear()
             if self.draining:
                 continue
+            self._claiming += 1
             self._not_claiming.clear()
             try:
                 if await self._claim_round():
@@ -288,7 +294,9 @@ class Dispatcher:
                 log.exception("claim failed; retrying")
                 await asyncio.sleep(0.5)
             finally:
-                self._not_claiming.set()
+                self._claiming -= 1
+                if self._claiming == 0:
+                    self._not_claiming.set()
 
     async def _claim_round(self) -> bool:
         groups: dict[tuple[tuple[str, ...], tuple[str, ...] | None], list[Stream]] = {}
@@ -298,9 +306,19 @@ class Dispatcher:
         full = False
         for (queues, kinds), streams in groups.items():
             slots = _interleave(streams, CLAIM_MAX)
-            rows = await self.store.leases.claim(
-                queues, kinds, [(s.id, s.worker_id) for s in slots]
-            )
+            if not slots:  # another round took the room while this one waited
+                continue
+            # The room asked for is reserved until the statement returns, so that a round
+            # running alongside asks only for what is left.
+            for s in slots:
+                s.reserved += 1
+            try:
+                rows = await self.store.leases.claim(
+                    queues, kinds, [(s.id, s.worker_id) for s in slots]
+                )
+            finally:
+                for s in slots:
+                    s.reserved -= 1
             if rows:
                 self._deliver(rows)
             full = full or len(rows) == len(slots)

@@ -1,5 +1,10 @@
 -- WorkerService.Lease: claim, settle, extend, expire. Every outcome is fenced by lease_token:
 -- a token that is not the job's current lease matches no row and changes nothing.
+--
+-- A job has a lease_token exactly while it is 'running' (the claim sets one; every way out of
+-- 'running' clears it), so the token alone fences. Statements that touch a batch of jobs by id
+-- leave `state = 'running'` out on purpose: given it, the planner may read the batch through
+-- the jobs_running index, scanning every entry in it (dead ones of settled jobs too) per batch.
 
 -- name: claim_jobs
 -- One claim serves many streams: $3/$4 hold one (stream_id, worker_id) slot per job wanted,
@@ -68,7 +73,7 @@ UPDATE jobqueue.jobs j
 SET state = 'succeeded', result = t.result::jsonb, finished_at = now(), updated_at = now(),
     lease_token = NULL, lease_expires_at = NULL, stream_id = NULL
 FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS t(id, token, result)
-WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+WHERE j.id = t.id AND j.lease_token = t.token
 RETURNING j.id;
 
 -- name: cancel_running_jobs
@@ -77,7 +82,7 @@ UPDATE jobqueue.jobs j
 SET state = 'cancelled', finished_at = now(), updated_at = now(),
     lease_token = NULL, lease_expires_at = NULL, stream_id = NULL
 FROM unnest($1::uuid[], $2::uuid[]) AS t(id, token)
-WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+WHERE j.id = t.id AND j.lease_token = t.token
 RETURNING j.id;
 
 -- name: fail_jobs
@@ -100,7 +105,7 @@ WITH t AS (
         lease_token = NULL, lease_expires_at = NULL, stream_id = NULL,
         updated_at = now()
     FROM t
-    WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+    WHERE j.id = t.id AND j.lease_token = t.token
     RETURNING j.*
 ), dead AS (
     INSERT INTO jobqueue.dead_letters (job_id, queue, kind, payload, priority, attempts,
@@ -119,13 +124,13 @@ UPDATE jobqueue.jobs j
 SET lease_expires_at = now() + coalesce(t.secs, j.lease_seconds) * interval '1 second',
     updated_at = now()
 FROM unnest($1::uuid[], $2::uuid[], $3::float8[]) AS t(id, token, secs)
-WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+WHERE j.id = t.id AND j.lease_token = t.token
 RETURNING j.id, j.lease_expires_at, j.cancel_requested;
 
 -- name: set_progress
 UPDATE jobqueue.jobs
 SET progress = $3::jsonb, updated_at = now()
-WHERE id = $1 AND lease_token = $2 AND state = 'running'
+WHERE id = $1 AND lease_token = $2
 RETURNING id;
 
 -- name: lock_expired_leases
@@ -145,6 +150,5 @@ SELECT j.id, j.lease_token, j.attempt, j.max_attempts, j.backoff_base, j.backoff
        j.last_sleep, j.queue, j.kind
 FROM jobqueue.jobs j
 JOIN unnest($1::uuid[], $2::uuid[]) AS t(id, token) ON j.id = t.id AND j.lease_token = t.token
-WHERE j.state = 'running'
 ORDER BY j.id
 FOR UPDATE OF j;
