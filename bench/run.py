@@ -1,8 +1,12 @@
 """jobqueue-grpc benchmarks: `make bench`. Prints a table and a JSON line.
 
 Everything runs on this machine: a PostgreSQL with durable commits (synchronous_commit on,
-fsync on), the real server (`jobqueue-grpc serve`) as a subprocess, Python load processes and SDK
-worker processes. Figures:
+fsync on), the real server (`jobqueue-grpc serve`) as a subprocess, load generator processes and
+SDK worker processes. The load generators are a Go program (bench/loadgen, built once a run into
+the run's temporary directory) when `go` is on PATH: a Python gRPC client spends as much CPU per
+RPC as the server does and would take it from the server on a small machine. Without Go, or with
+--python-load, the Python generators below (`python run.py _unary ...`) run instead; the JSON
+records which ran ("load_generator": "go" or "python"). Figures:
   enqueue_unary_jobs_per_s    Enqueue RPCs, 16 concurrent (2 processes x 8)
   enqueue_batch_jobs_per_s    EnqueueBatch, 1,000 jobs a call, 4 concurrent
   end_to_end_jobs_per_s       200,000 queued no-op jobs burned down by SDK workers over Lease
@@ -99,6 +103,16 @@ async def _steady(address: str, rate: float, seconds: float, queue: str) -> None
 
 
 # -- orchestration ---------------------------------------------------------------------------------
+def build_loadgen(out: Path) -> Path | None:
+    """Builds bench/loadgen into `out`; None when `go` is not on PATH (Python generators run)."""
+    go = shutil.which("go")
+    if go is None:
+        return None
+    binary = out / "loadgen"
+    subprocess.run([go, "build", "-o", str(binary), "."], cwd=ROOT / "bench/loadgen", check=True)
+    return binary
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -117,6 +131,7 @@ class Bench:
         self.server: subprocess.Popen[bytes] | None = None
         self.pg_url = ""
         self.results: dict[str, Any] = {}
+        self.loadgen: Path | None = None
 
     def start_server(self, database: str) -> None:
         """A fresh database and a fresh server for one phase, so phases do not skew each other
@@ -162,8 +177,11 @@ class Bench:
             assert self.server.wait(60) == 0, "the server did not exit 0 on SIGTERM"
             self.server = None
 
-    def _spawn(self, *argv: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, __file__, *argv])
+    def _spawn(self, mode: str, *argv: str) -> subprocess.Popen[bytes]:
+        """A load generator process: `mode` is "_unary", "_batch" or "_steady"."""
+        if self.loadgen is not None:
+            return subprocess.Popen([str(self.loadgen), mode.removeprefix("_"), *argv])
+        return subprocess.Popen([sys.executable, __file__, mode, *argv])
 
     def unary(self) -> None:
         n, procs, per = self.args.unary_jobs, 2, 8
@@ -277,6 +295,10 @@ class Bench:
         }
 
     def run(self) -> dict[str, Any]:
+        if not self.args.python_load:
+            self.loadgen = build_loadgen(self.tmp)
+        self.results["load_generator"] = "go" if self.loadgen else "python"
+        print(f"  load generator: {self.results['load_generator']}", file=sys.stderr, flush=True)
         self.pg_url = self.pg.start()
         try:
             for phase in self.args.phases.split(","):
@@ -354,6 +376,9 @@ def main() -> None:
     p.add_argument("--latency-rate", type=float, default=200)
     p.add_argument("--latency-seconds", type=float, default=10)
     p.add_argument("--pg-setting", action="append", default=[], help="extra postgres -c k=v")
+    p.add_argument(
+        "--python-load", action="store_true", help="Python load generators even when Go is there"
+    )
     p.add_argument("--keep", action="store_true", help="keep the data directory (and its log)")
     args = p.parse_args()
     results = Bench(args).run()
