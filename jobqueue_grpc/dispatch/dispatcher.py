@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,23 +49,53 @@ def _set_event() -> asyncio.Event:
     return e
 
 
-@dataclass
 class Lease:
-    """What the dispatcher remembers of a job it has out on a stream."""
+    """What the dispatcher remembers of a job it has out on a stream: made for every job leased,
+    so it keeps the claimed row and reads the rarely needed fields from it when asked."""
 
-    job_id: uuid.UUID
-    token: uuid.UUID
-    queue: str
-    kind: str
-    attempt: int
-    max_attempts: int
-    backoff_base: float | None
-    backoff_cap: float | None
-    last_sleep: float | None
-    id_str: str  # job_id and token as the wire carries them, made once
-    token_str: str
-    expires_at: datetime  # as the database set it; refreshed by extensions
-    leased_at: float = field(default_factory=time.monotonic)
+    __slots__ = ("expires_at", "id_str", "kind", "leased_at", "queue", "row", "token_str")
+
+    def __init__(self, row: Row, id_str: str, token_str: str, leased_at: float) -> None:
+        self.row = row
+        self.id_str = id_str  # job id and token as the wire carries them, made once
+        self.token_str = token_str
+        self.queue: str = row["queue"]
+        self.kind: str = row["kind"]
+        self.expires_at: datetime = row["lease_expires_at"]  # refreshed by extensions
+        self.leased_at = leased_at  # monotonic
+
+    @property
+    def job_id(self) -> uuid.UUID:
+        job_id: uuid.UUID = self.row["id"]
+        return job_id
+
+    @property
+    def token(self) -> uuid.UUID:
+        token: uuid.UUID = self.row["lease_token"]
+        return token
+
+    @property
+    def attempt(self) -> int:
+        return int(self.row["attempt"])
+
+    @property
+    def max_attempts(self) -> int:
+        return int(self.row["max_attempts"])
+
+    @property
+    def backoff_base(self) -> float | None:
+        value: float | None = self.row["backoff_base"]
+        return value
+
+    @property
+    def backoff_cap(self) -> float | None:
+        value: float | None = self.row["backoff_cap"]
+        return value
+
+    @property
+    def last_sleep(self) -> float | None:
+        value: float | None = self.row["last_sleep"]
+        return value
 
 
 @dataclass(eq=False)
@@ -326,7 +356,9 @@ class Dispatcher:
 
     def _deliver(self, rows: list[Row]) -> None:
         now = datetime.now(UTC)
+        leased_at = time.monotonic()
         batches: dict[uuid.UUID, list[w.LeasedJob]] = {}
+        waits: dict[tuple[str, str], list[float]] = {}
         orphans: list[Row] = []
         for r in rows:
             s = self.streams.get(r["stream_id"])
@@ -335,24 +367,15 @@ class Dispatcher:
                 continue
             job_id = str(r["id"])
             token = str(r["lease_token"])
-            s.leases[job_id] = Lease(
-                job_id=r["id"],
-                token=r["lease_token"],
-                queue=r["queue"],
-                kind=r["kind"],
-                attempt=r["attempt"],
-                max_attempts=r["max_attempts"],
-                backoff_base=r["backoff_base"],
-                backoff_cap=r["backoff_cap"],
-                last_sleep=r["last_sleep"],
-                id_str=job_id,
-                token_str=token,
-                expires_at=r["lease_expires_at"],
-            )
+            lease = s.leases[job_id] = Lease(r, job_id, token, leased_at)
             leased = w.LeasedJob(job=convert.job(r), lease_token=token)
-            convert.set_time(leased.lease_expires_at, r["lease_expires_at"])
+            convert.set_time(leased.lease_expires_at, lease.expires_at)
             batches.setdefault(s.id, []).append(leased)
-            metrics.observe_wait(r["queue"], r["kind"], (now - r["run_at"]).total_seconds())
+            waits.setdefault((lease.queue, lease.kind), []).append(
+                (now - r["run_at"]).total_seconds()
+            )
+        for (queue, kind), seconds in waits.items():
+            metrics.observe_wait(queue, kind, seconds)
         metrics.jobs_in_flight(len(rows) - len(orphans))
         for sid, jobs in batches.items():
             self.streams[sid].send(w.LeaseResponse(jobs=w.LeasedJobs(jobs=jobs)))
@@ -661,27 +684,31 @@ class Settler:
                     # their slots were lost for good); any lease still current in the database
                     # expires into the retry path.
                     log.exception("could not record %d outcomes", len(completes + cancels + fails))
+                    released = 0
                     for s, le in [(s, le) for s, le, _ in completes + fails] + cancels:
-                        self._release_slot(s, le)
+                        released += self._release_slot(s, le)
                         s.reject(le.id_str, UNRECORDED, "the server could not record it")
                         self._settled(s)
+                    self._released(released)
                     continue
                 now = time.monotonic()
+                runs: dict[tuple[str, str], list[float]] = {}
+                released = 0
                 for s, le, _ in completes:
-                    self._finish(s, le, le.job_id in done.completed, now)
-                    if le.job_id in done.completed:
-                        metrics.completed(le.queue, le.kind)
+                    released += self._finish(s, le, le.job_id in done.completed, now, runs)
                 for s, le in cancels:
-                    self._finish(s, le, le.job_id in done.cancelled, now)
-                    if le.job_id in done.cancelled:
-                        metrics.cancelled(le.queue, le.kind)
+                    released += self._finish(s, le, le.job_id in done.cancelled, now, runs)
                 failed = {r["id"] for r in done.failed}
                 for s, le, _ in fails:
-                    self._finish(s, le, le.job_id in failed, now)
+                    released += self._finish(s, le, le.job_id in failed, now, runs)
                 for s in [s for s, _, _ in completes + fails] + [s for s, _ in cancels]:
                     self._settled(s)
+                for (queue, kind), seconds in runs.items():
+                    metrics.observe_run(queue, kind, seconds)
+                _count_by_kind(metrics.completed, (le for _, le, _ in completes), done.completed)
+                _count_by_kind(metrics.cancelled, (le for _, le in cancels), done.cancelled)
                 _count_failures(done.failed)
-                self.d.wake()
+                self._released(released)
         finally:
             self._running -= 1
             if self._running == 0 and not (self._completes or self._cancels or self._fails):
@@ -693,20 +720,47 @@ class Settler:
             s.pending = 0
             s.settled.set()
 
-    def _release_slot(self, s: Stream, le: Lease) -> None:
+    @staticmethod
+    def _release_slot(s: Stream, le: Lease) -> int:
+        """Frees the stream's slot of `le` (1), unless it went already (0); see _released."""
         if s.leases.get(le.id_str) is le:
             del s.leases[le.id_str]
-            metrics.jobs_in_flight(-1)
-            self.d.leases_shrank.set()
-            self.d.wake()
+            return 1
+        return 0
 
-    def _finish(self, s: Stream, le: Lease, took: bool, now: float) -> None:
-        job_id = le.id_str
-        self._release_slot(s, le)
+    def _released(self, n: int) -> None:
+        """`n` slots were freed: count them once, and let the claim and drain loops know."""
+        if n:
+            metrics.jobs_in_flight(-n)
+            self.d.leases_shrank.set()
+        self.d.wake()
+
+    def _finish(
+        self,
+        s: Stream,
+        le: Lease,
+        took: bool,
+        now: float,
+        runs: dict[tuple[str, str], list[float]],
+    ) -> int:
+        released = self._release_slot(s, le)
         if took:
-            metrics.observe_run(le.queue, le.kind, now - le.leased_at)
+            runs.setdefault((le.queue, le.kind), []).append(now - le.leased_at)
         else:
-            s.reject(job_id, STALE, "the lease expired and the job moved on")
+            s.reject(le.id_str, STALE, "the lease expired and the job moved on")
+        return released
+
+
+def _count_by_kind(
+    count: Callable[[str, str, int], None], leases: Iterable[Lease], took: set[uuid.UUID]
+) -> None:
+    """Counts, once per queue and kind, the leases whose outcome took effect."""
+    n: dict[tuple[str, str], int] = {}
+    for le in leases:
+        if le.job_id in took:
+            n[(le.queue, le.kind)] = n.get((le.queue, le.kind), 0) + 1
+    for (queue, kind), k in n.items():
+        count(queue, kind, k)
 
 
 def _count_failures(rows: Iterable[Row]) -> None:
