@@ -13,6 +13,9 @@ records which ran ("load_generator": "go" or "python"). Figures:
   latency_ms p50/p95/p99      enqueue (the job's created_at, set in the inserting transaction)
                               to the worker's handler starting, at a steady modest rate
   server_rss_mb               the server's resident memory at the end (peak too)
+  cpu_s                       per phase, CPU seconds of the server process and of the load
+                              generator processes (not the SDK workers), to see what the
+                              load generator took from the server
 """
 
 from __future__ import annotations
@@ -132,6 +135,7 @@ class Bench:
         self.pg_url = ""
         self.results: dict[str, Any] = {}
         self.loadgen: Path | None = None
+        self.load_cpu = 0.0  # CPU seconds (user + system) of this phase's load generator processes
 
     def start_server(self, database: str) -> None:
         """A fresh database and a fresh server for one phase, so phases do not skew each other
@@ -165,8 +169,11 @@ class Bench:
                 time.sleep(0.2)
         raise RuntimeError("server did not start")
 
-    def stop_server(self) -> None:
+    def stop_server(self, phase: str) -> None:
         if self.server is not None:
+            cpu = self.results.setdefault("cpu_s", {})
+            cpu[phase] = {"server": _cpu_s(self.server.pid), "load": round(self.load_cpu, 2)}
+            self.load_cpu = 0.0
             rss = _rss_mb(self.server.pid, "VmRSS")
             peak = _rss_mb(self.server.pid, "VmHWM")
             self.results["server_rss_mb"] = max(rss, self.results.get("server_rss_mb", 0))
@@ -183,6 +190,13 @@ class Bench:
             return subprocess.Popen([str(self.loadgen), mode.removeprefix("_"), *argv])
         return subprocess.Popen([sys.executable, __file__, mode, *argv])
 
+    def _wait_load(self, p: subprocess.Popen[bytes]) -> None:
+        """Waits for a load generator, asserts it succeeded and adds up the CPU it used."""
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        self.load_cpu += usage.ru_utime + usage.ru_stime
+        assert p.returncode == 0, f"load generator exited {p.returncode}"
+
     def unary(self) -> None:
         n, procs, per = self.args.unary_jobs, 2, 8
         t = time.monotonic()
@@ -191,14 +205,14 @@ class Bench:
             for _ in range(procs)
         ]
         for p in ps:
-            assert p.wait() == 0
+            self._wait_load(p)
         self.results["enqueue_unary_jobs_per_s"] = round(n / (time.monotonic() - t))
 
     def batch(self) -> None:
         n = self.args.batch_jobs
         t = time.monotonic()
         p = self._spawn("_batch", self.address, str(n), "4", "bench_batch")
-        assert p.wait() == 0
+        self._wait_load(p)
         self.results["enqueue_batch_jobs_per_s"] = round(n / (time.monotonic() - t))
 
     def _workers(
@@ -259,7 +273,7 @@ class Bench:
             queues = qsg.QueueServiceStub(ch)
             queues.PauseQueue(qs.PauseQueueRequest(name=queue))
             p = self._spawn("_batch", self.address, str(n), "4", queue)
-            assert p.wait() == 0
+            self._wait_load(p)
             workers = self._workers(queue, self.args.worker_procs, self.args.worker_concurrency)
             time.sleep(2.0)  # let the worker processes start and open their streams
             t = time.time()
@@ -278,7 +292,7 @@ class Bench:
         workers = self._workers(queue, 1, 50)
         time.sleep(2.0)  # worker startup
         p = self._spawn("_steady", self.address, str(rate), str(seconds), queue)
-        assert p.wait() == 0
+        self._wait_load(p)
         self._wait_done(queue, 1, int(rate * seconds))
         stats = self._stop_workers(workers)
         lat = sorted(x * 1000 for s in stats for x in s.get("latencies", []))
@@ -306,7 +320,7 @@ class Bench:
                 try:
                     getattr(self, phase)()
                 finally:
-                    self.stop_server()
+                    self.stop_server(phase)
                 print(f"  {phase}: done", file=sys.stderr, flush=True)
         finally:
             self.pg.stop()
@@ -323,6 +337,12 @@ async def _create_database(admin_url: str, name: str) -> None:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
 def _rss_mb(pid: int, field: str) -> float:
@@ -352,6 +372,9 @@ def table(r: dict[str, Any]) -> str:
     for k in ("server_rss_mb", "server_peak_rss_mb"):
         if k in r:
             rows.append((k, str(r[k]), ""))
+    for phase, cpu in r.get("cpu_s", {}).items():
+        gen = r.get("load_generator", "")
+        rows.append((f"cpu s {phase}: server / {gen} load", f"{cpu['server']} / {cpu['load']}", ""))
     w = [max(len(x[i]) for x in rows) for i in range(3)]
     return "\n".join(f"{a:<{w[0]}}  {b:>{w[1]}}  {c}" for a, b, c in rows)
 
