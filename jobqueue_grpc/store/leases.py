@@ -38,8 +38,9 @@ Decide = Callable[[Row], Failure]
 
 
 class LeaseStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, claim_pool: asyncpg.Pool | None = None) -> None:
         self.pool = pool
+        self.claim_pool = claim_pool or pool  # see store.CLAIM_SETTINGS
 
     async def claim(
         self,
@@ -49,7 +50,7 @@ class LeaseStore:
     ) -> list[Row]:
         """Leases up to len(slots) jobs in one statement; job n goes to slot n."""
         return list(
-            await self.pool.fetch(
+            await self.claim_pool.fetch(
                 q("claim_jobs"),
                 list(queues),
                 list(kinds) if kinds else None,
