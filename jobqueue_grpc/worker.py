@@ -63,6 +63,18 @@ class JobCancelled(Exception):
     """Raised by a sync handler (see JobContext.raise_if_cancelled) to stop a cancelled job."""
 
 
+# The server refused this worker as configured (a bad `open`, a token it does not accept, an
+# address that serves no WorkerService): asking again would be refused again, so run() raises.
+PERMANENT = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
 def _struct(d: Mapping[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(d)
@@ -293,6 +305,9 @@ class Worker:
                 try:
                     await self._run_session()
                 except grpc.aio.AioRpcError as e:
+                    if e.code() in PERMANENT:
+                        log.error("refused by the server: %s %s", e.code().name, e.details())
+                        raise
                     log.warning("lease stream ended: %s %s", e.code().name, e.details())
                 except OSError as e:
                     log.warning("lease stream failed: %s", e)

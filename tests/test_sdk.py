@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import grpc
 import pytest
 
 from jobqueue_grpc import AsyncClient, Client, DoNotRetry, JobContext, RetryAfter, Worker
@@ -62,6 +63,20 @@ async def test_worker_completes_with_result_and_progress(
     assert dict(job.result) == {"hello": "ada"}
     assert dict(job.progress) == {"pct": 50}
     assert job.attempt == 1
+
+
+async def test_worker_the_server_refuses_stops_instead_of_retrying(server: JobQueueServer) -> None:
+    # max_in_flight above the server's cap: every reconnect would be refused the same way
+    worker = Worker(f"127.0.0.1:{server.port}", concurrency=server.settings.max_in_flight + 1)
+
+    @worker.handler("noop")
+    async def noop(ctx: JobContext) -> None:
+        pass
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await asyncio.wait_for(worker.run(), 10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_in_flight" in (refused.value.details() or "")
 
 
 async def test_do_not_retry_dead_letters_at_once(

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Any
 
+import grpc
+
 from jobqueue_grpc.cli import connection
 from jobqueue_grpc.logs import setup_logging
 from jobqueue_grpc.worker import Worker
@@ -42,7 +44,11 @@ def _run(args: argparse.Namespace) -> int:
         worker.address = args.address
     if args.concurrency:
         worker.concurrency = args.concurrency
-    worker.run_sync()
+    try:
+        worker.run_sync()
+    except grpc.aio.AioRpcError as e:  # refused as configured (see worker.PERMANENT)
+        print(f"jobqueue-grpc worker: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 2
     return 0
 
 
