@@ -27,9 +27,8 @@ import (
 )
 
 const (
-	batchSize  = 1000
-	conns      = 2 // separate HTTP/2 connections, so one connection's framing is not the limit
-	windowSize = 16 << 20
+	batchSize = 1000
+	conns     = 2 // separate HTTP/2 connections, so one connection's framing is not the limit
 )
 
 func main() {
@@ -66,11 +65,7 @@ func dial(address string) ([]jobqueuev1.JobServiceClient, func()) {
 	for range conns {
 		c, err := grpc.NewClient(address,
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
-			// A batch's answer is some 100s of KB: with grpc-go's default 64 KB windows
-			// the server would send it in slices between WINDOW_UPDATEs, waking more often.
-			grpc.WithInitialWindowSize(windowSize),
-			grpc.WithInitialConnWindowSize(windowSize))
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 		if err != nil {
 			fail(err)
 		}
