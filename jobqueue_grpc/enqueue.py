@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 
 from jobqueue_grpc import metrics
 from jobqueue_grpc._aio import spawn
-from jobqueue_grpc.domain.jobs import NewJob
+from jobqueue_grpc.domain.jobs import NewJob, NewJobs
 from jobqueue_grpc.store import Row, Store
+from jobqueue_grpc.store.jobs import BatchInserted
 
 _Waiter = tuple[NewJob, "asyncio.Future[tuple[Row, bool]]"]
 
@@ -36,10 +37,22 @@ class Enqueuer:
         self._running = 0
         self._concurrency = concurrency
 
-    async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[tuple[Row, bool]]:
+    async def enqueue_batch(self, jobs: NewJobs) -> BatchInserted:
         """One transaction for `jobs` alone: EnqueueBatch's all-or-nothing."""
-        out = await self.store.jobs.insert(jobs)
-        self._committed(out)
+        out = await self.store.jobs.insert_batch(jobs)
+        created = out.created
+        pairs = zip(jobs.queue, jobs.kind, strict=True)
+        if not all(created):
+            pairs = zip(
+                (q for q, c in zip(jobs.queue, created, strict=True) if c),
+                (k for k, c in zip(jobs.kind, created, strict=True) if c),
+                strict=True,
+            )
+        for (queue, kind), n in Counter(pairs).items():
+            metrics.enqueued(queue, kind, n)
+        # One row per (queue, state) the batch inserted into: all the wake-up needs to know.
+        if self.on_commit is not None and out.groups:
+            self.on_commit(out.groups)
         return out
 
     async def enqueue(self, job: NewJob) -> tuple[Row, bool]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,9 +12,23 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from jobqueue_grpc._struct import to_dict
 from jobqueue_grpc.domain.errors import FieldViolation, InvalidArgument
-from jobqueue_grpc.domain.jobs import Limits, NewJob, check_new_job
+from jobqueue_grpc.domain.jobs import (
+    MAX_ATTEMPTS_LIMIT,
+    MAX_PRIORITY,
+    Limits,
+    NewJob,
+    NewJobs,
+    check_new_job,
+    uuid7_strings,
+)
 from jobqueue_grpc.domain.states import JobState
-from jobqueue_grpc.domain.validation import DEFAULT_QUEUE, raise_if
+from jobqueue_grpc.domain.validation import (
+    DEFAULT_QUEUE,
+    IDEMPOTENCY_KEY_MAX,
+    KIND_RE,
+    QUEUE_RE,
+    raise_if,
+)
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2, job_service_pb2
 from jobqueue_grpc.store.types import Row
 
@@ -122,6 +136,140 @@ def new_job(req: job_service_pb2.EnqueueRequest, prefix: str, limits: Limits) ->
         backoff_base=base,
         backoff_cap=cap,
     )
+
+
+def new_jobs(reqs: Sequence[job_service_pb2.EnqueueRequest], limits: Limits) -> NewJobs:
+    """new_job for every request of a batch, column by column, ids included. All or nothing:
+    INVALID_ARGUMENT with every violation of every job ("jobs[3].kind") if any job is bad.
+
+    The common request (no run_at, lease_duration or retry_policy) is checked inline, with the
+    same rules as check_new_job; any other request, and any request that fails a check, goes
+    through new_job itself, so rules and messages have one source.
+    """
+    out = NewJobs()
+    violations: list[FieldViolation] = []
+    good_queues: set[str] = set()  # names this batch already matched against the pattern
+    good_kinds: set[str] = set()
+    max_payload = limits.payload_max_bytes
+    default_attempts = limits.default_max_attempts
+    default_lease = limits.default_lease_seconds
+    queues, kinds, payloads = out.queue, out.kind, out.payload_json
+    priorities, attempts, keys = out.priority, out.max_attempts, out.idempotency_key
+    for i, req in enumerate(reqs):
+        has = req.HasField
+        if not (has("run_at") or has("lease_duration") or has("retry_policy")):
+            queue = req.queue or DEFAULT_QUEUE
+            kind = req.kind
+            priority = req.priority
+            max_attempts = req.max_attempts
+            key = req.idempotency_key
+            payload_json = "{}"
+            try:
+                if has("payload"):
+                    payload_json = struct_to_json("payload", req.payload)
+            except InvalidArgument:
+                pass  # new_job below reports it under the job's own field name
+            else:
+                if (
+                    (queue in good_queues or _matches(QUEUE_RE, queue, good_queues))
+                    and (kind in good_kinds or _matches(KIND_RE, kind, good_kinds))
+                    and -MAX_PRIORITY <= priority <= MAX_PRIORITY
+                    and 0 <= max_attempts <= MAX_ATTEMPTS_LIMIT
+                    and (not key or (len(key) <= IDEMPOTENCY_KEY_MAX and "\x00" not in key))
+                    and (  # a character is at most 4 bytes of UTF-8: encode only near the limit
+                        len(payload_json) <= max_payload // 4
+                        or len(payload_json.encode()) <= max_payload
+                    )
+                ):
+                    queues.append(queue)
+                    kinds.append(kind)
+                    payloads.append(payload_json)
+                    priorities.append(priority)
+                    attempts.append(max_attempts or default_attempts)
+                    keys.append(key or None)
+                    continue
+        try:
+            job = new_job(req, f"jobs[{i}].", limits)
+        except InvalidArgument as err:
+            violations.extend(err.violations)
+            continue
+        if len(queues) != len(out.run_at):  # leave the inline path's columns whole first
+            _pad(out, default_lease)
+        out.append(job)
+    raise_if(violations, "batch rejected, nothing enqueued")
+    _pad(out, default_lease)
+    out.ids = uuid7_strings(len(queues))
+    return out
+
+
+def _matches(pattern: re.Pattern[str], name: str, seen: set[str]) -> bool:
+    if pattern.fullmatch(name):
+        seen.add(name)
+        return True
+    return False
+
+
+def _pad(out: NewJobs, default_lease: float) -> None:
+    """The inline path fills only the columns a plain request sets: add the defaults of the rest."""
+    n = len(out.queue) - len(out.run_at)
+    if n:
+        out.run_at += [None] * n
+        out.lease_seconds += [default_lease] * n
+        out.backoff_base += [None] * n
+        out.backoff_cap += [None] * n
+
+
+def enqueue_batch_response(
+    reqs: Sequence[job_service_pb2.EnqueueRequest],
+    jobs: NewJobs,
+    created: Sequence[bool],
+    at: datetime | None,
+    existing: Mapping[str, Row],
+) -> job_service_pb2.EnqueueBatchResponse:
+    """The batch's results in request order. A job the batch created is built from the values it
+    was inserted with (what convert.job would read back: the insert sets only created_at,
+    updated_at, run_at when not given, and the state); a job whose idempotency key already named
+    one is that job, read from the database."""
+    resp = job_service_pb2.EnqueueBatchResponse()
+    add = resp.results.add
+    template = job_pb2.Job(state=job_pb2.JOB_STATE_QUEUED)
+    if at is not None:
+        for ts in (template.run_at, template.created_at, template.updated_at):
+            set_time(ts, at)
+    common_lease = jobs.lease_seconds[0] if jobs.lease_seconds else 0.0
+    set_duration(template.lease_duration, common_lease)
+    scheduled = job_pb2.JOB_STATE_SCHEDULED
+    for i, was_created in enumerate(created):
+        key = jobs.idempotency_key[i]
+        if not was_created:
+            assert key is not None
+            add(job=job(existing[key]), created=False)
+            continue
+        j = add(created=True).job
+        j.CopyFrom(template)
+        j.id = jobs.ids[i]
+        j.queue = jobs.queue[i]
+        j.kind = jobs.kind[i]
+        j.priority = jobs.priority[i]
+        j.max_attempts = jobs.max_attempts[i]
+        if key is not None:
+            j.idempotency_key = key
+        if jobs.payload_json[i] != "{}":
+            # The request's Struct holds the JSON value the row stores (jsonb keeps it as is).
+            j.payload.CopyFrom(reqs[i].payload)
+        run_at = jobs.run_at[i]
+        if run_at is not None:
+            set_time(j.run_at, run_at)
+            if at is not None and run_at > at:  # the insert's CASE, on the same two values
+                j.state = scheduled
+        if jobs.lease_seconds[i] != common_lease:
+            set_duration(j.lease_duration, jobs.lease_seconds[i])
+        base, cap = jobs.backoff_base[i], jobs.backoff_cap[i]
+        if base is not None:
+            set_duration(j.retry_policy.backoff_base, base)
+        if cap is not None:
+            set_duration(j.retry_policy.backoff_cap, cap)
+    return resp
 
 
 # -- rows -> proto ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from jobqueue_grpc import metrics
 from jobqueue_grpc.api import convert
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain import pagination
-from jobqueue_grpc.domain.errors import FieldViolation, InvalidArgument
+from jobqueue_grpc.domain.errors import FieldViolation
 from jobqueue_grpc.domain.jobs import Limits
 from jobqueue_grpc.domain.states import CancelOutcome
 from jobqueue_grpc.domain.validation import kind_violation, parse_uuid, queue_violation, raise_if
@@ -63,20 +63,9 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
                 [FieldViolation("jobs", f"a batch holds 1..{self.settings.max_batch_size} jobs")],
                 "bad batch size",
             )
-        jobs, violations = [], []
-        for i, req in enumerate(request.jobs):
-            try:
-                jobs.append(convert.new_job(req, f"jobs[{i}].", self.limits))
-            except InvalidArgument as err:
-                violations.extend(err.violations)
-        raise_if(violations, "batch rejected, nothing enqueued")
-        results = await self.enqueuer.enqueue_many(jobs)
-        return job_service_pb2.EnqueueBatchResponse(
-            results=[
-                job_service_pb2.EnqueueBatchResult(job=convert.job(row), created=created)
-                for row, created in results
-            ]
-        )
+        jobs = convert.new_jobs(request.jobs, self.limits)
+        out = await self.enqueuer.enqueue_batch(jobs)
+        return convert.enqueue_batch_response(request.jobs, jobs, out.created, out.at, out.existing)
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Ctx

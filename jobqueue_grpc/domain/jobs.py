@@ -30,13 +30,14 @@ class Limits:
 
 
 _last_uuid7 = 0
+_RAND_B_HEADROOM = (1 << 61) - 1  # a fresh draw leaves 2^61 increments before the variant bits
 
 
-def uuid7() -> uuid.UUID:
-    """A time-ordered UUID (RFC 9562 version 7), strictly increasing within this process.
+def _reserve_uuid7(n: int) -> int:
+    """The first of `n` consecutive UUIDv7 values, all above every value handed out before.
 
-    New jobs land at the right edge of the primary-key index instead of random pages, and the
-    primary key doubles as ListJobs' "newest first" order.
+    RFC 9562 section 6.2, method 2 (monotonic random): a fresh random draw each millisecond, then
+    +1 per id; the draw's top bit is clear so counting on never carries into the variant bits.
     """
     global _last_uuid7
     ms = time.time_ns() // 1_000_000
@@ -46,12 +47,37 @@ def uuid7() -> uuid.UUID:
         | 0x7 << 76
         | ((rand >> 62) & 0xFFF) << 64
         | 0b10 << 62
-        | (rand & 0x3FFF_FFFF_FFFF_FFFF)
+        | (rand & _RAND_B_HEADROOM)
     )
     if value <= _last_uuid7:  # same millisecond (or the clock stepped back): count on
         value = _last_uuid7 + 1
-    _last_uuid7 = value
-    return uuid.UUID(int=value)
+    _last_uuid7 = value + n - 1
+    return value
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 version 7), strictly increasing within this process.
+
+    New jobs land at the right edge of the primary-key index instead of random pages, and the
+    primary key doubles as ListJobs' "newest first" order.
+    """
+    return uuid.UUID(int=_reserve_uuid7(1))
+
+
+def uuid7_strings(n: int) -> list[str]:
+    """`n` strictly increasing uuid7s in canonical text form: one clock read and one random draw
+    for the lot, and only the low 48 bits formatted per id (the rest is shared)."""
+    out: list[str] = []
+    value = _reserve_uuid7(n)
+    end = value + n
+    while value < end:
+        high, low = divmod(value, 1 << 48)
+        stop = min(end, (high + 1) << 48)  # where the shared high part would change
+        h = f"{high:020x}"
+        prefix = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:]}-"
+        out += [f"{prefix}{x:012x}" for x in range(low, low + stop - value)]
+        value = stop
+    return out
 
 
 @dataclass(slots=True)
@@ -67,6 +93,42 @@ class NewJob:
     backoff_base: float | None
     backoff_cap: float | None
     id: uuid.UUID = field(default_factory=uuid7)
+
+
+@dataclass(slots=True)
+class NewJobs:
+    """A validated batch of new jobs, column by column, as the batch insert takes them.
+
+    Row i of every list is job i. `ids` are uuid7s in text form (the wire form of Job.id).
+    """
+
+    ids: list[str] = field(default_factory=list)
+    queue: list[str] = field(default_factory=list)
+    kind: list[str] = field(default_factory=list)
+    payload_json: list[str] = field(default_factory=list)
+    priority: list[int] = field(default_factory=list)
+    max_attempts: list[int] = field(default_factory=list)
+    run_at: list[datetime | None] = field(default_factory=list)
+    idempotency_key: list[str | None] = field(default_factory=list)
+    lease_seconds: list[float] = field(default_factory=list)
+    backoff_base: list[float | None] = field(default_factory=list)
+    backoff_cap: list[float | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def append(self, job: NewJob) -> None:
+        """Adds one job's values (its id is not taken: `ids` is filled for the whole batch)."""
+        self.queue.append(job.queue)
+        self.kind.append(job.kind)
+        self.payload_json.append(job.payload_json)
+        self.priority.append(job.priority)
+        self.max_attempts.append(job.max_attempts)
+        self.run_at.append(job.run_at)
+        self.idempotency_key.append(job.idempotency_key)
+        self.lease_seconds.append(job.lease_seconds)
+        self.backoff_base.append(job.backoff_base)
+        self.backoff_cap.append(job.backoff_cap)
 
 
 def check_new_job(

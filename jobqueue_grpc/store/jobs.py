@@ -4,18 +4,38 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
 from jobqueue_grpc.domain.errors import FailedPrecondition, job_not_found
-from jobqueue_grpc.domain.jobs import NewJob
+from jobqueue_grpc.domain.jobs import NewJob, NewJobs
 from jobqueue_grpc.domain.states import CancelOutcome, JobState, cancel_outcome
 from jobqueue_grpc.store.queries import q
 from jobqueue_grpc.store.types import Conn, Row
 
 # The keyset cursor that sorts after every row: the first page starts here.
 FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), uuid.UUID(int=(1 << 128) - 1))
+
+
+@dataclass(slots=True)
+class BatchInserted:
+    """What inserting a NewJobs batch did (see JobStore.insert_batch)."""
+
+    created: list[bool]  # per job: inserted (False: its idempotency key already named a job)
+    at: datetime | None  # the transaction's now(); None when nothing was inserted
+    existing: dict[str, Row]  # idempotency key -> the job holding it, for every job not inserted
+    groups: list[Row]  # (queue, state, n) of the inserted jobs
+
+
+def _array_or_value(values: list[Any]) -> tuple[list[Any] | None, Any]:
+    """(None, v) when every element is v, else (values, None): insert_job_batch's two forms."""
+    first = values[0]
+    if values.count(first) == len(values):
+        return None, first
+    return values, None
 
 
 class JobStore:
@@ -66,6 +86,52 @@ class JobStore:
                     raise asyncpg.SerializationError("idempotency key conflict with a deleted job")
                 out.append((row, False))
         return out
+
+    async def insert_batch(self, jobs: NewJobs) -> BatchInserted:
+        """insert() for EnqueueBatch: the same statement semantics (atomic, idempotency keys, the
+        NOTIFY), without reading the inserted rows back. The caller holds every value it sent;
+        the database adds created_at/updated_at (= `at`), the state (scheduled when run_at is
+        after `at`, else queued) and run_at (`at` when none was given), and nothing else that a
+        new job's row does not get from its column defaults.
+        """
+        if not jobs.ids:
+            return BatchInserted([], None, {}, [])
+        columns: list[Any] = []
+        for values in (
+            jobs.queue,
+            jobs.kind,
+            jobs.payload_json,
+            jobs.priority,
+            jobs.max_attempts,
+            jobs.run_at,
+            jobs.idempotency_key,
+            jobs.lease_seconds,
+            jobs.backoff_base,
+            jobs.backoff_cap,
+        ):
+            columns += _array_or_value(values)
+        # The ids are ours (canonical text, nothing to quote): one join makes the literal.
+        # asyncpg's array encoder would spend about a microsecond of Python per element.
+        ids = "{" + ",".join(jobs.ids) + "}"
+        async with self.pool.acquire() as conn:
+            groups = await conn.fetch(q("insert_job_batch"), ids, *columns)
+            inserted = sum(g["n"] for g in groups)
+            at = groups[0]["at"] if groups else None
+            if inserted == len(jobs):
+                return BatchInserted([True] * inserted, at, {}, list(groups))
+            # Some keys already named jobs (or repeated inside the batch): the jobs without a key
+            # were all inserted; of those with one, the ones whose id came back.
+            keyed = {i for g in groups for i in g["keyed_ids"] or ()}
+            keys = jobs.idempotency_key
+            created = [k is None or i in keyed for i, k in zip(jobs.ids, keys, strict=True)]
+            missing = [k for k, c in zip(keys, created, strict=True) if not c]
+            existing: dict[str, Row] = {
+                r["idempotency_key"]: r
+                for r in await conn.fetch(q("jobs_by_idempotency_keys"), missing)
+            }
+        if any(k not in existing for k in missing):  # the conflicting job vanished (pruned)
+            raise asyncpg.SerializationError("idempotency key conflict with a deleted job")
+        return BatchInserted(created, at, existing, list(groups))
 
     async def get(self, job_id: uuid.UUID) -> Row:
         row = await self.pool.fetchrow(q("get_job"), job_id)

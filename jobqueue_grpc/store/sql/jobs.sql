@@ -25,6 +25,39 @@ RETURNING {job_columns}
 )
 SELECT ins.* FROM ins, woken;
 
+-- name: insert_job_batch
+-- insert_jobs for EnqueueBatch, which builds its answer from the values it sent: the same insert
+-- and wake-up, but what comes back is one row per (queue, state) of the jobs inserted, with the
+-- transaction's now() (every inserted job's created_at and updated_at, and run_at when none was
+-- given) and the ids of the inserted jobs that carry an idempotency key (the others are all
+-- inserted). Nothing inserted: no rows.
+-- $1 is the ids as one uuid[] literal. Every other column comes either as an array ($2, $4, ...)
+-- or, when all the jobs have the same value, as that value ($3, $5, ...) and a NULL array, which
+-- unnest pads with NULLs: a batch sends each value that varies, and each one that does not once.
+WITH ins AS (
+INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
+                           idempotency_key, lease_seconds, backoff_base, backoff_cap)
+SELECT t.id, coalesce(t.queue, $3::text), coalesce(t.kind, $5::text),
+       coalesce(t.payload, $7::text)::jsonb, coalesce(t.priority, $9::int),
+       CASE WHEN coalesce(t.run_at, $13::timestamptz) > now() THEN 'scheduled' ELSE 'queued' END,
+       coalesce(t.max_attempts, $11::int), coalesce(t.run_at, $13::timestamptz, now()),
+       coalesce(t.idempotency_key, $15::text), coalesce(t.lease_seconds, $17::float8),
+       coalesce(t.backoff_base, $19::float8), coalesce(t.backoff_cap, $21::float8)
+FROM unnest($1::text::uuid[], $2::text[], $4::text[], $6::text[], $8::int[], $10::int[],
+            $12::timestamptz[], $14::text[], $16::float8[], $18::float8[], $20::float8[])
+     AS t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
+          lease_seconds, backoff_base, backoff_cap)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id, queue, state, idempotency_key
+), woken AS (
+    SELECT count(pg_notify('jobqueue_jobs', queue)) AS n
+    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued') AS ready
+)
+SELECT ins.queue, ins.state, count(*) AS n, now() AS at,
+       array_agg(ins.id::text) FILTER (WHERE ins.idempotency_key IS NOT NULL) AS keyed_ids
+FROM ins, woken
+GROUP BY ins.queue, ins.state;
+
 -- name: jobs_by_idempotency_keys
 SELECT {job_columns} FROM jobqueue.jobs WHERE idempotency_key = ANY($1::text[]);
 
