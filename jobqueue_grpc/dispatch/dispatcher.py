@@ -639,6 +639,7 @@ class Settler:
         self._concurrency = concurrency
         self._idle = asyncio.Event()
         self._idle.set()
+        self._refill = False  # a full stream got room back: see _release_slot
 
     def complete(self, s: Stream, lease: Lease, result: str | None) -> None:
         self._completes.append((s, lease, result))
@@ -720,10 +721,14 @@ class Settler:
             s.pending = 0
             s.settled.set()
 
-    @staticmethod
-    def _release_slot(s: Stream, le: Lease) -> int:
+    def _release_slot(self, s: Stream, le: Lease) -> int:
         """Frees the stream's slot of `le` (1), unless it went already (0); see _released."""
         if s.leases.get(le.id_str) is le:
+            if s.capacity <= 0:
+                # The stream was full, so a claim may have passed it by: claim again once this
+                # batch is settled. (A stream with room got every job there was already; a job
+                # enqueued since wakes the claim on its own.)
+                self._refill = True
             del s.leases[le.id_str]
             return 1
         return 0
@@ -733,7 +738,9 @@ class Settler:
         if n:
             metrics.jobs_in_flight(-n)
             self.d.leases_shrank.set()
-        self.d.wake()
+        if self._refill:
+            self._refill = False
+            self.d.wake()
 
     def _finish(
         self,
