@@ -67,6 +67,24 @@ def struct_to_json(field: str, struct: struct_pb2.Struct) -> str:
     return text
 
 
+_PAYLOAD_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+
+
+def payload_to_json(field: str, struct: struct_pb2.Struct) -> str:
+    """struct_to_json for enqueue: the same text and the same errors, cheaper when all is well
+    (one encoder for every call, and a NUL is looked for by regex only when the text holds an
+    escaped one at all). Anything out of the ordinary goes through struct_to_json itself."""
+    if not struct.fields:
+        return "{}"
+    try:
+        text = _PAYLOAD_ENCODER.encode(to_dict(struct))
+    except ValueError:  # NaN or Infinity
+        return struct_to_json(field, struct)  # raises the violation
+    if "\\u0000" in text:  # perhaps an escaped NUL
+        return struct_to_json(field, struct)
+    return text
+
+
 def json_to_struct(text: str | None, out: struct_pb2.Struct) -> None:
     if text:
         out.update(json.loads(text))
@@ -101,7 +119,7 @@ def to_datetime(field: str, ts: timestamp_pb2.Timestamp) -> datetime:
 # -- requests -> domain -------------------------------------------------------------------------
 def new_job(req: job_service_pb2.EnqueueRequest, prefix: str, limits: Limits) -> NewJob:
     """Validates one EnqueueRequest (every violation at once) and applies defaults."""
-    payload_json = struct_to_json(prefix + "payload", req.payload)
+    payload_json = payload_to_json(prefix + "payload", req.payload)
     lease = seconds(req.lease_duration) if req.HasField("lease_duration") else None
     base = cap = None
     if req.HasField("retry_policy"):
@@ -166,7 +184,7 @@ def new_jobs(reqs: Sequence[job_service_pb2.EnqueueRequest], limits: Limits) -> 
             payload_json = "{}"
             try:
                 if has("payload"):
-                    payload_json = struct_to_json("payload", req.payload)
+                    payload_json = payload_to_json("payload", req.payload)
             except InvalidArgument:
                 pass  # new_job below reports it under the job's own field name
             else:
@@ -229,47 +247,80 @@ def enqueue_batch_response(
     """The batch's results in request order. A job the batch created is built from the values it
     was inserted with (what convert.job would read back: the insert sets only created_at,
     updated_at, run_at when not given, and the state); a job whose idempotency key already named
-    one is that job, read from the database."""
+    one is that job, read from the database.
+
+    Every value the whole batch shares goes into one template Job, copied per job; only the
+    values that vary are set job by job.
+    """
     resp = job_service_pb2.EnqueueBatchResponse()
     add = resp.results.add
     template = job_pb2.Job(state=job_pb2.JOB_STATE_QUEUED)
     if at is not None:
         for ts in (template.run_at, template.created_at, template.updated_at):
             set_time(ts, at)
-    common_lease = jobs.lease_seconds[0] if jobs.lease_seconds else 0.0
-    set_duration(template.lease_duration, common_lease)
-    scheduled = job_pb2.JOB_STATE_SCHEDULED
+    n = len(jobs)
+    if n == 0:
+        return resp
+    columns: list[tuple[str, list[Any]]] = [
+        ("queue", jobs.queue),
+        ("kind", jobs.kind),
+        ("priority", jobs.priority),
+        ("max_attempts", jobs.max_attempts),
+    ]
+    varying: list[tuple[str, list[Any]]] = []
+    for name, values in columns:
+        if values.count(values[0]) == n:
+            setattr(template, name, values[0])
+        else:
+            varying.append((name, values))
+    keys = jobs.idempotency_key
+    payloads = jobs.payload_json if jobs.payload_json.count(jobs.payload_json[0]) < n else None
+    if payloads is None and jobs.payload_json[0] != "{}":
+        # The request's Struct holds the JSON value the row stores (jsonb keeps JSON values as
+        # sent, save -0, which it stores as 0).
+        template.payload.CopyFrom(reqs[0].payload)
+    run_ats = jobs.run_at if jobs.run_at.count(jobs.run_at[0]) < n else None
+    if run_ats is None and jobs.run_at[0] is not None:
+        _set_run_at(template, jobs.run_at[0], at)
+    set_duration(template.lease_duration, jobs.lease_seconds[0])
+    leases = jobs.lease_seconds if jobs.lease_seconds.count(jobs.lease_seconds[0]) < n else None
+    backoff = any(b is not None for b in jobs.backoff_base) or any(
+        c is not None for c in jobs.backoff_cap
+    )
+    ids = jobs.ids
     for i, was_created in enumerate(created):
-        key = jobs.idempotency_key[i]
         if not was_created:
+            key = keys[i]
             assert key is not None
             add(job=job(existing[key]), created=False)
             continue
         j = add(created=True).job
         j.CopyFrom(template)
-        j.id = jobs.ids[i]
-        j.queue = jobs.queue[i]
-        j.kind = jobs.kind[i]
-        j.priority = jobs.priority[i]
-        j.max_attempts = jobs.max_attempts[i]
+        j.id = ids[i]
+        for name, values in varying:
+            setattr(j, name, values[i])
+        key = keys[i]
         if key is not None:
             j.idempotency_key = key
-        if jobs.payload_json[i] != "{}":
-            # The request's Struct holds the JSON value the row stores (jsonb keeps it as is).
+        if payloads is not None and payloads[i] != "{}":
             j.payload.CopyFrom(reqs[i].payload)
-        run_at = jobs.run_at[i]
-        if run_at is not None:
-            set_time(j.run_at, run_at)
-            if at is not None and run_at > at:  # the insert's CASE, on the same two values
-                j.state = scheduled
-        if jobs.lease_seconds[i] != common_lease:
-            set_duration(j.lease_duration, jobs.lease_seconds[i])
-        base, cap = jobs.backoff_base[i], jobs.backoff_cap[i]
-        if base is not None:
-            set_duration(j.retry_policy.backoff_base, base)
-        if cap is not None:
-            set_duration(j.retry_policy.backoff_cap, cap)
+        if run_ats is not None and (run_at := run_ats[i]) is not None:
+            _set_run_at(j, run_at, at)
+        if leases is not None:
+            set_duration(j.lease_duration, leases[i])
+        if backoff:
+            base, cap = jobs.backoff_base[i], jobs.backoff_cap[i]
+            if base is not None:
+                set_duration(j.retry_policy.backoff_base, base)
+            if cap is not None:
+                set_duration(j.retry_policy.backoff_cap, cap)
     return resp
+
+
+def _set_run_at(j: job_pb2.Job, run_at: datetime, at: datetime | None) -> None:
+    set_time(j.run_at, run_at)
+    if at is not None and run_at > at:  # the insert's CASE, on the same two values
+        j.state = job_pb2.JOB_STATE_SCHEDULED
 
 
 # -- rows -> proto ------------------------------------------------------------------------------
