@@ -113,8 +113,10 @@ class JobStore:
         # The ids are ours (canonical text, nothing to quote): one join makes the literal.
         # asyncpg's array encoder would spend about a microsecond of Python per element.
         ids = "{" + ",".join(jobs.ids) + "}"
+        keyless = jobs.idempotency_key.count(None) == len(jobs)
+        statement = q("insert_job_batch_without_keys" if keyless else "insert_job_batch")
         async with self.pool.acquire() as conn:
-            groups = await conn.fetch(q("insert_job_batch"), ids, *columns)
+            groups = await conn.fetch(statement, ids, *columns)
             inserted = sum(g["n"] for g in groups)
             at = groups[0]["at"] if groups else None
             if inserted == len(jobs):

@@ -58,6 +58,34 @@ SELECT ins.queue, ins.state, count(*) AS n, now() AS at,
 FROM ins, woken
 GROUP BY ins.queue, ins.state;
 
+-- name: insert_job_batch_without_keys
+-- insert_job_batch for a batch in which no job has an idempotency key ($14 and $15 NULL), so no
+-- conflict is possible: without ON CONFLICT, PostgreSQL inserts each row plainly instead of
+-- speculatively (no pre-check of the arbiter index, no confirm record: a quarter fewer WAL
+-- records). Keep the two statements alike.
+WITH ins AS (
+INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
+                           idempotency_key, lease_seconds, backoff_base, backoff_cap)
+SELECT t.id, coalesce(t.queue, $3::text), coalesce(t.kind, $5::text),
+       coalesce(t.payload, $7::text)::jsonb, coalesce(t.priority, $9::int),
+       CASE WHEN coalesce(t.run_at, $13::timestamptz) > now() THEN 'scheduled' ELSE 'queued' END,
+       coalesce(t.max_attempts, $11::int), coalesce(t.run_at, $13::timestamptz, now()),
+       coalesce(t.idempotency_key, $15::text), coalesce(t.lease_seconds, $17::float8),
+       coalesce(t.backoff_base, $19::float8), coalesce(t.backoff_cap, $21::float8)
+FROM unnest($1::text::uuid[], $2::text[], $4::text[], $6::text[], $8::int[], $10::int[],
+            $12::timestamptz[], $14::text[], $16::float8[], $18::float8[], $20::float8[])
+     AS t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
+          lease_seconds, backoff_base, backoff_cap)
+RETURNING id, queue, state, idempotency_key
+), woken AS (
+    SELECT count(pg_notify('jobqueue_jobs', queue)) AS n
+    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued') AS ready
+)
+SELECT ins.queue, ins.state, count(*) AS n, now() AS at,
+       array_agg(ins.id::text) FILTER (WHERE ins.idempotency_key IS NOT NULL) AS keyed_ids
+FROM ins, woken
+GROUP BY ins.queue, ins.state;
+
 -- name: jobs_by_idempotency_keys
 SELECT {job_columns} FROM jobqueue.jobs WHERE idempotency_key = ANY($1::text[]);
 
