@@ -40,16 +40,15 @@ class Enqueuer:
     async def enqueue_batch(self, jobs: NewJobs) -> BatchInserted:
         """One transaction for `jobs` alone: EnqueueBatch's all-or-nothing."""
         out = await self.store.jobs.insert_batch(jobs)
-        created = out.created
-        pairs = zip(jobs.queue, jobs.kind, strict=True)
-        if not all(created):
-            pairs = zip(
-                (q for q, c in zip(jobs.queue, created, strict=True) if c),
-                (k for k, c in zip(jobs.kind, created, strict=True) if c),
-                strict=True,
-            )
-        for (queue, kind), n in Counter(pairs).items():
-            metrics.enqueued(queue, kind, n)
+        created, queues, kinds, n = out.created, jobs.queue, jobs.kind, len(jobs)
+        # After the commit, and only jobs it created: the counter says what the database holds.
+        if n and all(created) and queues.count(queues[0]) == n and kinds.count(kinds[0]) == n:
+            metrics.enqueued(queues[0], kinds[0], n)  # the usual batch: one queue, one kind
+        else:
+            pairs = zip(queues, kinds, strict=True)
+            counts = Counter(p for p, c in zip(pairs, created, strict=True) if c)
+            for (queue, kind), k in counts.items():
+                metrics.enqueued(queue, kind, k)
         # One row per (queue, state) the batch inserted into: all the wake-up needs to know.
         if self.on_commit is not None and out.groups:
             self.on_commit(out.groups)
