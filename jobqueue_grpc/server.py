@@ -54,7 +54,8 @@ class JobQueueServer:
         self.settings = settings
         self.store = store
         self.dispatcher = Dispatcher(store, settings)
-        self.enqueuer = Enqueuer(store, on_commit=self.dispatcher.enqueued)
+        # every dispatcher on this store hears of the enqueue (see Store.backends)
+        self.enqueuer = Enqueuer(store, on_commit=store.jobs_enqueued)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._tasks: list[asyncio.Task[Any]] = []

@@ -182,6 +182,8 @@ class Dispatcher:
         self._not_claiming = _set_event()
         self._claiming = 0  # claim rounds under way
         self.settler = Settler(self)
+        store.on_enqueued.append(self.enqueued)
+        store.on_jobs_available.append(self.wake)
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -226,6 +228,9 @@ class Dispatcher:
             metrics.jobs_in_flight(-len(s.leases))
             s.leases.clear()
         self._stopped = True
+        with contextlib.suppress(ValueError):  # stopped twice
+            self.store.on_enqueued.remove(self.enqueued)
+            self.store.on_jobs_available.remove(self.wake)
         self._wake.set()
         self._wake_scheduler.set()
         for t in self._tasks:
@@ -616,7 +621,9 @@ class Dispatcher:
                         await self._listener.close()
                     self._listener = None
 
-    def _on_jobs(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+    def _on_jobs(self, _conn: Any, pid: int, _channel: str, payload: object) -> None:
+        if pid in self.store.backends:
+            return  # sent by this process, which woke its claim when it committed
         self.wake((str(payload),))
 
     def _on_cancel(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -65,13 +66,25 @@ CLAIM_SETTINGS = {"synchronous_commit": "off"}
 
 
 async def connect_pool(
-    url: str, *, min_size: int = 2, max_size: int = 10, settings: dict[str, str] | None = None
+    url: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    settings: dict[str, str] | None = None,
+    backends: set[int] | None = None,
 ) -> asyncpg.Pool:
+    """A pool of connections set up for the store; `backends` collects their server PIDs."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if backends is not None:
+            backends.add(conn.get_server_pid())
+
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=init,
         reset=_no_reset,
         server_settings={
             "application_name": "jobqueue-grpc",
@@ -87,23 +100,46 @@ class Store:
     """Owns the pool; `jobs` (and the other areas as they land) run the statements."""
 
     def __init__(
-        self, pool: asyncpg.Pool, url: str = "", claim_pool: asyncpg.Pool | None = None
+        self,
+        pool: asyncpg.Pool,
+        url: str = "",
+        claim_pool: asyncpg.Pool | None = None,
+        backends: set[int] | None = None,
     ) -> None:
         self.pool = pool
         self.claim_pool = claim_pool  # the dispatcher's claims (CLAIM_SETTINGS); else `pool`
         self.url = url  # for connections outside the pool (LISTEN)
+        # Server PIDs of this store's connections: a NOTIFY from one of them was sent by this
+        # process, which has woken its dispatcher already (see on_jobs_available).
+        self.backends: set[int] = backends if backends is not None else set()
+        # Called after commits that made jobs claimable: enqueues (with the rows inserted) and
+        # others (a requeue, a resumed queue). The dispatchers using this store hook in here.
+        self.on_enqueued: list[Callable[[Sequence[Row]], None]] = []
+        self.on_jobs_available: list[Callable[[], None]] = []
         self.jobs = JobStore(pool)
-        self.dead_letters = DeadLetterStore(pool)
-        self.queues = QueueStore(pool)
+        self.dead_letters = DeadLetterStore(pool, on_available=self._jobs_available)
+        self.queues = QueueStore(pool, on_available=self._jobs_available)
         self.retention = RetentionStore(pool)
         self.leases = LeaseStore(pool, claim_pool or pool)
 
+    def jobs_enqueued(self, rows: Sequence[Row]) -> None:
+        """After an enqueue commits (the Enqueuer calls it)."""
+        for hook in list(self.on_enqueued):
+            hook(rows)
+
+    def _jobs_available(self) -> None:
+        for hook in list(self.on_jobs_available):
+            hook()
+
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> Store:
-        pool = await connect_pool(url, min_size=min_size, max_size=max_size)
+        backends: set[int] = set()
+        pool = await connect_pool(url, min_size=min_size, max_size=max_size, backends=backends)
         # connections made on first use (a store that never claims never opens one)
-        claim_pool = await connect_pool(url, min_size=0, max_size=2, settings=CLAIM_SETTINGS)
-        return cls(pool, url, claim_pool)
+        claim_pool = await connect_pool(
+            url, min_size=0, max_size=2, settings=CLAIM_SETTINGS, backends=backends
+        )
+        return cls(pool, url, claim_pool, backends)
 
     async def close(self) -> None:
         if self.claim_pool is not None:

@@ -50,9 +50,16 @@ def dead_letter_not_found(job_id: uuid.UUID) -> NotFound:
 
 
 class DeadLetterStore:
-    def __init__(self, pool: asyncpg.Pool, *, chunk: int = CHUNK) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        chunk: int = CHUNK,
+        on_available: Callable[[], None] = lambda: None,
+    ) -> None:
         self.pool = pool
         self.chunk = chunk
+        self.on_available = on_available  # after a requeue commits (see Store)
 
     async def get(self, job_id: uuid.UUID) -> Row:
         row = await self.pool.fetchrow(q("get_dead_letter"), job_id)
@@ -90,6 +97,7 @@ class DeadLetterStore:
             if row is None:
                 raise dead_letter_not_found(job_id)
             await conn.execute(q("notify_jobs_available"), [row["queue"]])
+        self.on_available()
         return row
 
     async def requeue_many(self, f: DeadLetterFilter, limit: int | None = None) -> int:
@@ -108,6 +116,8 @@ class DeadLetterStore:
                     queues = [r["queue"] for r in rows]
                     if queues:
                         await conn.execute(q("notify_jobs_available"), sorted(set(queues)))
+                if queues:
+                    self.on_available()
                 return len(queues)
 
             return await self._chunks(chunk, limit)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import asyncpg
 
 from jobqueue_grpc.domain.errors import NotFound
@@ -16,8 +18,9 @@ def queue_not_found(name: str) -> NotFound:
 
 
 class QueueStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, on_available: Callable[[], None] = lambda: None) -> None:
         self.pool = pool
+        self.on_available = on_available  # after a resume commits (see Store)
 
     async def list(self) -> list[Row]:
         return list(await self.pool.fetch(q("list_queues")))
@@ -40,7 +43,8 @@ class QueueStore:
             await conn.fetchval(q("resume_queue"), name)
             row = await self._get(conn, name)
             await conn.execute(q("notify_jobs_available"), [name])
-            return row
+        self.on_available()
+        return row
 
     async def _get(self, conn: Conn, name: str) -> Row:
         row = await conn.fetchrow(q("get_queue"), name)
