@@ -342,6 +342,48 @@ async def test_retry_after_waits_the_given_delay(
     await worker.close()
 
 
+async def test_the_leased_job_is_the_job_get_job_shows(fast: grpc.aio.Channel) -> None:
+    # The lease path builds its Job from a leaner row than GetJob's (epoch times, fewer columns):
+    # field for field, it must be the same message, previous attempt's error and progress too.
+    worker = await RawWorker(fast).open(worker_id="w-same")
+    job = (
+        await enqueue(
+            fast,
+            kind="same",
+            payload=_struct({"a": [1, "x"], "b": None}),
+            priority=3,
+            max_attempts=4,
+            idempotency_key="same-as-get",
+            lease_duration=duration(42.5),
+            retry_policy=job_pb2.RetryPolicy(backoff_base=duration(0.1), backoff_cap=duration(0.3)),
+        )
+    ).job
+    first = await worker.next_job()
+    assert first.job == await get_job(fast, job.id)
+    await worker.call.write(
+        w.LeaseRequest(
+            progress=w.LeaseProgress(
+                job_id=first.job.id, lease_token=first.lease_token, progress=_struct({"p": 1})
+            )
+        )
+    )
+    await eventually(lambda: get_job(fast, job.id), lambda j: bool(j.progress))
+    await worker.fail(first, message="boom")
+    second = await worker.next_job()
+    assert second.job.attempt == 2 and len(second.job.errors) == 1
+    assert second.job == await get_job(fast, job.id)
+    assert second.lease_expires_at == second.job.lease_expires_at
+    await worker.close()
+
+
+def _struct(d: dict[str, Any]) -> Any:
+    from google.protobuf import struct_pb2
+
+    out = struct_pb2.Struct()
+    out.update(d)
+    return out
+
+
 # -- leases: fencing, expiry, release ------------------------------------------------------------
 async def test_a_late_outcome_from_an_expired_lease_is_rejected(
     fast: grpc.aio.Channel,

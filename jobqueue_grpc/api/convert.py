@@ -358,7 +358,7 @@ def set_duration(d: duration_pb2.Duration, secs: float) -> None:
 
 
 def job(r: Row) -> job_pb2.Job:
-    """A store row (read with {job_columns}) as a Job message. On the lease hot path: lean."""
+    """A store row (read with {job_columns}) as a Job message (leased jobs: leased_job)."""
     j = job_pb2.Job(
         id=str(r["id"]),
         queue=r["queue"],
@@ -379,6 +379,47 @@ def job(r: Row) -> job_pb2.Job:
         at = r[name]
         if at is not None and at != _NO_TIME:
             set_time(getattr(j, name), at)
+    set_duration(j.lease_duration, r["lease_seconds"])
+    if r["backoff_base"] is not None:
+        set_duration(j.retry_policy.backoff_base, r["backoff_base"])
+    if r["backoff_cap"] is not None:
+        set_duration(j.retry_policy.backoff_cap, r["backoff_cap"])
+    if r["errors"] and r["errors"] != "[]":
+        errs = errors_list(r["errors"])
+        j.errors.extend(errs)
+        j.last_error.CopyFrom(errs[-1])
+    return j
+
+
+def set_epoch(ts: timestamp_pb2.Timestamp, seconds: float) -> None:
+    """A Timestamp from epoch seconds read as float8 (exact to the microsecond)."""
+    micros = round(seconds * 1e6)
+    ts.seconds = micros // 1_000_000
+    ts.nanos = micros % 1_000_000 * 1000
+
+
+def leased_job(r: Row) -> job_pb2.Job:
+    """A claimed row (read with {leased_columns}) as the Job a worker gets: the lease hot path."""
+    j = job_pb2.Job(
+        id=str(r["id"]),
+        queue=r["queue"],
+        kind=r["kind"],
+        priority=r["priority"],
+        max_attempts=r["max_attempts"],
+        state=job_pb2.JOB_STATE_RUNNING,
+        attempt=r["attempt"],
+        idempotency_key=r["idempotency_key"] or "",
+        worker_id=r["worker_id"] or "",
+    )
+    for name, out in (("payload", j.payload), ("progress", j.progress)):
+        text = r[name]
+        if text and text != "{}":
+            out.update(json.loads(text))
+    set_epoch(j.run_at, r["run_at_s"])
+    set_epoch(j.created_at, r["created_at_s"])
+    set_epoch(j.started_at, r["started_at_s"])
+    set_epoch(j.updated_at, r["started_at_s"])  # the claim set both to its now()
+    set_epoch(j.lease_expires_at, r["lease_expires_at_s"])
     set_duration(j.lease_duration, r["lease_seconds"])
     if r["backoff_base"] is not None:
         set_duration(j.retry_policy.backoff_base, r["backoff_base"])

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -61,7 +61,8 @@ class Lease:
         self.token_str = token_str
         self.queue: str = row["queue"]
         self.kind: str = row["kind"]
-        self.expires_at: datetime = row["lease_expires_at"]  # refreshed by extensions
+        # epoch seconds, as the database set it; refreshed by extensions
+        self.expires_at: float = row["lease_expires_at_s"]
         self.leased_at = leased_at  # monotonic
 
     @property
@@ -360,7 +361,8 @@ class Dispatcher:
         return full
 
     def _deliver(self, rows: list[Row]) -> None:
-        now = datetime.now(UTC)
+        """Pushes claimed rows (store/queries.py LEASED_COLUMNS) down their streams."""
+        now = time.time()
         leased_at = time.monotonic()
         batches: dict[uuid.UUID, list[w.LeasedJob]] = {}
         waits: dict[tuple[str, str], list[float]] = {}
@@ -373,12 +375,10 @@ class Dispatcher:
             job_id = str(r["id"])
             token = str(r["lease_token"])
             lease = s.leases[job_id] = Lease(r, job_id, token, leased_at)
-            leased = w.LeasedJob(job=convert.job(r), lease_token=token)
-            convert.set_time(leased.lease_expires_at, lease.expires_at)
+            leased = w.LeasedJob(job=convert.leased_job(r), lease_token=token)
+            convert.set_epoch(leased.lease_expires_at, lease.expires_at)
             batches.setdefault(s.id, []).append(leased)
-            waits.setdefault((lease.queue, lease.kind), []).append(
-                (now - r["run_at"]).total_seconds()
-            )
+            waits.setdefault((lease.queue, lease.kind), []).append(now - r["run_at_s"])
         for (queue, kind), seconds in waits.items():
             metrics.observe_wait(queue, kind, seconds)
         metrics.jobs_in_flight(len(rows) - len(orphans))
@@ -500,7 +500,7 @@ class Dispatcher:
                 continue
             held = s.leases.get(str(job_id))
             if held is not None:
-                held.expires_at = r["lease_expires_at"]
+                held.expires_at = r["lease_expires_at"].timestamp()
             ext = w.LeaseExtended(job_id=str(job_id))
             convert.set_time(ext.lease_expires_at, r["lease_expires_at"])
             s.send(w.LeaseResponse(extended=ext))
@@ -584,7 +584,7 @@ class Dispatcher:
     def _forget_overdue(self) -> None:
         """Leases long past expiry that no reaper here saw end (another replica's reaper expired
         them, and the worker never spoke of them again): let go, or their slots stay lost."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=OVERDUE_GRACE)
+        cutoff = time.time() - OVERDUE_GRACE
         for s in self.streams.values():
             for le in [le for le in s.leases.values() if le.expires_at < cutoff]:
                 if s.forget(le.id_str) is not None:

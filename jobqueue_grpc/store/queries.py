@@ -19,6 +19,19 @@ JOB_COLUMNS = (
     "started_at, finished_at"
 )
 
+# What a claim returns: the leased Job less what a claim fixes (state 'running', no result, no
+# finish, not cancel-requested, updated_at = started_at), times as epoch seconds (float8: exact
+# to the microsecond for centuries yet; asyncpg decodes a float several times faster than a
+# timestamptz). api/convert.py leased_job() reads it.
+LEASED_COLUMNS = (
+    "j.id, j.queue, j.kind, j.payload, j.priority, j.attempt, j.max_attempts, "
+    "j.idempotency_key, j.lease_seconds, j.backoff_base, j.backoff_cap, j.last_sleep, "
+    "j.lease_token, j.stream_id, j.worker_id, j.errors, j.progress, "
+    "date_part('epoch', j.run_at) AS run_at_s, date_part('epoch', j.created_at) AS created_at_s, "
+    "date_part('epoch', j.started_at) AS started_at_s, "
+    "date_part('epoch', j.lease_expires_at) AS lease_expires_at_s"
+)
+
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -28,7 +41,11 @@ def parse(text: str) -> dict[str, str]:
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in out:
             raise ValueError(f"duplicate query name {name}")
-        out[name] = body.strip().replace("{job_columns}", JOB_COLUMNS)
+        out[name] = (
+            body.strip()
+            .replace("{job_columns}", JOB_COLUMNS)
+            .replace("{leased_columns}", LEASED_COLUMNS)
+        )
     return out
 
 

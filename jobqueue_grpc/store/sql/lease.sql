@@ -46,7 +46,7 @@ SET state = 'running',
     updated_at = now()
 FROM picked p
 WHERE j.id = p.picked_id
-RETURNING {job_columns};
+RETURNING {leased_columns};
 
 -- name: promote_due_jobs
 -- The scheduler: parked jobs whose time has come become claimable, and their queues' dispatchers
