@@ -251,9 +251,15 @@ class Bench:
             stats.append(json.loads(path.read_text()) if path.exists() else {})
         return stats
 
-    def _wait_done(self, queue: str, procs: int, n: int) -> float:
+    def _wait_done(
+        self, queue: str, workers: list[tuple[subprocess.Popen[bytes], Path]], n: int
+    ) -> float:
         """Waits until the workers have run `n` jobs; returns the wall time of the last one."""
+        procs = len(workers)
         while True:
+            gone = [p.returncode for p, _ in workers if p.poll() is not None]
+            if gone:  # e.g. the server refused them: fail rather than wait for ever
+                raise RuntimeError(f"a worker process exited early (codes {gone})")
             done, last = 0, 0.0
             for i in range(procs):
                 path = self.tmp / f"{queue}-{i}.progress"
@@ -278,7 +284,7 @@ class Bench:
             time.sleep(2.0)  # let the worker processes start and open their streams
             t = time.time()
             queues.ResumeQueue(qs.ResumeQueueRequest(name=queue))
-            elapsed = self._wait_done(queue, self.args.worker_procs, n) - t
+            elapsed = self._wait_done(queue, workers, n) - t
             # then check what the database committed (not timed)
             while self._counts(queues, queue).succeeded < n:
                 time.sleep(0.25)
@@ -293,7 +299,7 @@ class Bench:
         time.sleep(2.0)  # worker startup
         p = self._spawn("_steady", self.address, str(rate), str(seconds), queue)
         self._wait_load(p)
-        self._wait_done(queue, 1, int(rate * seconds))
+        self._wait_done(queue, workers, int(rate * seconds))
         stats = self._stop_workers(workers)
         lat = sorted(x * 1000 for s in stats for x in s.get("latencies", []))
         q = statistics.quantiles(lat, n=100)
