@@ -12,13 +12,20 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobqueue_grpc import AsyncClient, DoNotRetry, JobContext, Worker
-from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2, queue_service_pb2_grpc
+from jobqueue_grpc.gen.jobqueue.v1 import (
+    job_service_pb2,
+    job_service_pb2_grpc,
+    queue_service_pb2,
+    queue_service_pb2_grpc,
+)
 from jobqueue_grpc.server import JobQueueServer
 from tests.conftest import ServerFactory
 from tests.hardening import eventually, free_port
+from tests.lease_helpers import RawWorker
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -219,6 +226,45 @@ async def test_auth_refusals_are_counted_by_code(make_server: ServerFactory) -> 
             before, "jobqueue_rpcs_total", method=method, code=code
         )
         assert delta == 1, code
+
+
+async def test_drain_and_stream_limit_refusals_are_counted_by_code(
+    make_server: ServerFactory,
+) -> None:
+    srv = await make_server(metrics_port=free_port(), max_lease_streams=1)
+    assert srv.metrics is not None
+    enqueue = "/jobqueue.v1.JobService/Enqueue"
+    lease = "/jobqueue.v1.WorkerService/Lease"
+    health_check = "/grpc.health.v1.Health/Check"
+    before = await scrape(srv.metrics.port)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        holder = await RawWorker(ch).open(worker_id="holder")
+        refused = await RawWorker(ch).open(worker_id="refused")
+        assert await asyncio.wait_for(refused.ended, 10) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await holder.call.done_writing()
+        await asyncio.wait_for(holder.ended, 10)
+
+        srv.drain_gate.draining = True
+        try:
+            stub = job_service_pb2_grpc.JobServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Enqueue(job_service_pb2.EnqueueRequest(kind="k"), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            # health stays open while draining
+            health = health_pb2_grpc.HealthStub(ch)
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        finally:
+            srv.drain_gate.draining = False
+    after = await scrape(srv.metrics.port)
+
+    def delta(method: str, code: str) -> float:
+        return total(after, "jobqueue_rpcs_total", method=method, code=code) - total(
+            before, "jobqueue_rpcs_total", method=method, code=code
+        )
+
+    assert delta(lease, "RESOURCE_EXHAUSTED") == 1
+    assert delta(enqueue, "UNAVAILABLE") == 1
+    assert delta(health_check, "OK") == 1
 
 
 async def test_only_metrics_is_served(metered: JobQueueServer) -> None:

@@ -1,4 +1,4 @@
-"""Bearer-token authentication and roles, as a server interceptor.
+"""Bearer-token authentication and roles (`interceptors.py` applies them to every call).
 
 Off unless tokens are configured. Then every call except health and reflection (which probes and
 grpcurl need) must carry `authorization: Bearer <token>`; the token's role decides which services
@@ -12,14 +12,11 @@ import enum
 import hashlib
 import hmac
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from jobqueue_grpc.api.errors import to_status
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain import errors as e
 
@@ -113,9 +110,18 @@ def service_of(method: str) -> str:
     return method.lstrip("/").split("/", 1)[0]
 
 
-def check(method: str, metadata: Any, creds: list[Credential]) -> e.JobQueueError | None:
-    """The error that refuses this call, or None to let it through."""
+def rule(method: str) -> frozenset[Role] | None:
+    """The roles that may call `method`; None when it is open to everyone."""
     if method.startswith(OPEN_PREFIXES):
+        return None
+    return SERVICE_ROLES.get(service_of(method), frozenset({Role.ADMIN}))
+
+
+def refusal(
+    method: str, allowed: frozenset[Role] | None, metadata: Any, creds: list[Credential]
+) -> e.JobQueueError | None:
+    """The error that refuses this call of `method` (whose `rule` is `allowed`), or None."""
+    if allowed is None:
         return None
     token = bearer(metadata)
     if token is None:
@@ -126,7 +132,6 @@ def check(method: str, metadata: Any, creds: list[Credential]) -> e.JobQueueErro
     role = role_of(token, creds)
     if role is None:
         return e.Unauthenticated("the token is not valid", reason="UNAUTHENTICATED")
-    allowed = SERVICE_ROLES.get(service_of(method), frozenset({Role.ADMIN}))
     if role not in allowed:
         return e.PermissionDenied(
             f"role {role.value} may not call {service_of(method)}",
@@ -135,50 +140,7 @@ def check(method: str, metadata: Any, creds: list[Credential]) -> e.JobQueueErro
     return None
 
 
-def refusing(h: grpc.RpcMethodHandler[Any, Any], err: e.JobQueueError) -> Any:
-    """A handler of the same shape as `h` that ends the call with `err` and runs nothing."""
-    status = to_status(err)
-
-    async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(status.code, status.details, status.trailing_metadata)
-
-    async def deny_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(status.code, status.details, status.trailing_metadata)
-        yield  # pragma: no cover - makes this an async generator
-
-    kw = {
-        "request_deserializer": h.request_deserializer,
-        "response_serializer": h.response_serializer,
-    }
-    if h.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(deny, **kw)
-    if h.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(deny_stream, **kw)
-    if h.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(deny, **kw)
-    return grpc.stream_stream_rpc_method_handler(deny_stream, **kw)
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without a token for their service (see the module doc)."""
-
-    def __init__(self, creds: list[Credential]) -> None:
-        self.creds = creds
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        err = check(
-            handler_call_details.method, handler_call_details.invocation_metadata, self.creds
-        )
-        if err is None:
-            return handler
-        result: grpc.RpcMethodHandler[Any, Any] = refusing(handler, err)
-        return result
+def check(method: str, metadata: Any, creds: list[Credential]) -> e.JobQueueError | None:
+    """The error that refuses this call, or None to let it through. (The interceptor works out
+    `rule(method)` once per method and calls `refusal`.)"""
+    return refusal(method, rule(method), metadata, creds)

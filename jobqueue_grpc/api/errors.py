@@ -1,4 +1,5 @@
-"""The one table from errors to gRPC status codes, and the interceptor that applies it.
+"""The one table from errors to gRPC status codes, and `abort`, which applies it (the call
+wrapper in `interceptors.py` calls it for every exception escaping a jobqueue handler).
 
 Every error a client sees carries `google.rpc.ErrorInfo` with a stable reason; INVALID_ARGUMENT
 adds `google.rpc.BadRequest` field violations. Anything unexpected becomes INTERNAL with no SQL
@@ -8,10 +9,8 @@ and no traceback in it (those go to the server log).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 import grpc
@@ -19,11 +18,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from jobqueue_grpc.api.wrap import Ctx, wrap
 from jobqueue_grpc.domain import errors as e
-
-if TYPE_CHECKING:
-    from jobqueue_grpc.api.wrap import Continuation, Handler
 
 log = logging.getLogger(__name__)
 
@@ -111,35 +106,5 @@ def _method(context: grpc.aio.ServicerContext[Any, Any]) -> str:
         return "?"
 
 
-_Passthrough = (asyncio.CancelledError, grpc.aio.AbortError)
-
-
-@contextlib.asynccontextmanager
-async def _mapped(context: Ctx) -> AsyncIterator[None]:
-    try:
-        yield
-    except _Passthrough:
-        raise
-    except Exception as exc:
-        await abort(context, exc)
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps exceptions escaping any handler to a rich status (see the module doc)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, Handler] = {}
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        method = handler_call_details.method
-        cached = self._cache.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or not method.startswith("/jobqueue."):
-            return handler
-        wrapped = wrap(handler, _mapped)
-        self._cache[method] = wrapped
-        return wrapped
+# Exceptions that already are the call's outcome: never mapped, passed on as they are.
+PASSTHROUGH = (asyncio.CancelledError, grpc.aio.AbortError)
