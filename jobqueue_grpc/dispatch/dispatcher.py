@@ -543,8 +543,8 @@ class Dispatcher:
             self._wake_scheduler.clear()  # before the pass: a wake-up during it is kept
             try:
                 promoted, queues = await self.store.leases.promote_due(CLAIM_MAX)
-                if queues:
-                    self.wake(queues)
+                if queues:  # every dispatcher on this store (they ignore its NOTIFY)
+                    self.store.jobs_available()
                 if promoted >= CLAIM_MAX:
                     delay = 0.0
                 else:

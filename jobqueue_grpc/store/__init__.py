@@ -110,15 +110,17 @@ class Store:
         self.claim_pool = claim_pool  # the dispatcher's claims (CLAIM_SETTINGS); else `pool`
         self.url = url  # for connections outside the pool (LISTEN)
         # Server PIDs of this store's connections: a NOTIFY from one of them was sent by this
-        # process, which has woken its dispatcher already (see on_jobs_available).
+        # process, which has woken its dispatchers already (see on_jobs_available). Never pruned:
+        # should PostgreSQL reuse a PID of ours for another replica's session, that replica's
+        # wake-ups would reach us only by the dispatcher's periodic claim (a second at most).
         self.backends: set[int] = backends if backends is not None else set()
         # Called after commits that made jobs claimable: enqueues (with the rows inserted) and
         # others (a requeue, a resumed queue). The dispatchers using this store hook in here.
         self.on_enqueued: list[Callable[[Sequence[Row]], None]] = []
         self.on_jobs_available: list[Callable[[], None]] = []
         self.jobs = JobStore(pool)
-        self.dead_letters = DeadLetterStore(pool, on_available=self._jobs_available)
-        self.queues = QueueStore(pool, on_available=self._jobs_available)
+        self.dead_letters = DeadLetterStore(pool, on_available=self.jobs_available)
+        self.queues = QueueStore(pool, on_available=self.jobs_available)
         self.retention = RetentionStore(pool)
         self.leases = LeaseStore(pool, claim_pool or pool)
 
@@ -127,7 +129,8 @@ class Store:
         for hook in list(self.on_enqueued):
             hook(rows)
 
-    def _jobs_available(self) -> None:
+    def jobs_available(self) -> None:
+        """After a commit that made jobs claimable other than by enqueueing them."""
         for hook in list(self.on_jobs_available):
             hook()
 
