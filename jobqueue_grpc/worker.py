@@ -87,7 +87,7 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class JobContext:
     """What a handler gets: the job, and ways to report progress and notice cancellation."""
 
@@ -403,15 +403,16 @@ class Worker:
     def _on_message(self, s: _Session, msg: w.LeaseResponse) -> None:
         which = msg.WhichOneof("msg")
         if which == "jobs":
-            now = time.monotonic()
-            wall = time.time()
+            offset = time.monotonic() - time.time()  # wall clock -> monotonic
+            create_task = asyncio.get_running_loop().create_task
+            running = s.running
             for leased in msg.jobs.jobs:
-                ctx = JobContext(
-                    job=leased.job, lease_token=leased.lease_token, _worker=self, _session=s
-                )
-                ctx.expires_at = now + (leased.lease_expires_at.ToNanoseconds() / 1e9 - wall)
-                task = asyncio.get_running_loop().create_task(self._execute(s, ctx))
-                s.running[ctx.job.id] = (ctx, task)
+                job = leased.job
+                ctx = JobContext(job=job, lease_token=leased.lease_token, _worker=self, _session=s)
+                at = leased.lease_expires_at
+                ctx.expires_at = at.seconds + at.nanos * 1e-9 + offset
+                running[job.id] = (ctx, create_task(self._execute(s, ctx)))
+            if running:
                 s.idle.clear()
         elif which == "cancel":
             entry = s.running.get(msg.cancel.job_id)
