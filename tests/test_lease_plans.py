@@ -72,6 +72,32 @@ async def test_claim_reads_the_queue_in_index_order(store: Store, db: asyncpg.Co
     assert nodes[0]["Actual Rows"] == 500
 
 
+async def test_claims_run_a_generic_plan_that_reads_the_queue_in_index_order(
+    store: Store, db: asyncpg.Connection
+) -> None:
+    """The claim pool's sessions always run the prepared claim's generic plan (planned once,
+    not per claim): it must read the queue's index in order too, whatever the statistics say."""
+    await _fill(db)
+    slots = "{" + ",".join([str(uuid.uuid4())] * 500) + "}"
+    workers = "{" + ",".join(["w"] * 500) + "}"
+    async with store.claim_pool.acquire() as conn:  # type: ignore[union-attr]
+        assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+        await conn.execute(
+            f"PREPARE generic_claim(text[], text[], uuid[], text[]) AS {q('claim_jobs')}"
+        )
+        try:
+            for analyse in (False, True):  # stale statistics (empty table), then current ones
+                if analyse:
+                    await db.execute("ANALYZE jobqueue.jobs")
+                nodes = await _explain(
+                    conn, f"EXECUTE generic_claim('{{plans}}', NULL, '{slots}', '{workers}')"
+                )
+                assert _whole_table_reads(nodes) == []
+                assert nodes[0]["Actual Rows"] == 500
+        finally:
+            await conn.execute("DEALLOCATE generic_claim")
+
+
 async def test_settling_probes_the_primary_key(store: Store, db: asyncpg.Connection) -> None:
     await _fill(db)
     rows = await store.leases.claim(["plans"], None, [(uuid.uuid4(), "w")] * 1000)

@@ -315,7 +315,9 @@ class Dispatcher:
     # -- the claim --------------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
         while not self._stopped:
-            await wait(self._wake.wait(), IDLE_POLL)
+            woken = await wait(self._wake.wait(), IDLE_POLL)
+            if woken and not self._wake.is_set():
+                continue  # another claim loop took this wake-up: one round serves it
             self._wake.clear()
             if self.draining:
                 continue
@@ -600,19 +602,28 @@ class Dispatcher:
                 self.leases_shrank.set()
 
     async def _listen_loop(self) -> None:
-        """LISTEN for enqueues and cancels from every replica; reconnects when the link drops."""
+        """LISTEN for enqueues and cancels from every replica; reconnects when the link drops.
+
+        It also keeps `store.peers`: whether any other replica listens, so that enqueues here
+        NOTIFY only when someone else needs the wake-up. A replica that starts listening says so
+        on `jobqueue_replicas` (the others start notifying at once); every IDLE_POLL the count of
+        other listeners is read again, which notices replicas that went away.
+        """
+        peers = self.store.peers
         while not self._stopped:
             try:
-                conn = await asyncpg.connect(self.store.url)
-                self._listener = conn
+                conn = self._listener = await self.store.listener()
                 await conn.add_listener("jobqueue_jobs", self._on_jobs)
                 await conn.add_listener("jobqueue_cancel", self._on_cancel)
+                await conn.add_listener("jobqueue_replicas", self._on_replica)
+                await self.store.announce_listener(conn)
                 while not conn.is_closed():
+                    peers.listening = await self.store.other_listeners(conn) > 0
                     await asyncio.sleep(IDLE_POLL)
-                    await conn.execute("SELECT 1")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                peers.listening = True  # unknown: tell everyone
                 log.warning("LISTEN connection lost (%s); polling until it is back", exc)
                 await asyncio.sleep(1.0)
             finally:
@@ -625,6 +636,13 @@ class Dispatcher:
         if pid in self.store.backends:
             return  # sent by this process, which woke its claim when it committed
         self.wake((str(payload),))
+
+    def _on_replica(self, _conn: Any, pid: int, _channel: str, _payload: object) -> None:
+        if pid not in self.store.backends and pid != self._listener_pid():
+            self.store.peers.listening = True  # another replica started listening
+
+    def _listener_pid(self) -> int | None:
+        return self._listener.get_server_pid() if self._listener is not None else None
 
     def _on_cancel(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         job_id, _, stream_id = str(payload).partition(" ")

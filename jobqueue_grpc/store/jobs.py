@@ -14,7 +14,7 @@ from jobqueue_grpc.domain.errors import FailedPrecondition, job_not_found
 from jobqueue_grpc.domain.jobs import NewJob, NewJobs
 from jobqueue_grpc.domain.states import CancelOutcome, JobState, cancel_outcome
 from jobqueue_grpc.store.queries import q
-from jobqueue_grpc.store.types import Conn, Row
+from jobqueue_grpc.store.types import Conn, Peers, Row
 
 # The keyset cursor that sorts after every row: the first page starts here.
 FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), uuid.UUID(int=(1 << 128) - 1))
@@ -39,8 +39,9 @@ def _array_or_value(values: list[Any]) -> tuple[list[Any] | None, Any]:
 
 
 class JobStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, peers: Peers | None = None) -> None:
         self.pool = pool
+        self.peers = peers if peers is not None else Peers()  # enqueues NOTIFY only if listening
 
     async def insert(self, jobs: Sequence[NewJob]) -> list[tuple[Row, bool]]:
         """Inserts `jobs` atomically; returns (row, created) for each, in order.
@@ -66,6 +67,7 @@ class JobStore:
             [j.lease_seconds for j in jobs],
             [j.backoff_base for j in jobs],
             [j.backoff_cap for j in jobs],
+            self.peers.listening,
         )
         inserted = {r["id"]: r for r in rows}
         existing: dict[str, Row] = {}
@@ -116,7 +118,7 @@ class JobStore:
         keyless = jobs.idempotency_key.count(None) == len(jobs)
         statement = q("insert_job_batch_without_keys" if keyless else "insert_job_batch")
         async with self.pool.acquire() as conn:
-            groups = await conn.fetch(statement, ids, *columns)
+            groups = await conn.fetch(statement, ids, *columns, self.peers.listening)
             inserted = sum(g["n"] for g in groups)
             at = groups[0]["at"] if groups else None
             if inserted == len(jobs):

@@ -5,7 +5,8 @@
 -- Inserts many jobs in one statement (atomic on its own: no BEGIN/COMMIT round trips); an
 -- idempotency key that already names a job inserts nothing (and a key repeated inside one batch
 -- inserts its first job only). Dispatchers on every replica are woken for the queues that got
--- jobs ready now, in the same statement.
+-- jobs ready now, in the same statement, when $12 says another replica listens (store/types.py
+-- Peers; this one is woken in-process).
 WITH ins AS (
 INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
                            idempotency_key, lease_seconds, backoff_base, backoff_cap)
@@ -21,7 +22,7 @@ ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING {job_columns}
 ), woken AS (
     SELECT count(pg_notify('jobqueue_jobs', queue)) AS n
-    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued') AS ready
+    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued' AND $12::bool) AS ready
 )
 SELECT ins.* FROM ins, woken;
 
@@ -34,6 +35,7 @@ SELECT ins.* FROM ins, woken;
 -- $1 is the ids as one uuid[] literal. Every other column comes either as an array ($2, $4, ...)
 -- or, when all the jobs have the same value, as that value ($3, $5, ...) and a NULL array, which
 -- unnest pads with NULLs: a batch sends each value that varies, and each one that does not once.
+-- $22 is insert_jobs' $12: NOTIFY other replicas or not.
 WITH ins AS (
 INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
                            idempotency_key, lease_seconds, backoff_base, backoff_cap)
@@ -51,7 +53,7 @@ ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, queue, state, idempotency_key
 ), woken AS (
     SELECT count(pg_notify('jobqueue_jobs', queue)) AS n
-    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued') AS ready
+    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued' AND $22::bool) AS ready
 )
 SELECT ins.queue, ins.state, count(*) AS n, now() AS at,
        array_agg(ins.id::text) FILTER (WHERE ins.idempotency_key IS NOT NULL) AS keyed_ids
@@ -79,7 +81,7 @@ FROM unnest($1::text::uuid[], $2::text[], $4::text[], $6::text[], $8::int[], $10
 RETURNING id, queue, state, idempotency_key
 ), woken AS (
     SELECT count(pg_notify('jobqueue_jobs', queue)) AS n
-    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued') AS ready
+    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued' AND $22::bool) AS ready
 )
 SELECT ins.queue, ins.state, count(*) AS n, now() AS at,
        array_agg(ins.id::text) FILTER (WHERE ins.idempotency_key IS NOT NULL) AS keyed_ids
@@ -88,6 +90,16 @@ GROUP BY ins.queue, ins.state;
 
 -- name: jobs_by_idempotency_keys
 SELECT {job_columns} FROM jobqueue.jobs WHERE idempotency_key = ANY($1::text[]);
+
+-- name: announce_listener
+-- A dispatcher that has just started listening tells the others, which then NOTIFY (Peers).
+SELECT pg_notify('jobqueue_replicas', '');
+
+-- name: other_listeners
+-- How many other replicas' dispatchers listen on this database ($1: their application_name,
+-- which pg_stat_activity shows to every role).
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid();
 
 -- name: notify_jobs_available
 -- Wakes dispatchers on every replica; the payload is the queue name.
