@@ -3,19 +3,30 @@
 With synchronous_commit on, every commit waits for a WAL flush; one commit per RPC caps unary
 enqueue at the disk's flush rate. Calls that arrive while a flush runs wait for the next one and go
 in together, so a busy server makes few large transactions and an idle one adds no delay.
+
+A job that a Lease stream on this replica is waiting for with nothing else to do is handed off:
+inserted already leased to that stream and pushed to it after the commit (Dispatcher.hand_off),
+without a claim in between.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from jobqueue_grpc import metrics
 from jobqueue_grpc._aio import spawn
 from jobqueue_grpc.domain.jobs import NewJob, NewJobs
 from jobqueue_grpc.store import Row, Store
 from jobqueue_grpc.store.jobs import BatchInserted
+
+if TYPE_CHECKING:
+    from jobqueue_grpc.dispatch.dispatcher import Dispatcher
+
+log = logging.getLogger(__name__)
 
 _Waiter = tuple[NewJob, "asyncio.Future[tuple[Row, bool]]"]
 
@@ -28,10 +39,12 @@ class Enqueuer:
         max_group: int = 500,
         concurrency: int = 2,
         on_commit: Callable[[Sequence[Row]], None] | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.store = store
         self.max_group = max_group
         self.on_commit = on_commit
+        self.dispatcher = dispatcher  # hands new jobs to its waiting streams
         self._pending: list[_Waiter] = []
         self._slots = asyncio.Semaphore(concurrency)
         self._running = 0
@@ -69,15 +82,24 @@ class Enqueuer:
                     self._pending[: self.max_group],
                     self._pending[self.max_group :],
                 )
+                jobs = [j for j, _ in group]
+                handoff = self.dispatcher.hand_off(jobs) if self.dispatcher else None
                 try:
-                    out = await self.store.jobs.insert([j for j, _ in group])
+                    out = await self.store.jobs.insert(jobs, handoff.slots if handoff else None)
                 except BaseException as exc:
+                    if handoff is not None:
+                        handoff.cancel()
                     for _, fut in group:
                         if not fut.done():
                             fut.set_exception(exc)
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
+                if handoff is not None:
+                    try:
+                        handoff.done([row for row, created in out if created])
+                    except Exception:  # not pushed: those leases expire into the retry path
+                        log.exception("could not push %d handed-off jobs", len(group))
                 self._committed(out)
                 for (_, fut), res in zip(group, out, strict=True):
                     if not fut.done():

@@ -55,7 +55,7 @@ class JobQueueServer:
         self.store = store
         self.dispatcher = Dispatcher(store, settings)
         # every dispatcher on this store hears of the enqueue (see Store.backends)
-        self.enqueuer = Enqueuer(store, on_commit=store.jobs_enqueued)
+        self.enqueuer = Enqueuer(store, on_commit=store.jobs_enqueued, dispatcher=self.dispatcher)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._tasks: list[asyncio.Task[Any]] = []

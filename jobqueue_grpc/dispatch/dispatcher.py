@@ -26,6 +26,7 @@ from jobqueue_grpc._aio import spawn, wait
 from jobqueue_grpc.api import convert
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain.errors import InvalidArgument, Unavailable
+from jobqueue_grpc.domain.jobs import NewJob
 from jobqueue_grpc.domain.retry import FailureClass, decide_failure
 from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2 as w
 from jobqueue_grpc.store import Row, Store
@@ -165,6 +166,42 @@ def _error_json(message: str, source: str, details: dict[str, Any] | None = None
     return json.dumps({"message": text, "details": details, "source": source})
 
 
+class HandOff:
+    """Stream slots reserved for new jobs while their insert runs (Dispatcher.hand_off)."""
+
+    __slots__ = ("_d", "_ended", "streams")
+
+    def __init__(self, d: Dispatcher, streams: list[Stream | None]) -> None:
+        self._d = d
+        self.streams = streams  # per job: the stream it may go to, or None
+        self._ended = False
+
+    @property
+    def slots(self) -> list[tuple[uuid.UUID, str] | None]:
+        return [(s.id, s.worker_id) if s is not None else None for s in self.streams]
+
+    def done(self, rows: Sequence[Row]) -> None:
+        """After the insert committed: `rows` are the jobs it created, in `streams`' order; those
+        leased by it (a paused queue's were not) are pushed to their streams."""
+        self._end()
+        leased = [r for r in rows if r["state"] == "running" and r["stream_id"] is not None]
+        if leased:
+            self._d._deliver(leased)
+
+    def cancel(self) -> None:
+        """The insert failed: nothing was leased."""
+        self._end()
+
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        for s in self.streams:
+            if s is not None:
+                s.reserved -= 1
+        self._d._claim_ends()
+
+
 class Dispatcher:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -181,7 +218,13 @@ class Dispatcher:
         # (`draining`, or the answer after its own `drain`), a round under way must have pushed
         # what it claimed, so that those jobs arrive first on the stream, not after.
         self._not_claiming = _set_event()
-        self._claiming = 0  # claim rounds under way
+        self._claiming = 0  # claim rounds (and hand-offs) under way
+        # Hand-off bookkeeping: every wake-up that may mean new claimable jobs bumps the
+        # generation; a claim that came back short records its group as drained at the
+        # generation it started in. A group drained at the current generation has nothing
+        # waiting that this replica knows of, so a new job may go straight to one of its streams.
+        self._generation = 0
+        self._drained: dict[tuple[tuple[str, ...], tuple[str, ...] | None], int] = {}
         self.settler = Settler(self)
         store.on_enqueued.append(self.enqueued)
         store.on_jobs_available.append(self.wake)
@@ -300,12 +343,13 @@ class Dispatcher:
         )
 
     def wake(self, queues: Iterable[str] = ()) -> None:
+        self._generation += 1
         self._wake.set()
 
     def enqueued(self, rows: Sequence[Row]) -> None:
         """In-process wake-up after an enqueue commits (other replicas hear NOTIFY)."""
         if any(r["state"] == "queued" for r in rows):
-            self._wake.set()
+            self.wake()
         if any(r["state"] == "scheduled" for r in rows):
             self._wake_scheduler.set()  # it may now be due sooner than the scheduler planned
 
@@ -321,8 +365,7 @@ class Dispatcher:
             self._wake.clear()
             if self.draining:
                 continue
-            self._claiming += 1
-            self._not_claiming.clear()
+            self._claim_begins()
             try:
                 if await self._claim_round():
                     self._wake.set()  # a claim came back full: there may be more
@@ -332,9 +375,16 @@ class Dispatcher:
                 log.exception("claim failed; retrying")
                 await asyncio.sleep(0.5)
             finally:
-                self._claiming -= 1
-                if self._claiming == 0:
-                    self._not_claiming.set()
+                self._claim_ends()
+
+    def _claim_begins(self) -> None:
+        self._claiming += 1
+        self._not_claiming.clear()
+
+    def _claim_ends(self) -> None:
+        self._claiming -= 1
+        if self._claiming == 0:
+            self._not_claiming.set()
 
     async def _claim_round(self) -> bool:
         groups: dict[tuple[tuple[str, ...], tuple[str, ...] | None], list[Stream]] = {}
@@ -350,6 +400,7 @@ class Dispatcher:
             # running alongside asks only for what is left.
             for s in slots:
                 s.reserved += 1
+            generation = self._generation
             try:
                 rows = await self.store.leases.claim(
                     queues, kinds, [(s.id, s.worker_id) for s in slots]
@@ -357,10 +408,68 @@ class Dispatcher:
             finally:
                 for s in slots:
                     s.reserved -= 1
+            if len(rows) < len(slots):
+                self._drained[(queues, kinds)] = generation
+            else:
+                self._drained.pop((queues, kinds), None)
             if rows:
                 self._deliver(rows)
             full = full or len(rows) == len(slots)
         return full
+
+    # -- hand-off: a new job straight to a waiting stream (the Enqueuer asks) -----------------
+    def waiting(self, queue: str, kind: str) -> bool:
+        """A stream here has room for such a job and nothing known to claim: one enqueued now
+        would be handed off to it."""
+        return any(
+            self._drained.get(s.group) == self._generation
+            and s.capacity > 0
+            and queue in s.queues
+            and (s.kinds is None or kind in s.kinds)
+            for s in self.streams.values()
+        )
+
+    def hand_off(self, jobs: Sequence[NewJob]) -> HandOff | None:
+        """Slots on streams that wait with nothing to claim, for those of `jobs` they take.
+
+        The jobs are then inserted already leased (store insert_jobs): the claim that would
+        have picked them next is skipped. Only streams whose group's last claim came back short
+        since the last wake-up qualify, so nothing older is waiting for them; several new jobs
+        go in priority order. The slots stay reserved until `HandOff.done` or `cancel`.
+        """
+        if self.draining or not self._drained:
+            return None
+        current = self._generation
+        streams = [
+            s
+            for s in self.streams.values()
+            if self._drained.get(s.group) == current and s.capacity > 0
+        ]
+        if not streams:
+            return None
+        now = datetime.now(UTC)
+        slots: list[Stream | None] = [None] * len(jobs)
+        order = sorted(range(len(jobs)), key=lambda i: jobs[i].priority)  # stable: then by age
+        for i in order:
+            j = jobs[i]
+            if j.run_at is not None and j.run_at > now:
+                continue
+            best: Stream | None = None
+            for s in streams:
+                if (
+                    j.queue in s.queues
+                    and (s.kinds is None or j.kind in s.kinds)
+                    and s.capacity > 0
+                    and (best is None or s.capacity > best.capacity)
+                ):
+                    best = s
+            if best is not None:
+                best.reserved += 1
+                slots[i] = best
+        if not any(slots):
+            return None
+        self._claim_begins()  # a drain waits for these jobs to be pushed, as for a claim
+        return HandOff(self, slots)
 
     def _deliver(self, rows: list[Row]) -> None:
         """Pushes claimed rows (store/queries.py LEASED_COLUMNS) down their streams."""

@@ -16,6 +16,8 @@ from jobqueue_grpc.domain.states import CancelOutcome, JobState, cancel_outcome
 from jobqueue_grpc.store.queries import q
 from jobqueue_grpc.store.types import Conn, Peers, Row
 
+Slot = tuple[uuid.UUID, str]  # a Lease stream's id and its worker's id: where a job is leased
+
 # The keyset cursor that sorts after every row: the first page starts here.
 FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), uuid.UUID(int=(1 << 128) - 1))
 
@@ -43,17 +45,27 @@ class JobStore:
         self.pool = pool
         self.peers = peers if peers is not None else Peers()  # enqueues NOTIFY only if listening
 
-    async def insert(self, jobs: Sequence[NewJob]) -> list[tuple[Row, bool]]:
+    async def insert(
+        self, jobs: Sequence[NewJob], hand_off: Sequence[Slot | None] | None = None
+    ) -> list[tuple[Row, bool]]:
         """Inserts `jobs` atomically; returns (row, created) for each, in order.
 
         One statement, so no BEGIN/COMMIT round trips: all the jobs commit together or none do.
         A job whose idempotency key already names a job (or an earlier job of the same batch)
-        is not inserted: the existing row comes back with created = False.
+        is not inserted: the existing row comes back with created = False. A job given a
+        (stream id, worker id) slot in `hand_off` is inserted leased to it when it is due and
+        its queue is not paused (state 'running'; see insert_jobs).
         """
         async with self.pool.acquire() as conn:
-            return await self._insert(conn, jobs)
+            return await self._insert(conn, jobs, hand_off)
 
-    async def _insert(self, conn: Conn, jobs: Sequence[NewJob]) -> list[tuple[Row, bool]]:
+    async def _insert(
+        self, conn: Conn, jobs: Sequence[NewJob], hand_off: Sequence[Slot | None] | None
+    ) -> list[tuple[Row, bool]]:
+        streams = workers = None
+        if hand_off is not None:
+            streams = [s[0] if s else None for s in hand_off]
+            workers = [s[1] if s else None for s in hand_off]
         rows = await conn.fetch(
             q("insert_jobs"),
             [j.id for j in jobs],
@@ -68,6 +80,8 @@ class JobStore:
             [j.backoff_base for j in jobs],
             [j.backoff_cap for j in jobs],
             self.peers.listening,
+            streams,
+            workers,
         )
         inserted = {r["id"]: r for r in rows}
         existing: dict[str, Row] = {}

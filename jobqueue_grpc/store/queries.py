@@ -23,13 +23,15 @@ JOB_COLUMNS = (
 # finish, not cancel-requested, updated_at = started_at), times as epoch seconds (float8: exact
 # to the microsecond for centuries yet; asyncpg decodes a float several times faster than a
 # timestamptz). api/convert.py leased_job() reads it.
-LEASED_COLUMNS = (
-    "j.id, j.queue, j.kind, j.payload, j.priority, j.attempt, j.max_attempts, "
-    "j.idempotency_key, j.lease_seconds, j.backoff_base, j.backoff_cap, j.last_sleep, "
-    "j.lease_token, j.stream_id, j.worker_id, j.errors, j.progress, "
+LEASE_EPOCHS = (
     "date_part('epoch', j.run_at) AS run_at_s, date_part('epoch', j.created_at) AS created_at_s, "
     "date_part('epoch', j.started_at) AS started_at_s, "
     "date_part('epoch', j.lease_expires_at) AS lease_expires_at_s"
+)
+LEASED_COLUMNS = (
+    "j.id, j.queue, j.kind, j.payload, j.priority, j.attempt, j.max_attempts, "
+    "j.idempotency_key, j.lease_seconds, j.backoff_base, j.backoff_cap, j.last_sleep, "
+    "j.lease_token, j.stream_id, j.worker_id, j.errors, j.progress, " + LEASE_EPOCHS
 )
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -45,6 +47,7 @@ def parse(text: str) -> dict[str, str]:
             body.strip()
             .replace("{job_columns}", JOB_COLUMNS)
             .replace("{leased_columns}", LEASED_COLUMNS)
+            .replace("{lease_epochs}", LEASE_EPOCHS)
         )
     return out
 

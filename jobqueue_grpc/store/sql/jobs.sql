@@ -7,19 +7,39 @@
 -- inserts its first job only). Dispatchers on every replica are woken for the queues that got
 -- jobs ready now, in the same statement, when $12 says another replica listens (store/types.py
 -- Peers; this one is woken in-process).
+-- Hand-off: a job given a (stream, worker) in $13/$14 is inserted already leased to that stream,
+-- as a claim would lease it (attempt 1, a token, the expiry), unless it is not due yet or its
+-- queue is paused, in which case it is inserted as usual. The dispatcher hands a job off only to
+-- a stream whose last claim found nothing waiting (dispatch/dispatcher.py, hand_off), so the job
+-- is the one the next claim would pick; this saves that claim and its round trip. The rows come
+-- back with {leased_columns}' epoch times too, for the dispatcher to push the leased ones.
 WITH ins AS (
-INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
-                           idempotency_key, lease_seconds, backoff_base, backoff_cap)
+INSERT INTO jobqueue.jobs AS j (id, queue, kind, payload, priority, state, max_attempts, run_at,
+                                idempotency_key, lease_seconds, backoff_base, backoff_cap,
+                                attempt, lease_token, lease_expires_at, stream_id, worker_id,
+                                started_at)
 SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority,
-       CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END,
+       CASE WHEN t.run_at > now() THEN 'scheduled' WHEN h.go THEN 'running' ELSE 'queued' END,
        t.max_attempts, coalesce(t.run_at, now()), t.idempotency_key,
-       t.lease_seconds, t.backoff_base, t.backoff_cap
+       t.lease_seconds, t.backoff_base, t.backoff_cap,
+       CASE WHEN h.go THEN 1 ELSE 0 END,
+       CASE WHEN h.go THEN gen_random_uuid() END,
+       CASE WHEN h.go THEN now() + t.lease_seconds * interval '1 second' END,
+       CASE WHEN h.go THEN t.stream_id END,
+       CASE WHEN h.go THEN t.worker_id END,
+       CASE WHEN h.go THEN now() END
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
-            $7::timestamptz[], $8::text[], $9::float8[], $10::float8[], $11::float8[])
+            $7::timestamptz[], $8::text[], $9::float8[], $10::float8[], $11::float8[],
+            $13::uuid[], $14::text[])
      AS t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
-          lease_seconds, backoff_base, backoff_cap)
+          lease_seconds, backoff_base, backoff_cap, stream_id, worker_id)
+CROSS JOIN LATERAL (
+    SELECT t.stream_id IS NOT NULL AND coalesce(t.run_at <= now(), true)
+           AND NOT EXISTS (SELECT 1 FROM jobqueue.queues p WHERE p.name = t.queue AND p.paused)
+           AS go
+) h
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING {job_columns}
+RETURNING {job_columns}, {lease_epochs}
 ), woken AS (
     SELECT count(pg_notify('jobqueue_jobs', queue)) AS n
     FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued' AND $12::bool) AS ready
