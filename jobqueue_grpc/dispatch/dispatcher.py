@@ -475,7 +475,8 @@ class Dispatcher:
         """Pushes claimed rows (store/queries.py LEASED_COLUMNS) down their streams."""
         now = time.time()
         leased_at = time.monotonic()
-        batches: dict[uuid.UUID, list[w.LeasedJob]] = {}
+        # one message per stream, each job built in place in it (no copies of the Job)
+        batches: dict[uuid.UUID, tuple[Stream, w.LeaseResponse]] = {}
         waits: dict[tuple[str, str], list[float]] = {}
         orphans: list[Row] = []
         for r in rows:
@@ -486,15 +487,18 @@ class Dispatcher:
             job_id = str(r["id"])
             token = str(r["lease_token"])
             lease = s.leases[job_id] = Lease(r, job_id, token, leased_at)
-            leased = w.LeasedJob(job=convert.leased_job(r), lease_token=token)
+            batch = batches.get(s.id)
+            if batch is None:
+                batch = batches[s.id] = (s, w.LeaseResponse())
+            leased = batch[1].jobs.jobs.add(lease_token=token)
+            convert.fill_leased_job(leased.job, r)
             convert.set_epoch(leased.lease_expires_at, lease.expires_at)
-            batches.setdefault(s.id, []).append(leased)
             waits.setdefault((lease.queue, lease.kind), []).append(now - r["run_at_s"])
         for (queue, kind), seconds in waits.items():
             metrics.observe_wait(queue, kind, seconds)
         metrics.jobs_in_flight(len(rows) - len(orphans))
-        for sid, jobs in batches.items():
-            self.streams[sid].send(w.LeaseResponse(jobs=w.LeasedJobs(jobs=jobs)))
+        for s, msg in batches.values():
+            s.send(msg)
         if orphans:  # the stream closed while the claim ran: release them now
             spawn(self._release([(r["id"], r["lease_token"]) for r in orphans], "stream_closed"))
 
