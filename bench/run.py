@@ -12,6 +12,8 @@ records which ran ("load_generator": "go" or "python"). Figures:
   end_to_end_jobs_per_s       200,000 queued no-op jobs burned down by SDK workers over Lease
   latency_ms p50/p95/p99      enqueue (the job's created_at, set in the inserting transaction)
                               to the worker's handler starting, at a steady modest rate
+  latency_enqueue_to_claim_ms_p50  of those, created_at to started_at (the lease): 0 when the
+                              jobs were handed off to the waiting worker in their insert
   server_rss_mb               the server's resident memory at the end (peak too)
   cpu_s                       per phase, CPU seconds of the server process and of the load
                               generator processes (not the SDK workers), to see what the
