@@ -45,6 +45,11 @@ SERVICE_NAMES = [
     queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
 ]
 HEALTH_INTERVAL = 2.0
+# The health "service" a liveness probe asks for: SERVING while this process answers at all, and
+# NOT_SERVING only once it shuts down. The overall health ("") and each service's follow the
+# database too, which is what readiness wants; a liveness probe on them would restart every pod
+# through a database outage, which restarting cannot fix.
+LIVENESS = "jobqueue.liveness"
 
 
 class JobQueueServer:
@@ -117,6 +122,7 @@ class JobQueueServer:
             raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
         await self.server.start()
         await self.dispatcher.start()
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._check_health()
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
         self.metrics = await metrics_server.start_for(self.settings, self.store)

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
-from jobqueue_grpc.server import SERVICE_NAMES, JobQueueServer
+from jobqueue_grpc.server import LIVENESS, SERVICE_NAMES, JobQueueServer
 from jobqueue_grpc.store import Store
 from tests import conftest
 from tests.conftest import ServerFactory
@@ -590,6 +590,9 @@ async def test_database_unreachable_is_unavailable(unreachable_server: JobQueueS
         health = health_pb2_grpc.HealthStub(ch)
         resp = await health.Check(health_pb2.HealthCheckRequest(service=""))
         assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # not ready, but alive: a liveness probe must not restart it for the database's sake
+        resp = await health.Check(health_pb2.HealthCheckRequest(service=LIVENESS))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
 # -- health ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import yaml
 from jobqueue_grpc.api.auth import parse_tokens
 from jobqueue_grpc.cli import build_parser
 from jobqueue_grpc.config import Settings
+from jobqueue_grpc.server import LIVENESS
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
@@ -87,7 +88,10 @@ def test_container_listens_where_probes_and_services_look(container: dict[str, A
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         grpc_probe = container[probe]["grpc"]  # Kubernetes' native gRPC health probe
         assert grpc_probe["port"] == s.port
-        assert grpc_probe.get("service", "") == ""  # the overall health service
+        # readiness and start-up: the overall health (it follows the database); liveness: the
+        # process itself, so that a database outage restarts nothing
+        want = LIVENESS if probe == "livenessProbe" else ""
+        assert grpc_probe.get("service", "") == want
     pod_annotations = one("Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert int(pod_annotations["prometheus.io/port"]) == s.metrics_port
 
