@@ -88,7 +88,7 @@ class Enqueuer:
                     out = await self.store.jobs.insert(jobs, handoff.slots if handoff else None)
                 except BaseException as exc:
                     if handoff is not None:
-                        handoff.cancel()
+                        handoff.failed()
                     for _, fut in group:
                         if not fut.done():
                             fut.set_exception(exc)

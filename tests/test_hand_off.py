@@ -2,8 +2,10 @@
 that worker's stream and pushed to it, without a claim in between (Dispatcher.hand_off).
 
 The Enqueue answer then shows the job RUNNING. Only a stream whose last claim found nothing
-waiting gets one, so older and higher-priority jobs are never passed over; a paused queue, a
-job not due yet and an idempotency key that names an existing job all fall back to the usual path.
+waiting, with no wake-up since, gets one, so no job this replica knows to be waiting is passed
+over (one enqueued on another replica a moment before, whose NOTIFY is still on its way, can
+be: the same race two claims have); a paused queue, a job not due yet and an idempotency key
+that names an existing job all fall back to the usual path.
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import grpc
+import pytest
 
+from jobqueue_grpc.config import Settings
+from jobqueue_grpc.dispatch.dispatcher import Dispatcher
+from jobqueue_grpc.domain.jobs import NewJob
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2 as qpb
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2_grpc as qpb_grpc
 from jobqueue_grpc.server import JobQueueServer
+from jobqueue_grpc.store import Store
 from tests.lease_helpers import RawWorker, enqueue, eventually, get_job
 
 RUNNING = job_pb2.JOB_STATE_RUNNING
@@ -132,3 +139,73 @@ async def test_concurrent_enqueues_fill_a_waiting_stream_and_queue_the_rest(
         assert running == 3  # never more than max_in_flight, whichever way they were leased
     finally:
         worker.cancel()
+
+
+async def test_an_insert_that_fails_after_its_commit_puts_its_handed_off_jobs_back(
+    server: JobQueueServer, channel: grpc.aio.Channel, db: asyncpg.Connection
+) -> None:
+    """The insert committed, then the call failed (here: as if the connection dropped before the
+    answer): the job was never pushed, so it goes back to the queue without spending an attempt
+    and reaches the worker through a claim."""
+    worker = await RawWorker(channel).open(queues=("lost",), max_in_flight=5)
+    jobs = server.store.jobs
+    real = jobs.insert
+
+    async def insert_then_fail(*args: object, **kw: object) -> object:
+        await real(*args, **kw)  # type: ignore[arg-type]
+        raise asyncpg.ConnectionDoesNotExistError("connection lost after the commit")
+
+    try:
+        await _waiting(server, "lost")
+        jobs.insert = insert_then_fail  # type: ignore[method-assign]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await enqueue(channel, queue="lost")
+        jobs.insert = real  # type: ignore[method-assign]
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        leased = await worker.next_job()
+        assert (leased.job.queue, leased.job.attempt) == ("lost", 1)
+        row = await db.fetchrow(
+            "SELECT attempt, lease_token::text AS token FROM jobqueue.jobs WHERE queue = 'lost'"
+        )
+        assert (row["attempt"], row["token"]) == (1, leased.lease_token)
+        assert all(s.reserved == 0 for s in server.dispatcher.streams.values())
+    finally:
+        jobs.insert = real  # type: ignore[method-assign]
+        worker.cancel()
+
+
+async def test_streams_get_only_the_kinds_they_asked_for(
+    server: JobQueueServer, channel: grpc.aio.Channel
+) -> None:
+    a = await RawWorker(channel).open(queues=("mixed",), kinds=("resize",))
+    b = await RawWorker(channel).open(queues=("mixed",), kinds=("email",))
+    try:
+        await _waiting(server, "mixed", "resize")
+        await _waiting(server, "mixed", "email")
+        email = await enqueue(channel, "email", queue="mixed")
+        resize = await enqueue(channel, "resize", queue="mixed")
+        assert (email.job.state, resize.job.state) == (RUNNING, RUNNING)
+        assert (await a.next_job()).job.id == resize.job.id
+        assert (await b.next_job()).job.id == email.job.id
+    finally:
+        a.cancel()
+        b.cancel()
+
+
+async def test_several_new_jobs_take_the_slots_in_the_claims_order(store: Store) -> None:
+    """Jobs of one group commit: the free slots go by priority, then run_at, then id."""
+    d = Dispatcher(store, Settings())
+    s = d.open_stream("w", ["q"], None, 2)
+    d._drained[s.group] = d._generation  # its last claim found nothing
+    past = datetime.now(UTC) - timedelta(hours=1)
+
+    def job(priority: int, run_at: datetime | None = None) -> NewJob:
+        return NewJob("q", "noop", "{}", priority, 5, run_at, None, 30.0, None, None)
+
+    jobs = [job(1), job(0), job(0, past), job(0, datetime.now(UTC) + timedelta(hours=1))]
+    handoff = d.hand_off(jobs)
+    assert handoff is not None
+    assert [x is s for x in handoff.streams] == [False, True, True, False]
+    assert s.reserved == 2 and s.capacity == 0
+    handoff.done([])
+    assert s.reserved == 0

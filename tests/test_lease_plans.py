@@ -89,11 +89,14 @@ async def test_claims_run_a_generic_plan_that_reads_the_queue_in_index_order(
             for analyse in (False, True):  # stale statistics (empty table), then current ones
                 if analyse:
                     await db.execute("ANALYZE jobqueue.jobs")
-                nodes = await _explain(
-                    conn, f"EXECUTE generic_claim('{{plans}}', NULL, '{slots}', '{workers}')"
-                )
-                assert _whole_table_reads(nodes) == []
-                assert nodes[0]["Actual Rows"] == 500
+                # one queue, any kind; and several queues with a kinds filter
+                for queues, kinds in (("{plans}", "NULL"), ("{plans,other}", "'{noop,x}'")):
+                    nodes = await _explain(
+                        conn,
+                        f"EXECUTE generic_claim('{queues}', {kinds}, '{slots}', '{workers}')",
+                    )
+                    assert _whole_table_reads(nodes) == []
+                    assert nodes[0]["Actual Rows"] == 500
         finally:
             await conn.execute("DEALLOCATE generic_claim")
 

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from jobqueue_grpc import metrics
-from jobqueue_grpc._aio import spawn, wait
+from jobqueue_grpc._aio import spawn, wait, within
 from jobqueue_grpc.api import convert
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain.errors import InvalidArgument, Unavailable
@@ -39,6 +39,7 @@ CLAIM_MAX = 1000  # jobs per claim statement
 # the next round's statement runs in PostgreSQL, instead of each waiting for the other.
 CLAIMERS = 2
 IDLE_POLL = 1.0  # seconds: the longest a lost notification can delay a job
+LISTENER_TIMEOUT = 5.0  # seconds for the listener's own queries; past it, it reconnects
 HEARTBEAT_EVERY = 15.0
 OVERDUE_GRACE = 10.0  # seconds past expiry before a lease nobody reaped here is let go
 EXPIRED_REMEMBERED = 1024  # per stream: expired leases whose late outcomes are answered STALE
@@ -169,10 +170,11 @@ def _error_json(message: str, source: str, details: dict[str, Any] | None = None
 class HandOff:
     """Stream slots reserved for new jobs while their insert runs (Dispatcher.hand_off)."""
 
-    __slots__ = ("_d", "_ended", "streams")
+    __slots__ = ("_d", "_ended", "ids", "streams")
 
-    def __init__(self, d: Dispatcher, streams: list[Stream | None]) -> None:
+    def __init__(self, d: Dispatcher, ids: list[uuid.UUID], streams: list[Stream | None]) -> None:
         self._d = d
+        self.ids = ids  # the jobs' ids
         self.streams = streams  # per job: the stream it may go to, or None
         self._ended = False
 
@@ -181,16 +183,20 @@ class HandOff:
         return [(s.id, s.worker_id) if s is not None else None for s in self.streams]
 
     def done(self, rows: Sequence[Row]) -> None:
-        """After the insert committed: `rows` are the jobs it created, in `streams`' order; those
-        leased by it (a paused queue's were not) are pushed to their streams."""
+        """After the insert committed: `rows` are the jobs it created; those leased by it (a
+        paused queue's were not) are pushed to their streams."""
         self._end()
         leased = [r for r in rows if r["state"] == "running" and r["stream_id"] is not None]
         if leased:
             self._d._deliver(leased)
 
-    def cancel(self) -> None:
-        """The insert failed: nothing was leased."""
+    def failed(self) -> None:
+        """The insert raised. It may still have committed (a later statement failed, or the
+        connection dropped after the commit): any job it leased is put back in the queue, since
+        it was never pushed. Should that fail too, the lease expires into the retry path."""
         self._end()
+        handed = [(i, s.id) for i, s in zip(self.ids, self.streams, strict=True) if s is not None]
+        spawn(self._d._unlease(handed))
 
     def _end(self) -> None:
         if self._ended:
@@ -212,6 +218,7 @@ class Dispatcher:
         self._wake_scheduler = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: asyncpg.Connection | None = None
+        self._announcements = 0  # other replicas heard starting to listen (jobqueue_replicas)
         self._stopped = False  # loops check it too: never rely on cancellation alone
         self.leases_shrank = asyncio.Event()  # set whenever a lease leaves a stream
         # Clear while a claim round runs. Before a stream hears that no more jobs will come
@@ -305,6 +312,8 @@ class Dispatcher:
         """The stream ended: every job still leased on it goes into the retry path at once."""
         if self.streams.pop(s.id, None) is None:
             return
+        if not any(o.group == s.group for o in self.streams.values()):
+            self._drained.pop(s.group, None)
         metrics.lease_streams(-1)
         s.closed = True
         s.outbox.put_nowait(None)
@@ -435,7 +444,7 @@ class Dispatcher:
         The jobs are then inserted already leased (store insert_jobs): the claim that would
         have picked them next is skipped. Only streams whose group's last claim came back short
         since the last wake-up qualify, so nothing older is waiting for them; several new jobs
-        go in priority order. The slots stay reserved until `HandOff.done` or `cancel`.
+        go in the claim's order. The slots stay reserved until `HandOff.done` or `failed`.
         """
         if self.draining or not self._drained:
             return None
@@ -449,7 +458,10 @@ class Dispatcher:
             return None
         now = datetime.now(UTC)
         slots: list[Stream | None] = [None] * len(jobs)
-        order = sorted(range(len(jobs)), key=lambda i: jobs[i].priority)  # stable: then by age
+        # the claim's order: priority, run_at (now when not given), id (UUIDv7: enqueue order)
+        order = sorted(
+            range(len(jobs)), key=lambda i: (jobs[i].priority, jobs[i].run_at or now, jobs[i].id)
+        )
         for i in order:
             j = jobs[i]
             if j.run_at is not None and j.run_at > now:
@@ -469,7 +481,14 @@ class Dispatcher:
         if not any(slots):
             return None
         self._claim_begins()  # a drain waits for these jobs to be pushed, as for a claim
-        return HandOff(self, slots)
+        return HandOff(self, [j.id for j in jobs], slots)
+
+    async def _unlease(self, handed: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        try:
+            if await self.store.leases.unlease_handed_off(handed):
+                self.store.jobs_available()
+        except Exception:
+            log.warning("could not put back %d handed-off jobs", len(handed), exc_info=True)
 
     def _deliver(self, rows: list[Row]) -> None:
         """Pushes claimed rows (store/queries.py LEASED_COLUMNS) down their streams."""
@@ -731,15 +750,18 @@ class Dispatcher:
                 await conn.add_listener("jobqueue_replicas", self._on_replica)
                 await self.store.announce_listener(conn)
                 while not conn.is_closed():
-                    peers.listening = await self.store.other_listeners(conn) > 0
+                    announced = self._announcements
+                    others = await within(self.store.other_listeners(conn), LISTENER_TIMEOUT)
+                    # an announcement heard while counting is newer than the count
+                    peers.listening = others > 0 or self._announcements != announced
                     await asyncio.sleep(IDLE_POLL)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                peers.listening = True  # unknown: tell everyone
                 log.warning("LISTEN connection lost (%s); polling until it is back", exc)
                 await asyncio.sleep(1.0)
             finally:
+                peers.listening = True  # unknown while not listening: tell everyone
                 if self._listener is not None:
                     with contextlib.suppress(Exception):
                         await self._listener.close()
@@ -752,6 +774,7 @@ class Dispatcher:
 
     def _on_replica(self, _conn: Any, pid: int, _channel: str, _payload: object) -> None:
         if pid not in self.store.backends and pid != self._listener_pid():
+            self._announcements += 1
             self.store.peers.listening = True  # another replica started listening
 
     def _listener_pid(self) -> int | None:

@@ -59,6 +59,13 @@ class LeaseStore:
             )
         )
 
+    async def unlease_handed_off(self, jobs: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> int:
+        """Puts back in the queue these (job id, stream id) hand-offs that were never pushed."""
+        rows = await self.pool.fetch(
+            q("unlease_handed_off_jobs"), [j for j, _ in jobs], [s for _, s in jobs]
+        )
+        return len(rows)
+
     async def promote_due(self, limit: int) -> tuple[int, list[str]]:
         """Makes due scheduled/retrying jobs claimable; returns how many, and their queues."""
         rows = await self.pool.fetch(q("promote_due_jobs"), limit)

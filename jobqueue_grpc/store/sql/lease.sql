@@ -48,6 +48,20 @@ FROM picked p
 WHERE j.id = p.picked_id
 RETURNING {leased_columns};
 
+-- name: unlease_handed_off_jobs
+-- A hand-off whose insert may have committed although its caller saw an error (a statement after
+-- it failed, or the connection dropped after the commit): its jobs were never pushed, so they go
+-- back to the queue as if never leased, without spending an attempt. Nobody else can hold them
+-- (running, attempt 1, on the stream they were inserted for); if the insert did not commit, this
+-- matches nothing.
+UPDATE jobqueue.jobs
+SET state = 'queued', attempt = 0, lease_token = NULL, lease_expires_at = NULL,
+    stream_id = NULL, worker_id = NULL, started_at = NULL, updated_at = now()
+FROM unnest($1::uuid[], $2::uuid[]) AS t(id, stream_id)
+WHERE jobqueue.jobs.id = t.id AND jobqueue.jobs.stream_id = t.stream_id
+  AND jobqueue.jobs.state = 'running' AND jobqueue.jobs.attempt = 1
+RETURNING jobqueue.jobs.id;
+
 -- name: promote_due_jobs
 -- The scheduler: parked jobs whose time has come become claimable, and their queues' dispatchers
 -- (on every replica) are woken. Returns how many jobs each queue got.
