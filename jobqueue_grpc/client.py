@@ -11,9 +11,8 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from google.protobuf import duration_pb2
-
 from jobqueue_grpc._channel import TLS, aio_channel, metadata, sync_channel
+from jobqueue_grpc._durations import duration
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
@@ -24,12 +23,6 @@ EnqueueResponse = js.EnqueueResponse
 CancelJobResponse = js.CancelJobResponse
 
 __all__ = ["TLS", "AsyncClient", "Client", "Job", "enqueue_request"]
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
 
 
 def enqueue_request(
@@ -60,11 +53,11 @@ def enqueue_request(
             raise ValueError("run_at must be timezone-aware")
         req.run_at.FromDatetime(run_at)
     if lease_duration is not None:
-        req.lease_duration.CopyFrom(_duration(lease_duration))
+        req.lease_duration.CopyFrom(duration(lease_duration))
     if backoff_base is not None:
-        req.retry_policy.backoff_base.CopyFrom(_duration(backoff_base))
+        req.retry_policy.backoff_base.CopyFrom(duration(backoff_base))
     if backoff_cap is not None:
-        req.retry_policy.backoff_cap.CopyFrom(_duration(backoff_cap))
+        req.retry_policy.backoff_cap.CopyFrom(duration(backoff_cap))
     return req
 
 

@@ -17,13 +17,11 @@ from jobqueue_grpc import metrics_server, tls
 from jobqueue_grpc.api import interceptors
 from jobqueue_grpc.api.dead_letters import DeadLetterService
 from jobqueue_grpc.api.jobs import JobService
+from jobqueue_grpc.api.lease import WorkerService
 from jobqueue_grpc.api.queues import QueueService
-from jobqueue_grpc.api.workers import WorkerService
 from jobqueue_grpc.config import Settings
-from jobqueue_grpc.dispatch.dispatcher import Dispatcher
-from jobqueue_grpc.dispatch.pruner import Pruner
 from jobqueue_grpc.embedded import EmbeddedPostgres
-from jobqueue_grpc.enqueue import Enqueuer
+from jobqueue_grpc.engine.engine import Engine
 from jobqueue_grpc.gen.jobqueue.v1 import (
     dead_letter_service_pb2,
     dead_letter_service_pb2_grpc,
@@ -58,9 +56,7 @@ class JobQueueServer:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.dispatcher = Dispatcher(store, settings)
-        # every dispatcher on this store hears of the enqueue (see Store.backends)
-        self.enqueuer = Enqueuer(store, on_commit=store.jobs_enqueued, dispatcher=self.dispatcher)
+        self.engine = Engine(store, settings)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._tasks: list[asyncio.Task[Any]] = []
@@ -90,16 +86,15 @@ class JobQueueServer:
             ],
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobService(store, self.enqueuer, settings), self.server
+            JobService(store, self.engine.enqueuer, settings), self.server
         )
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
-            WorkerService(self.dispatcher, settings), self.server
+            WorkerService(self.engine, settings), self.server
         )
         dead_letter_service_pb2_grpc.add_DeadLetterServiceServicer_to_server(
             DeadLetterService(store, settings), self.server
         )
         queue_service_pb2_grpc.add_QueueServiceServicer_to_server(QueueService(store), self.server)
-        self.pruner = Pruner(store.retention, settings)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.reflection:
             reflection.enable_server_reflection(
@@ -121,12 +116,11 @@ class JobQueueServer:
         if self.port == 0:
             raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
         await self.server.start()
-        await self.dispatcher.start()
+        await self.engine.start()
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._check_health()
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
         self.metrics = await metrics_server.start_for(self.settings, self.store)
-        self._tasks.append(asyncio.create_task(self.pruner.run(), name="pruner"))
         log.info("serving gRPC on %s:%d", self.settings.host, self.port)
         return self.port
 
@@ -163,8 +157,8 @@ class JobQueueServer:
         log.info("shutting down (grace %.1fs)", self.settings.grace_period)
         # Streams get `draining`; outcomes are accepted for the grace period, then the rest is
         # released into the retry path before the RPCs are cut.
-        await self.dispatcher.drain(self.settings.grace_period)
-        await self.dispatcher.stop()
+        await self.engine.drain(self.settings.grace_period)
+        await self.engine.stop()
         for t in self._tasks:
             t.cancel()
         await self.server.stop(1.0)

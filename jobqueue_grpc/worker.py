@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import struct_pb2
 
 from jobqueue_grpc._aio import spawn, wait
 from jobqueue_grpc._channel import TLS, aio_channel, metadata
+from jobqueue_grpc._durations import duration, seconds
 from jobqueue_grpc._struct import to_dict
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2 as w
@@ -79,12 +80,6 @@ def _struct(d: Mapping[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(d)
     return s
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
 
 
 @dataclass(eq=False, slots=True)
@@ -217,7 +212,7 @@ class _Session:
             failure_class=cls,
         )
         if retry_after is not None:
-            f.retry_after.CopyFrom(_duration(retry_after))
+            f.retry_after.CopyFrom(duration(retry_after))
         self._fails.append(f)
         self._schedule_flush()
 
@@ -479,5 +474,4 @@ class Worker:
 
 
 def _lease_seconds(ctx: JobContext) -> float:
-    d = ctx.job.lease_duration
-    return (d.seconds + d.nanos / 1e9) or 30.0
+    return seconds(ctx.job.lease_duration) or 30.0

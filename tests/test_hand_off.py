@@ -1,5 +1,5 @@
 """Hand-off: a job enqueued while a worker waits with nothing to do is inserted already leased to
-that worker's stream and pushed to it, without a claim in between (Dispatcher.hand_off).
+that worker's stream and pushed to it, without a claim in between (engine/handoff.py).
 
 The Enqueue answer then shows the job RUNNING. Only a stream whose last claim found nothing
 waiting, with no wake-up since, gets one, so no job this replica knows to be waiting is passed
@@ -18,13 +18,14 @@ import grpc
 import pytest
 
 from jobqueue_grpc.config import Settings
-from jobqueue_grpc.dispatch.dispatcher import Dispatcher
 from jobqueue_grpc.domain.jobs import NewJob
+from jobqueue_grpc.engine.engine import Engine
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2 as qpb
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2_grpc as qpb_grpc
 from jobqueue_grpc.server import JobQueueServer
 from jobqueue_grpc.store import Store
+from jobqueue_grpc.store.errors import database_unavailable
 from tests.lease_helpers import RawWorker, enqueue, eventually, get_job
 
 RUNNING = job_pb2.JOB_STATE_RUNNING
@@ -35,7 +36,7 @@ async def _waiting(srv: JobQueueServer, queue: str, kind: str = "noop") -> None:
     """Until the worker's first claim has come back empty: from then on it is handed jobs."""
 
     async def probe() -> bool:
-        return srv.dispatcher.waiting(queue, kind)
+        return srv.engine.handoffs.waiting(queue, kind)
 
     await eventually(probe, bool, what=f"a stream waiting for {queue}/{kind}")
 
@@ -87,7 +88,7 @@ async def test_no_hand_off_past_max_in_flight_and_never_ahead_of_waiting_jobs(
         assert (low.job.state, high.job.state) == (QUEUED, QUEUED)
         await worker.complete(held)
         assert (await worker.next_job()).job.id == high.job.id
-        assert not server.dispatcher.waiting("q", "noop")  # `low` still waits: no hand-off
+        assert not server.engine.handoffs.waiting("q", "noop")  # `low` still waits: no hand-off
     finally:
         worker.cancel()
 
@@ -153,7 +154,7 @@ async def test_an_insert_that_fails_after_its_commit_puts_its_handed_off_jobs_ba
 
     async def insert_then_fail(*args: object, **kw: object) -> object:
         await real(*args, **kw)  # type: ignore[arg-type]
-        raise asyncpg.ConnectionDoesNotExistError("connection lost after the commit")
+        raise database_unavailable()  # what the store raises for a lost connection
 
     try:
         await _waiting(server, "lost")
@@ -168,7 +169,7 @@ async def test_an_insert_that_fails_after_its_commit_puts_its_handed_off_jobs_ba
             "SELECT attempt, lease_token::text AS token FROM jobqueue.jobs WHERE queue = 'lost'"
         )
         assert (row["attempt"], row["token"]) == (1, leased.lease_token)
-        assert all(s.reserved == 0 for s in server.dispatcher.streams.values())
+        assert all(s.reserved == 0 for s in server.engine.registry)
     finally:
         jobs.insert = real  # type: ignore[method-assign]
         worker.cancel()
@@ -194,16 +195,16 @@ async def test_streams_get_only_the_kinds_they_asked_for(
 
 async def test_several_new_jobs_take_the_slots_in_the_claims_order(store: Store) -> None:
     """Jobs of one group commit: the free slots go by priority, then run_at, then id."""
-    d = Dispatcher(store, Settings())
+    d = Engine(store, Settings())
     s = d.open_stream("w", ["q"], None, 2)
-    d._drained[s.group] = d._generation  # its last claim found nothing
+    d.claimer.drained[s.group] = d.bus.generation  # its last claim found nothing
     past = datetime.now(UTC) - timedelta(hours=1)
 
     def job(priority: int, run_at: datetime | None = None) -> NewJob:
         return NewJob("q", "noop", "{}", priority, 5, run_at, None, 30.0, None, None)
 
     jobs = [job(1), job(0), job(0, past), job(0, datetime.now(UTC) + timedelta(hours=1))]
-    handoff = d.hand_off(jobs)
+    handoff = d.handoffs.offer(jobs)
     assert handoff is not None
     assert [x is s for x in handoff.streams] == [False, True, True, False]
     assert s.reserved == 2 and s.capacity == 0

@@ -104,7 +104,7 @@ async def test_claims_run_a_generic_plan_that_reads_the_queue_in_index_order(
 async def test_settling_probes_the_primary_key(store: Store, db: asyncpg.Connection) -> None:
     await _fill(db)
     rows = await store.leases.claim(["plans"], None, [(uuid.uuid4(), "w")] * 1000)
-    ids, tokens = [r["id"] for r in rows], [r["lease_token"] for r in rows]
+    ids, tokens = [r.id for r in rows], [r.lease_token for r in rows]
     async with store.pool.acquire() as conn:
         complete = await _explain(conn, q("complete_jobs"), ids, tokens, [None] * len(ids))
         extend = await _explain(conn, q("extend_leases"), ids, tokens, [None] * len(ids))

@@ -8,8 +8,8 @@ from typing import Any
 
 import asyncpg
 
-from jobqueue_grpc.dispatch.pruner import Pruner
 from jobqueue_grpc.domain.states import JobState
+from jobqueue_grpc.engine.maintenance.pruner import Pruner
 from jobqueue_grpc.store import Store
 from tests.conftest import ServerFactory
 from tests.conftest import test_settings as settings_for

@@ -12,6 +12,7 @@ import pytest
 
 from jobqueue_grpc.domain.errors import FailedPrecondition, NotFound
 from jobqueue_grpc.domain.jobs import NewJob
+from jobqueue_grpc.domain.records import JobRecord
 from jobqueue_grpc.domain.states import CancelOutcome, JobState
 from jobqueue_grpc.store import Store
 
@@ -41,35 +42,37 @@ async def count(db: asyncpg.Connection, where: str = "true", *args: Any) -> int:
 # -- insert ---------------------------------------------------------------------------------------
 async def test_insert_returns_rows_in_order_with_defaults(store: Store) -> None:
     jobs = [new_job(kind=f"k{i}", priority=i) for i in range(5)]
-    out = await store.jobs.insert(jobs)
-    assert [row["id"] for row, _ in out] == [j.id for j in jobs]
+    out = (await store.jobs.insert(jobs)).jobs
+    assert [row.id for row, _ in out] == [j.id for j in jobs]
     assert all(created for _, created in out)
     row = out[3][0]
-    assert (row["kind"], row["priority"], row["state"], row["attempt"]) == ("k3", 3, "queued", 0)
-    assert row["payload"] == '{"to": "a@example.com"}'  # jsonb text, as convert.py expects
-    assert row["run_at"] <= row["created_at"] + timedelta(seconds=1)
+    assert (row.kind, row.priority, row.state, row.attempt) == ("k3", 3, "queued", 0)
+    assert row.payload == '{"to": "a@example.com"}'  # jsonb text, as convert.py expects
+    assert row.run_at <= row.created_at + timedelta(seconds=1)
 
 
 async def test_future_run_at_is_scheduled_and_past_is_queued(store: Store) -> None:
     now = datetime.now(UTC)
-    out = await store.jobs.insert(
-        [new_job(run_at=now + timedelta(hours=1)), new_job(run_at=now - timedelta(hours=1))]
-    )
-    assert [row["state"] for row, _ in out] == ["scheduled", "queued"]
-    assert out[0][0]["run_at"] == (now + timedelta(hours=1))
+    out = (
+        await store.jobs.insert(
+            [new_job(run_at=now + timedelta(hours=1)), new_job(run_at=now - timedelta(hours=1))]
+        )
+    ).jobs
+    assert [row.state for row, _ in out] == ["scheduled", "queued"]
+    assert out[0][0].run_at == (now + timedelta(hours=1))
 
 
 async def test_an_existing_idempotency_key_inserts_nothing(
     store: Store, db: asyncpg.Connection
 ) -> None:
-    [(first, created)] = await store.jobs.insert([new_job(idempotency_key="order-1")])
+    [(first, created)] = (await store.jobs.insert([new_job(idempotency_key="order-1")])).jobs
     assert created
-    [(again, created_again)] = await store.jobs.insert(
-        [new_job(idempotency_key="order-1", kind="other_kind", priority=9)]
-    )
+    [(again, created_again)] = (
+        await store.jobs.insert([new_job(idempotency_key="order-1", kind="other_kind", priority=9)])
+    ).jobs
     assert not created_again
-    assert again["id"] == first["id"]
-    assert again["kind"] == "send_email"  # the original job, not the second request
+    assert again.id == first.id
+    assert again.kind == "send_email"  # the original job, not the second request
     assert await count(db) == 1
 
 
@@ -81,21 +84,23 @@ async def test_a_key_repeated_inside_one_batch_inserts_its_first_job(
         new_job(kind="plain"),
         new_job(idempotency_key="dup", kind="second"),
     ]
-    out = await store.jobs.insert(jobs)
+    out = (await store.jobs.insert(jobs)).jobs
     assert [created for _, created in out] == [True, True, False]
-    assert out[2][0]["id"] == out[0][0]["id"] == jobs[0].id
-    assert out[2][0]["kind"] == "first"
+    assert out[2][0].id == out[0][0].id == jobs[0].id
+    assert out[2][0].kind == "first"
     assert await count(db) == 2
     assert await count(db, "idempotency_key = 'dup'") == 1
 
 
 async def test_a_batch_mixing_old_keys_and_new_jobs(store: Store, db: asyncpg.Connection) -> None:
-    [(old, _)] = await store.jobs.insert([new_job(idempotency_key="k-old")])
-    out = await store.jobs.insert(
-        [new_job(idempotency_key="k-new"), new_job(idempotency_key="k-old")]
-    )
+    [(old, _)] = (await store.jobs.insert([new_job(idempotency_key="k-old")])).jobs
+    out = (
+        await store.jobs.insert(
+            [new_job(idempotency_key="k-new"), new_job(idempotency_key="k-old")]
+        )
+    ).jobs
     assert [created for _, created in out] == [True, False]
-    assert out[1][0]["id"] == old["id"]
+    assert out[1][0].id == old.id
     assert await count(db) == 2
 
 
@@ -105,9 +110,9 @@ async def test_concurrent_inserts_with_one_key_make_one_job(
     results = await asyncio.gather(
         *(store.jobs.insert([new_job(idempotency_key="race")]) for _ in range(10))
     )
-    flat = [pair for batch in results for pair in batch]
+    flat = [pair for batch in results for pair in batch.jobs]
     assert sum(created for _, created in flat) == 1
-    assert len({row["id"] for row, _ in flat}) == 1
+    assert len({row.id for row, _ in flat}) == 1
     assert await count(db) == 1
 
 
@@ -133,15 +138,17 @@ async def _fill(store: Store) -> list[uuid.UUID]:
     """Three transactions (three created_at values) of several jobs each."""
     ids: list[uuid.UUID] = []
     for n in (4, 1, 6):
-        out = await store.jobs.insert(
-            [new_job(queue="q" + str(i % 2), kind="k" + str(i % 3)) for i in range(n)]
-        )
-        ids.extend(row["id"] for row, _ in out)
+        out = (
+            await store.jobs.insert(
+                [new_job(queue="q" + str(i % 2), kind="k" + str(i % 3)) for i in range(n)]
+            )
+        ).jobs
+        ids.extend(row.id for row, _ in out)
     return ids
 
 
-async def _all_pages(store: Store, limit: int, **filters: Any) -> list[list[asyncpg.Record]]:
-    pages: list[list[asyncpg.Record]] = []
+async def _all_pages(store: Store, limit: int, **filters: Any) -> list[list[JobRecord]]:
+    pages: list[list[JobRecord]] = []
     after = None
     while True:
         rows = await store.jobs.list(
@@ -154,7 +161,7 @@ async def _all_pages(store: Store, limit: int, **filters: Any) -> list[list[asyn
         if not rows:
             return pages
         pages.append(rows)
-        after = (rows[-1]["created_at"], rows[-1]["id"])
+        after = (rows[-1].created_at, rows[-1].id)
 
 
 async def test_list_is_newest_first_and_pages_cover_every_job_once(store: Store) -> None:
@@ -162,12 +169,12 @@ async def test_list_is_newest_first_and_pages_cover_every_job_once(store: Store)
     pages = await _all_pages(store, 3)
     assert [len(p) for p in pages] == [3, 3, 3, 2]
     rows = [r for p in pages for r in p]
-    assert sorted(r["id"] for r in rows) == sorted(ids)
-    keys = [(r["created_at"], r["id"]) for r in rows]
+    assert sorted(r.id for r in rows) == sorted(ids)
+    keys = [(r.created_at, r.id) for r in rows]
     assert keys == sorted(keys, reverse=True)
-    assert len({r["created_at"] for r in rows}) == 3
+    assert len({r.created_at for r in rows}) == 3
     # newest first: the last transaction's jobs come before the first one's
-    assert set(r["id"] for r in rows[:6]) == set(ids[5:])
+    assert set(r.id for r in rows[:6]) == set(ids[5:])
 
 
 async def test_list_filters(store: Store, db: asyncpg.Connection) -> None:
@@ -175,20 +182,20 @@ async def test_list_filters(store: Store, db: asyncpg.Connection) -> None:
     await db.execute("UPDATE jobqueue.jobs SET state = 'succeeded' WHERE kind = 'k1'")
     rows = [r for p in await _all_pages(store, 2, queue="q0") for r in p]
     assert len(rows) == await count(db, "queue = 'q0'") > 0
-    assert {r["queue"] for r in rows} == {"q0"}
+    assert {r.queue for r in rows} == {"q0"}
     rows = [r for p in await _all_pages(store, 100, kind="k2", queue="q1") for r in p]
     assert len(rows) == await count(db, "kind = 'k2' AND queue = 'q1'") > 0
     rows = [r for p in await _all_pages(store, 100, state=JobState.SUCCEEDED) for r in p]
     assert len(rows) == await count(db, "kind = 'k1'") > 0
-    assert {r["state"] for r in rows} == {"succeeded"}
+    assert {r.state for r in rows} == {"succeeded"}
     assert await _all_pages(store, 100, queue="nope") == []
 
 
 # -- cancel ---------------------------------------------------------------------------------------
 async def _job_in(store: Store, db: asyncpg.Connection, state: str) -> uuid.UUID:
-    [(row, _)] = await store.jobs.insert([new_job()])
-    await db.execute("UPDATE jobqueue.jobs SET state = $2 WHERE id = $1", row["id"], state)
-    return uuid.UUID(str(row["id"]))
+    [(row, _)] = (await store.jobs.insert([new_job()])).jobs
+    await db.execute("UPDATE jobqueue.jobs SET state = $2 WHERE id = $1", row.id, state)
+    return uuid.UUID(str(row.id))
 
 
 @pytest.mark.parametrize("state", ["queued", "scheduled", "retrying"])
@@ -198,7 +205,7 @@ async def test_cancel_a_waiting_job_cancels_it_now(
     job_id = await _job_in(store, db, state)
     row, outcome = await store.jobs.cancel(job_id)
     assert outcome is CancelOutcome.CANCELLED
-    assert row["state"] == "cancelled" and row["finished_at"] is not None
+    assert row.state == "cancelled" and row.finished_at is not None
     stored = await db.fetchrow("SELECT state, finished_at FROM jobqueue.jobs WHERE id = $1", job_id)
     assert stored is not None and stored["state"] == "cancelled"
     assert stored["finished_at"] is not None
@@ -214,7 +221,7 @@ async def test_cancel_a_running_job_requests_it_and_tells_its_stream(
     await db.add_listener("jobqueue_cancel", lambda *args: got.put_nowait(args[3]))
     row, outcome = await store.jobs.cancel(job_id)
     assert outcome is CancelOutcome.CANCEL_REQUESTED
-    assert (row["state"], row["cancel_requested"]) == ("running", True)
+    assert (row.state, row.cancel_requested) == ("running", True)
     stored = await db.fetchrow(
         "SELECT state, cancel_requested FROM jobqueue.jobs WHERE id = $1", job_id
     )

@@ -135,7 +135,7 @@ async def streams(srv: JobQueueServer, n: int) -> None:
     """Waits until `n` worker streams are open on the in-process server."""
 
     async def count() -> int:
-        return len(srv.dispatcher.streams)
+        return len(srv.engine.registry)
 
     await eventually(count, lambda c: c == n, 30, 0.05, f"{n} worker streams")
 

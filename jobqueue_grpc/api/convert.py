@@ -1,4 +1,4 @@
-"""Translations between protobuf messages and domain values / store rows."""
+"""Translations between protobuf messages and domain values / store records."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
+from jobqueue_grpc._durations import seconds
 from jobqueue_grpc._struct import to_dict
 from jobqueue_grpc.domain.errors import FieldViolation, InvalidArgument
 from jobqueue_grpc.domain.jobs import (
@@ -21,7 +22,8 @@ from jobqueue_grpc.domain.jobs import (
     check_new_job,
     uuid7_strings,
 )
-from jobqueue_grpc.domain.states import JobState
+from jobqueue_grpc.domain.records import JobRecord, LeasedJob
+from jobqueue_grpc.domain.states import STATES, JobState
 from jobqueue_grpc.domain.validation import (
     DEFAULT_QUEUE,
     IDEMPOTENCY_KEY_MAX,
@@ -30,16 +32,9 @@ from jobqueue_grpc.domain.validation import (
     raise_if,
 )
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2, job_service_pb2
-from jobqueue_grpc.store.types import Row
 
 STATE_TO_PROTO: dict[str, job_pb2.JobState.ValueType] = {
-    JobState.QUEUED: job_pb2.JOB_STATE_QUEUED,
-    JobState.SCHEDULED: job_pb2.JOB_STATE_SCHEDULED,
-    JobState.RUNNING: job_pb2.JOB_STATE_RUNNING,
-    JobState.RETRYING: job_pb2.JOB_STATE_RETRYING,
-    JobState.SUCCEEDED: job_pb2.JOB_STATE_SUCCEEDED,
-    JobState.FAILED: job_pb2.JOB_STATE_FAILED,
-    JobState.CANCELLED: job_pb2.JOB_STATE_CANCELLED,
+    s: job_pb2.JobState.Value(f"JOB_STATE_{s.name}") for s in STATES
 }
 STATE_FROM_PROTO = {v: JobState(k) for k, v in STATE_TO_PROTO.items()}
 
@@ -91,22 +86,6 @@ def json_to_struct(text: str | None, out: struct_pb2.Struct) -> None:
 
 
 # -- time ---------------------------------------------------------------------------------------
-def seconds(d: duration_pb2.Duration) -> float:
-    return d.seconds + d.nanos / 1e9
-
-
-def duration(secs: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(secs * 1e9))
-    return d
-
-
-def timestamp(at: datetime) -> timestamp_pb2.Timestamp:
-    t = timestamp_pb2.Timestamp()
-    t.FromDatetime(at)
-    return t
-
-
 def to_datetime(field: str, ts: timestamp_pb2.Timestamp) -> datetime:
     try:
         return ts.ToDatetime(tzinfo=UTC)
@@ -242,7 +221,7 @@ def enqueue_batch_response(
     jobs: NewJobs,
     created: Sequence[bool],
     at: datetime | None,
-    existing: Mapping[str, Row],
+    existing: Mapping[str, JobRecord],
 ) -> job_service_pb2.EnqueueBatchResponse:
     """The batch's results in request order. A job the batch created is built from the values it
     was inserted with (what convert.job would read back: the insert sets only created_at,
@@ -342,7 +321,6 @@ def errors_list(text: str | None) -> list[job_pb2.AttemptError]:
 
 
 _NO_TIME = datetime.max.replace(tzinfo=UTC)
-_TIMES = ("run_at", "created_at", "updated_at", "started_at", "finished_at", "lease_expires_at")
 
 
 def set_time(ts: timestamp_pb2.Timestamp, at: datetime) -> None:
@@ -357,38 +335,49 @@ def set_duration(d: duration_pb2.Duration, secs: float) -> None:
     d.nanos = round((secs - whole) * 1e9)
 
 
-def job(r: Row) -> job_pb2.Job:
-    """A store row (read with {job_columns}) as a Job message (leased jobs: leased_job)."""
+def job(r: JobRecord) -> job_pb2.Job:
+    """A stored job as a Job message (a leased one: fill_leased_job)."""
     j = job_pb2.Job(
-        id=str(r["id"]),
-        queue=r["queue"],
-        kind=r["kind"],
-        priority=r["priority"],
-        max_attempts=r["max_attempts"],
-        state=STATE_TO_PROTO[r["state"]],
-        attempt=r["attempt"],
-        idempotency_key=r["idempotency_key"] or "",
-        cancel_requested=r["cancel_requested"],
-        worker_id=r["worker_id"] or "",
+        id=str(r.id),
+        queue=r.queue,
+        kind=r.kind,
+        priority=r.priority,
+        max_attempts=r.max_attempts,
+        state=STATE_TO_PROTO[r.state],
+        attempt=r.attempt,
+        idempotency_key=r.idempotency_key or "",
+        cancel_requested=r.cancel_requested,
+        worker_id=r.worker_id or "",
     )
-    for name, out in (("payload", j.payload), ("result", j.result), ("progress", j.progress)):
-        text = r[name]
+    for text, out in ((r.payload, j.payload), (r.result, j.result), (r.progress, j.progress)):
         if text and text != "{}":
             out.update(json.loads(text))
-    for name in _TIMES:
-        at = r[name]
+    for at, ts in (
+        (r.run_at, j.run_at),
+        (r.created_at, j.created_at),
+        (r.updated_at, j.updated_at),
+        (r.started_at, j.started_at),
+        (r.finished_at, j.finished_at),
+        (r.lease_expires_at, j.lease_expires_at),
+    ):
         if at is not None and at != _NO_TIME:
-            set_time(getattr(j, name), at)
-    set_duration(j.lease_duration, r["lease_seconds"])
-    if r["backoff_base"] is not None:
-        set_duration(j.retry_policy.backoff_base, r["backoff_base"])
-    if r["backoff_cap"] is not None:
-        set_duration(j.retry_policy.backoff_cap, r["backoff_cap"])
-    if r["errors"] and r["errors"] != "[]":
-        errs = errors_list(r["errors"])
+            set_time(ts, at)
+    _fill_common(j, r.lease_seconds, r.backoff_base, r.backoff_cap, r.errors)
+    return j
+
+
+def _fill_common(
+    j: job_pb2.Job, lease: float, base: float | None, cap: float | None, errors: str | None
+) -> None:
+    set_duration(j.lease_duration, lease)
+    if base is not None:
+        set_duration(j.retry_policy.backoff_base, base)
+    if cap is not None:
+        set_duration(j.retry_policy.backoff_cap, cap)
+    if errors and errors != "[]":
+        errs = errors_list(errors)
         j.errors.extend(errs)
         j.last_error.CopyFrom(errs[-1])
-    return j
 
 
 def set_epoch(ts: timestamp_pb2.Timestamp, seconds: float) -> None:
@@ -398,41 +387,25 @@ def set_epoch(ts: timestamp_pb2.Timestamp, seconds: float) -> None:
     ts.nanos = micros % 1_000_000 * 1000
 
 
-def leased_job(r: Row) -> job_pb2.Job:
-    """A claimed row (read with {leased_columns}) as the Job a worker gets."""
-    j = job_pb2.Job()
-    fill_leased_job(j, r)
-    return j
-
-
-def fill_leased_job(j: job_pb2.Job, r: Row) -> None:
-    """leased_job() written into `j`, an empty Job inside the message that will carry it: the
+def fill_leased_job(j: job_pb2.Job, r: LeasedJob) -> None:
+    """A leased job written into `j`, an empty Job inside the message that will carry it: the
     lease hot path. Building a Job and passing it to LeasedJob(job=...), then the LeasedJob to
     LeasedJobs(jobs=[...]), copies it twice (~10 us a job here)."""
-    j.id = str(r["id"])
-    j.queue = r["queue"]
-    j.kind = r["kind"]
-    j.priority = r["priority"]
-    j.max_attempts = r["max_attempts"]
+    j.id = str(r.id)
+    j.queue = r.queue
+    j.kind = r.kind
+    j.priority = r.priority
+    j.max_attempts = r.max_attempts
     j.state = job_pb2.JOB_STATE_RUNNING
-    j.attempt = r["attempt"]
-    j.idempotency_key = r["idempotency_key"] or ""
-    j.worker_id = r["worker_id"] or ""
-    for name, out in (("payload", j.payload), ("progress", j.progress)):
-        text = r[name]
+    j.attempt = r.attempt
+    j.idempotency_key = r.idempotency_key or ""
+    j.worker_id = r.worker_id or ""
+    for text, out in ((r.payload, j.payload), (r.progress, j.progress)):
         if text and text != "{}":
             out.update(json.loads(text))
-    set_epoch(j.run_at, r["run_at_s"])
-    set_epoch(j.created_at, r["created_at_s"])
-    set_epoch(j.started_at, r["started_at_s"])
-    set_epoch(j.updated_at, r["started_at_s"])  # the claim set both to its now()
-    set_epoch(j.lease_expires_at, r["lease_expires_at_s"])
-    set_duration(j.lease_duration, r["lease_seconds"])
-    if r["backoff_base"] is not None:
-        set_duration(j.retry_policy.backoff_base, r["backoff_base"])
-    if r["backoff_cap"] is not None:
-        set_duration(j.retry_policy.backoff_cap, r["backoff_cap"])
-    if r["errors"] and r["errors"] != "[]":
-        errs = errors_list(r["errors"])
-        j.errors.extend(errs)
-        j.last_error.CopyFrom(errs[-1])
+    set_epoch(j.run_at, r.run_at_s)
+    set_epoch(j.created_at, r.created_at_s)
+    set_epoch(j.started_at, r.started_at_s)
+    set_epoch(j.updated_at, r.started_at_s)  # the lease set both to its now()
+    set_epoch(j.lease_expires_at, r.lease_expires_at_s)
+    _fill_common(j, r.lease_seconds, r.backoff_base, r.backoff_cap, r.errors)

@@ -11,30 +11,30 @@ from jobqueue_grpc.api.jobs import page_size
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain import pagination
 from jobqueue_grpc.domain.errors import FieldViolation
+from jobqueue_grpc.domain.records import DeadLetterRecord
 from jobqueue_grpc.domain.validation import kind_violation, parse_uuid, queue_violation, raise_if
 from jobqueue_grpc.gen.jobqueue.v1 import dead_letter_service_pb2 as pb
 from jobqueue_grpc.gen.jobqueue.v1 import dead_letter_service_pb2_grpc as pb_grpc
-from jobqueue_grpc.store import Row, Store
+from jobqueue_grpc.store import Store
 from jobqueue_grpc.store.dead_letters import DeadLetterFilter
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-def dead_letter(r: Row) -> pb.DeadLetter:
-    """A jobqueue.dead_letters row as a DeadLetter message."""
+def dead_letter(r: DeadLetterRecord) -> pb.DeadLetter:
     d = pb.DeadLetter(
-        job_id=str(r["job_id"]),
-        queue=r["queue"],
-        kind=r["kind"],
-        priority=r["priority"],
-        attempts=r["attempts"],
-        max_attempts=r["max_attempts"],
-        idempotency_key=r["idempotency_key"] or "",
+        job_id=str(r.job_id),
+        queue=r.queue,
+        kind=r.kind,
+        priority=r.priority,
+        attempts=r.attempts,
+        max_attempts=r.max_attempts,
+        idempotency_key=r.idempotency_key or "",
     )
-    convert.json_to_struct(r["payload"], d.payload)
-    d.failed_at.FromDatetime(r["failed_at"])
-    d.created_at.FromDatetime(r["created_at"])
-    errs = convert.errors_list(r["errors"])
+    convert.json_to_struct(r.payload, d.payload)
+    d.failed_at.FromDatetime(r.failed_at)
+    d.created_at.FromDatetime(r.created_at)
+    errs = convert.errors_list(r.errors)
     if errs:
         d.errors.extend(errs)
         d.last_error.CopyFrom(errs[-1])
@@ -87,7 +87,7 @@ class DeadLetterService(pb_grpc.DeadLetterServiceServicer):
         token = ""
         if len(rows) > limit:
             rows = rows[:limit]
-            token = pagination.encode(rows[-1]["failed_at"], rows[-1]["job_id"], filters)
+            token = pagination.encode(rows[-1].failed_at, rows[-1].job_id, filters)
         return pb.ListDeadLettersResponse(
             dead_letters=[dead_letter(r) for r in rows], next_page_token=token
         )

@@ -12,7 +12,6 @@ import asyncio
 import logging
 from typing import Any
 
-import asyncpg
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -34,28 +33,12 @@ CODES: dict[type[e.JobQueueError], grpc.StatusCode] = {
     e.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
-# Failures of the database connection itself: the client may retry elsewhere or later.
-_UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
-)
-_RETRYABLE = (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError)
-
 
 def classify(exc: BaseException) -> e.JobQueueError:
-    """Turns any exception into the domain error a client should see."""
+    """Turns any exception into the domain error a client should see (the store has turned the
+    driver's errors into domain errors already: store/errors.py)."""
     if isinstance(exc, e.JobQueueError):
         return exc
-    if isinstance(exc, _UNAVAILABLE):
-        return e.Unavailable("the database is unavailable", reason="DATABASE_UNAVAILABLE")
-    if isinstance(exc, _RETRYABLE):
-        return e.Unavailable("a concurrent change conflicted; retry", reason="CONFLICT")
     return e.JobQueueError("internal error", reason="INTERNAL")
 
 

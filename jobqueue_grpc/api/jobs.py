@@ -14,7 +14,7 @@ from jobqueue_grpc.domain.errors import FieldViolation
 from jobqueue_grpc.domain.jobs import Limits
 from jobqueue_grpc.domain.states import CancelOutcome
 from jobqueue_grpc.domain.validation import kind_violation, parse_uuid, queue_violation, raise_if
-from jobqueue_grpc.enqueue import Enqueuer
+from jobqueue_grpc.engine.enqueue import Enqueuer
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2, job_service_pb2_grpc
 from jobqueue_grpc.store import Store
 
@@ -101,7 +101,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         token = ""
         if len(rows) > limit:
             rows = rows[:limit]
-            token = pagination.encode(rows[-1]["created_at"], rows[-1]["id"], filters)
+            token = pagination.encode(rows[-1].created_at, rows[-1].id, filters)
         return job_service_pb2.ListJobsResponse(
             jobs=[convert.job(r) for r in rows], next_page_token=token
         )
@@ -110,6 +110,6 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.CancelJobRequest, context: Ctx
     ) -> job_service_pb2.CancelJobResponse:
         row, outcome = await self.store.jobs.cancel(parse_uuid("id", request.id))
-        if outcome is CancelOutcome.CANCELLED:  # committed; CANCEL_REQUESTED ends in dispatch
-            metrics.cancelled(row["queue"], row["kind"])
+        if outcome is CancelOutcome.CANCELLED:  # committed; CANCEL_REQUESTED ends in the engine
+            metrics.cancelled(row.queue, row.kind)
         return job_service_pb2.CancelJobResponse(job=convert.job(row), outcome=_OUTCOME[outcome])

@@ -6,25 +6,23 @@ from typing import Any
 
 import grpc
 
+from jobqueue_grpc.domain.records import QueueRecord
 from jobqueue_grpc.domain.validation import queue_violation, raise_if
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2 as pb
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2_grpc as pb_grpc
-from jobqueue_grpc.store import Row, Store
+from jobqueue_grpc.store import Store
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-_STATES = ("queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled")
 
-
-def queue(r: Row) -> pb.Queue:
-    """A row of list_queues / get_queue as a Queue message."""
+def queue(r: QueueRecord) -> pb.Queue:
     out = pb.Queue(
-        name=r["name"],
-        paused=r["paused"],
-        counts=pb.QueueCounts(**{s: r[s] for s in _STATES}),
+        name=r.name,
+        paused=r.paused,
+        counts=pb.QueueCounts(**{s.value: n for s, n in r.counts.items()}),
     )
-    if r["paused_at"] is not None:
-        out.paused_at.FromDatetime(r["paused_at"])
+    if r.paused_at is not None:
+        out.paused_at.FromDatetime(r.paused_at)
     return out
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from jobqueue_grpc.domain.errors import FieldViolation
+from jobqueue_grpc.domain.outcomes import MAX_DELAY_SECONDS, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS
 from jobqueue_grpc.domain.validation import (
     IDEMPOTENCY_KEY_MAX,
     kind_violation,
@@ -17,7 +18,6 @@ from jobqueue_grpc.domain.validation import (
 
 MAX_PRIORITY = 1_000_000
 MAX_ATTEMPTS_LIMIT = 1_000
-MAX_LEASE_SECONDS = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -180,12 +180,12 @@ def check_new_job(
         )
     if "\x00" in idempotency_key:
         out.append(FieldViolation(prefix + "idempotency_key", "idempotency_key contains NUL"))
-    if lease_seconds is not None and not 1.0 <= lease_seconds <= MAX_LEASE_SECONDS:
+    if lease_seconds is not None and not MIN_LEASE_SECONDS <= lease_seconds <= MAX_LEASE_SECONDS:
         out.append(
             FieldViolation(prefix + "lease_duration", "lease_duration must be between 1 s and 24 h")
         )
     for name, value in (("backoff_base", backoff_base), ("backoff_cap", backoff_cap)):
-        if value is not None and not 0 <= value <= 30 * 86400:
+        if value is not None and not 0 <= value <= MAX_DELAY_SECONDS:
             out.append(
                 FieldViolation(
                     prefix + "retry_policy." + name, f"{name} must be between 0 and 30 days"

@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 import asyncpg
 
 from jobqueue_grpc.domain.errors import NotFound
+from jobqueue_grpc.domain.records import DeadLetterRecord, DeadLetterStats, JobRecord
+from jobqueue_grpc.store.errors import translated
 from jobqueue_grpc.store.queries import q
-from jobqueue_grpc.store.types import Row
 
 # The keyset cursor that sorts after every row: the first page starts here.
 FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), uuid.UUID(int=(1 << 128) - 1))
@@ -36,19 +37,15 @@ class DeadLetterFilter:
         return (self.queue, self.kind, self.failed_before, self.failed_after)
 
 
-@dataclass(frozen=True)
-class Stats:
-    total: int
-    by_queue: list[tuple[str, int]]
-    by_kind: list[tuple[str, int]]
-    oldest: datetime | None
-    newest: datetime | None
+_DEAD = DeadLetterRecord._make
+_JOB = JobRecord._make
 
 
 def dead_letter_not_found(job_id: uuid.UUID) -> NotFound:
     return NotFound(f"dead letter {job_id} not found", reason="DEAD_LETTER_NOT_FOUND")
 
 
+@translated
 class DeadLetterStore:
     def __init__(
         self,
@@ -61,24 +58,23 @@ class DeadLetterStore:
         self.chunk = chunk
         self.on_available = on_available  # after a requeue commits (see Store)
 
-    async def get(self, job_id: uuid.UUID) -> Row:
+    async def get(self, job_id: uuid.UUID) -> DeadLetterRecord:
         row = await self.pool.fetchrow(q("get_dead_letter"), job_id)
         if row is None:
             raise dead_letter_not_found(job_id)
-        return row
+        return _DEAD(row)
 
     async def list(
         self, f: DeadLetterFilter, *, after: tuple[datetime, uuid.UUID] | None, limit: int
-    ) -> list[Row]:
+    ) -> list[DeadLetterRecord]:
         failed_at, job_id = after or FIRST_PAGE
-        return list(
-            await self.pool.fetch(q("list_dead_letters"), *f.args(), failed_at, job_id, limit)
-        )
+        rows = await self.pool.fetch(q("list_dead_letters"), *f.args(), failed_at, job_id, limit)
+        return list(map(_DEAD, rows))
 
-    async def stats(self, f: DeadLetterFilter) -> Stats:
+    async def stats(self, f: DeadLetterFilter) -> DeadLetterStats:
         rows = await self.pool.fetch(q("dead_letter_stats"), *f.args())
         total = next(r for r in rows if r["g"] == 3)
-        return Stats(
+        return DeadLetterStats(
             total=total["n"],
             by_queue=[(r["queue"], r["n"]) for r in rows if r["g"] == 1],
             by_kind=[(r["kind"], r["n"]) for r in rows if r["g"] == 2],
@@ -91,14 +87,15 @@ class DeadLetterStore:
         n = int(await self.pool.fetchval(q("count_dead_letters"), *f.args()))
         return n if limit is None else min(n, limit)
 
-    async def requeue(self, job_id: uuid.UUID) -> Row:
+    async def requeue(self, job_id: uuid.UUID) -> JobRecord:
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(q("requeue_dead_letter"), job_id)
             if row is None:
                 raise dead_letter_not_found(job_id)
-            await conn.execute(q("notify_jobs_available"), [row["queue"]])
+            job = _JOB(row)
+            await conn.execute(q("notify_jobs_available"), [job.queue])
         self.on_available()
-        return row
+        return job
 
     async def requeue_many(self, f: DeadLetterFilter, limit: int | None = None) -> int:
         """Requeues every match, a chunk per transaction; returns how many.

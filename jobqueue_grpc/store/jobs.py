@@ -4,32 +4,40 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from jobqueue_grpc.domain.errors import FailedPrecondition, job_not_found
 from jobqueue_grpc.domain.jobs import NewJob, NewJobs
+from jobqueue_grpc.domain.records import BatchInserted, Inserted, JobRecord, LeasedJob
 from jobqueue_grpc.domain.states import CancelOutcome, JobState, cancel_outcome
+from jobqueue_grpc.store.errors import conflict, translated
+from jobqueue_grpc.store.notify import Peers
+from jobqueue_grpc.store.pool import Conn
 from jobqueue_grpc.store.queries import q
-from jobqueue_grpc.store.types import Conn, Peers, Row
 
 Slot = tuple[uuid.UUID, str]  # a Lease stream's id and its worker's id: where a job is leased
 
 # The keyset cursor that sorts after every row: the first page starts here.
-FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), uuid.UUID(int=(1 << 128) - 1))
+FIRST_PAGE_AFTER = uuid.UUID(int=(1 << 128) - 1)
+
+_JOB = JobRecord._make
+# where each LeasedJob field is in an insert_jobs row: a job column's index, or its epoch's name
+_LEASED: list[int | str] = [
+    JobRecord._fields.index(f) if f in JobRecord._fields else f for f in LeasedJob._fields
+]
 
 
-@dataclass(slots=True)
-class BatchInserted:
-    """What inserting a NewJobs batch did (see JobStore.insert_batch)."""
+def job_record(r: asyncpg.Record) -> JobRecord:
+    """A row read with {job_columns} (first) as a JobRecord."""
+    return _JOB(r[: len(JobRecord._fields)])
 
-    created: list[bool]  # per job: inserted (False: its idempotency key already named a job)
-    at: datetime | None  # the transaction's now(); None when nothing was inserted
-    existing: dict[str, Row]  # idempotency key -> the job holding it, for every job not inserted
-    groups: list[Row]  # (queue, state, n) of the inserted jobs
+
+def _leased(r: asyncpg.Record) -> LeasedJob:
+    """A row of insert_jobs ({job_columns}, {lease_epochs}) that the insert leased."""
+    return LeasedJob._make(r[i] for i in _LEASED)
 
 
 def _array_or_value(values: list[Any]) -> tuple[list[Any] | None, Any]:
@@ -40,6 +48,7 @@ def _array_or_value(values: list[Any]) -> tuple[list[Any] | None, Any]:
     return values, None
 
 
+@translated
 class JobStore:
     def __init__(self, pool: asyncpg.Pool, peers: Peers | None = None) -> None:
         self.pool = pool
@@ -47,21 +56,21 @@ class JobStore:
 
     async def insert(
         self, jobs: Sequence[NewJob], hand_off: Sequence[Slot | None] | None = None
-    ) -> list[tuple[Row, bool]]:
+    ) -> Inserted:
         """Inserts `jobs` atomically; returns (row, created) for each, in order.
 
         One statement, so no BEGIN/COMMIT round trips: all the jobs commit together or none do.
         A job whose idempotency key already names a job (or an earlier job of the same batch)
         is not inserted: the existing row comes back with created = False. A job given a
         (stream id, worker id) slot in `hand_off` is inserted leased to it when it is due and
-        its queue is not paused (state 'running'; see insert_jobs).
+        its queue is not paused (state 'running'; see insert_jobs); those come back in `leased`.
         """
         async with self.pool.acquire() as conn:
             return await self._insert(conn, jobs, hand_off)
 
     async def _insert(
         self, conn: Conn, jobs: Sequence[NewJob], hand_off: Sequence[Slot | None] | None
-    ) -> list[tuple[Row, bool]]:
+    ) -> Inserted:
         streams = workers = None
         if hand_off is not None:
             streams = [s[0] if s else None for s in hand_off]
@@ -83,25 +92,28 @@ class JobStore:
             streams,
             workers,
         )
-        inserted = {r["id"]: r for r in rows}
-        existing: dict[str, Row] = {}
+        inserted = {r[0]: r for r in rows}
+        leased = [_leased(r) for r in rows if r["state"] == JobState.RUNNING] if streams else []
+        existing: dict[str, JobRecord] = {}
         missing = [j.idempotency_key for j in jobs if j.id not in inserted and j.idempotency_key]
         if missing:
             existing = {
-                r["idempotency_key"]: r
-                for r in await conn.fetch(q("jobs_by_idempotency_keys"), missing)
+                r.idempotency_key: r
+                for r in map(_JOB, await conn.fetch(q("jobs_by_idempotency_keys"), missing))
+                if r.idempotency_key is not None
             }
-        out: list[tuple[Row, bool]] = []
+        out: list[tuple[JobRecord, bool]] = []
         for j in jobs:
-            if j.id in inserted:
-                out.append((inserted[j.id], True))
+            row = inserted.get(j.id)
+            if row is not None:
+                out.append((job_record(row), True))
             else:
                 assert j.idempotency_key is not None
-                row = existing.get(j.idempotency_key)
-                if row is None:  # the conflicting job vanished (pruned) mid-call: rare
-                    raise asyncpg.SerializationError("idempotency key conflict with a deleted job")
-                out.append((row, False))
-        return out
+                old = existing.get(j.idempotency_key)
+                if old is None:  # the conflicting job vanished (pruned) mid-call: rare
+                    raise conflict()
+                out.append((old, False))
+        return Inserted(out, leased)
 
     async def insert_batch(self, jobs: NewJobs) -> BatchInserted:
         """insert() for EnqueueBatch: the same statement semantics (atomic, idempotency keys, the
@@ -111,7 +123,7 @@ class JobStore:
         new job's row does not get from its column defaults.
         """
         if not jobs.ids:
-            return BatchInserted([], None, {}, [])
+            return BatchInserted([], None, {}, {})
         columns: list[Any] = []
         for values in (
             jobs.queue,
@@ -133,29 +145,31 @@ class JobStore:
         statement = q("insert_job_batch_without_keys" if keyless else "insert_job_batch")
         async with self.pool.acquire() as conn:
             groups = await conn.fetch(statement, ids, *columns, self.peers.listening)
-            inserted = sum(g["n"] for g in groups)
+            counts = {(g["queue"], g["state"]): g["n"] for g in groups}
+            inserted = sum(counts.values())
             at = groups[0]["at"] if groups else None
             if inserted == len(jobs):
-                return BatchInserted([True] * inserted, at, {}, list(groups))
+                return BatchInserted([True] * inserted, at, {}, counts)
             # Some keys already named jobs (or repeated inside the batch): the jobs without a key
             # were all inserted; of those with one, the ones whose id came back.
             keyed = {i for g in groups for i in g["keyed_ids"] or ()}
             keys = jobs.idempotency_key
             created = [k is None or i in keyed for i, k in zip(jobs.ids, keys, strict=True)]
             missing = [k for k, c in zip(keys, created, strict=True) if not c]
-            existing: dict[str, Row] = {
-                r["idempotency_key"]: r
-                for r in await conn.fetch(q("jobs_by_idempotency_keys"), missing)
+            existing: dict[str, JobRecord] = {
+                r.idempotency_key: r
+                for r in map(_JOB, await conn.fetch(q("jobs_by_idempotency_keys"), missing))
+                if r.idempotency_key is not None
             }
         if any(k not in existing for k in missing):  # the conflicting job vanished (pruned)
-            raise asyncpg.SerializationError("idempotency key conflict with a deleted job")
-        return BatchInserted(created, at, existing, list(groups))
+            raise conflict()
+        return BatchInserted(created, at, existing, counts)
 
-    async def get(self, job_id: uuid.UUID) -> Row:
+    async def get(self, job_id: uuid.UUID) -> JobRecord:
         row = await self.pool.fetchrow(q("get_job"), job_id)
         if row is None:
             raise job_not_found(str(job_id))
-        return row
+        return _JOB(row)
 
     async def list(
         self,
@@ -165,12 +179,14 @@ class JobStore:
         state: JobState | None,
         after: tuple[datetime, uuid.UUID] | None,
         limit: int,
-    ) -> list[Row]:
-        last_id = after[1] if after else FIRST_PAGE[1]
+    ) -> list[JobRecord]:
+        """Newest first; `after` is the page token's cursor (its id is the previous page's last)."""
+        last_id = after[1] if after else FIRST_PAGE_AFTER
         state_value = state.value if state else None
-        return list(await self.pool.fetch(q("list_jobs"), queue, kind, state_value, last_id, limit))
+        rows = await self.pool.fetch(q("list_jobs"), queue, kind, state_value, last_id, limit)
+        return list(map(_JOB, rows))
 
-    async def cancel(self, job_id: uuid.UUID) -> tuple[Row, CancelOutcome]:
+    async def cancel(self, job_id: uuid.UUID) -> tuple[JobRecord, CancelOutcome]:
         async with self.pool.acquire() as conn, conn.transaction():
             state = await conn.fetchval(q("lock_job_state"), job_id)
             if state is None:
@@ -184,4 +200,4 @@ class JobStore:
             query = "cancel_waiting_job" if outcome is CancelOutcome.CANCELLED else "request_cancel"
             row = await conn.fetchrow(q(query), job_id)
             assert row is not None
-            return row, outcome
+            return _JOB(row), outcome

@@ -4,60 +4,49 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
+from jobqueue_grpc.domain.outcomes import Attempt, Failure
+from jobqueue_grpc.domain.records import Ended, Extended, LeasedJob, Settled
+from jobqueue_grpc.store.errors import translated
 from jobqueue_grpc.store.queries import q
-from jobqueue_grpc.store.types import Row
+
+# Decides how an attempt that ended without an outcome (expiry, stream closed) ends.
+Decide = Callable[[Attempt], Failure]
+
+_LEASED = LeasedJob._make
+_ENDED = Ended._make
+_EXTENDED = Extended._make
 
 
-@dataclass(frozen=True)
-class Failure:
-    """One attempt to end: the domain's decision plus the error to record."""
-
-    job_id: uuid.UUID
-    token: uuid.UUID
-    next_state: str  # 'retrying' or 'failed'
-    delay: float
-    error_json: str  # {"message", "details", "source"}
+def _attempt(r: asyncpg.Record) -> Attempt:
+    """A row of lock_expired_leases / lock_leases."""
+    return Attempt(*r)
 
 
-@dataclass
-class Settled:
-    """Which outcomes took effect; the rest were stale and changed nothing."""
-
-    completed: set[uuid.UUID]
-    cancelled: set[uuid.UUID]
-    failed: list[Row]  # (id, state, queue, kind) with the state each ended in
-
-
-# Decides the next state of a lease that ended without an outcome (expiry, stream closed).
-Decide = Callable[[Row], Failure]
-
-
+@translated
 class LeaseStore:
     def __init__(self, pool: asyncpg.Pool, claim_pool: asyncpg.Pool | None = None) -> None:
         self.pool = pool
-        self.claim_pool = claim_pool or pool  # see store.CLAIM_SETTINGS
+        self.claim_pool = claim_pool or pool  # see pool.CLAIM_SETTINGS
 
     async def claim(
         self,
         queues: Sequence[str],
         kinds: Sequence[str] | None,
         slots: Sequence[tuple[uuid.UUID, str]],
-    ) -> list[Row]:
+    ) -> list[LeasedJob]:
         """Leases up to len(slots) jobs in one statement; job n goes to slot n."""
-        return list(
-            await self.claim_pool.fetch(
-                q("claim_jobs"),
-                list(queues),
-                list(kinds) if kinds else None,
-                [s for s, _ in slots],
-                [w for _, w in slots],
-            )
+        rows = await self.claim_pool.fetch(
+            q("claim_jobs"),
+            list(queues),
+            list(kinds) if kinds else None,
+            [s for s, _ in slots],
+            [w for _, w in slots],
         )
+        return list(map(_LEASED, rows))
 
     async def unlease_handed_off(self, jobs: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> int:
         """Puts back in the queue these (job id, stream id) hand-offs that were never pushed."""
@@ -66,10 +55,10 @@ class LeaseStore:
         )
         return len(rows)
 
-    async def promote_due(self, limit: int) -> tuple[int, list[str]]:
-        """Makes due scheduled/retrying jobs claimable; returns how many, and their queues."""
+    async def promote_due(self, limit: int) -> int:
+        """Makes due scheduled/retrying jobs claimable (and NOTIFYs); returns how many."""
         rows = await self.pool.fetch(q("promote_due_jobs"), limit)
-        return sum(r["n"] for r in rows), [r["queue"] for r in rows]
+        return sum(r["n"] for r in rows)
 
     async def next_parked_due(self) -> datetime | None:
         at: datetime | None = await self.pool.fetchval(q("next_parked_due"))
@@ -83,7 +72,7 @@ class LeaseStore:
     ) -> Settled:
         """Applies many outcomes: one statement per kind, each atomic and fenced on its own (an
         outcome needs no other to land with it), so no BEGIN/COMMIT round trips."""
-        out = Settled(set(), set(), [])
+        out = Settled()
         async with self.pool.acquire() as conn:
             if completes:
                 rows = await conn.fetch(
@@ -92,43 +81,44 @@ class LeaseStore:
                     [c[1] for c in completes],
                     [c[2] for c in completes],
                 )
-                out.completed = {r["id"] for r in rows}
+                out.completed = {r[0] for r in rows}
             if cancels:
                 rows = await conn.fetch(
                     q("cancel_running_jobs"), [c[0] for c in cancels], [c[1] for c in cancels]
                 )
-                out.cancelled = {r["id"] for r in rows}
+                out.cancelled = {r[0] for r in rows}
             if failures:
-                out.failed = list(await conn.fetch(q("fail_jobs"), *_failure_arrays(failures)))
+                rows = await conn.fetch(q("fail_jobs"), *_failure_arrays(failures))
+                out.failed = list(map(_ENDED, rows))
         return out
 
-    async def extend(self, items: Sequence[tuple[uuid.UUID, uuid.UUID, float | None]]) -> list[Row]:
-        """Rows (id, lease_expires_at, cancel_requested) for the leases extended."""
-        return list(
-            await self.pool.fetch(
-                q("extend_leases"),
-                [i[0] for i in items],
-                [i[1] for i in items],
-                [i[2] for i in items],
-            )
+    async def extend(
+        self, items: Sequence[tuple[uuid.UUID, uuid.UUID, float | None]]
+    ) -> list[Extended]:
+        """The leases extended (by their job's lease duration where no time is given)."""
+        rows = await self.pool.fetch(
+            q("extend_leases"),
+            [i[0] for i in items],
+            [i[1] for i in items],
+            [i[2] for i in items],
         )
+        return list(map(_EXTENDED, rows))
 
     async def set_progress(self, job_id: uuid.UUID, token: uuid.UUID, progress_json: str) -> bool:
         return await self.pool.fetchval(q("set_progress"), job_id, token, progress_json) is not None
 
-    async def expire(self, limit: int, decide: Decide) -> list[Row]:
+    async def expire(self, limit: int, decide: Decide) -> list[Ended]:
         """Ends up to `limit` expired leases (any replica's) as failed attempts."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(q("lock_expired_leases"), limit)
             if not rows:
                 return []
-            return list(
-                await conn.fetch(q("fail_jobs"), *_failure_arrays([decide(r) for r in rows]))
-            )
+            failures = [decide(_attempt(r)) for r in rows]
+            return list(map(_ENDED, await conn.fetch(q("fail_jobs"), *_failure_arrays(failures))))
 
     async def release(
         self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], decide: Decide
-    ) -> list[Row]:
+    ) -> list[Ended]:
         """Ends these (job id, lease token) leases as failed attempts, where still current."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
@@ -136,15 +126,15 @@ class LeaseStore:
             )
             if not rows:
                 return []
-            failures = _failure_arrays([decide(r) for r in rows])
-            return list(await conn.fetch(q("fail_jobs"), *failures))
+            failures = [decide(_attempt(r)) for r in rows]
+            return list(map(_ENDED, await conn.fetch(q("fail_jobs"), *_failure_arrays(failures))))
 
 
 def _failure_arrays(failures: Sequence[Failure]) -> list[list[object]]:
     return [
         [f.job_id for f in failures],
         [f.token for f in failures],
-        [f.next_state for f in failures],
+        [f.next_state.value for f in failures],
         [f.delay for f in failures],
         [f.error_json for f in failures],
     ]

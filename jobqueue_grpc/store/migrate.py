@@ -10,8 +10,8 @@ import logging
 import re
 from pathlib import Path
 
+from jobqueue_grpc.store.pool import Conn
 from jobqueue_grpc.store.queries import q
-from jobqueue_grpc.store.types import Conn
 
 log = logging.getLogger(__name__)
 

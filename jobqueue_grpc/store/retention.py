@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncpg
 
 from jobqueue_grpc.domain.states import JobState
+from jobqueue_grpc.store.errors import translated
 from jobqueue_grpc.store.queries import q
 
 
+@translated
 class RetentionStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool

@@ -3,16 +3,46 @@
 -- filter parameters first: $1 queue, $2 kind, $3 failed strictly before, $4 failed at or after
 -- (NULL matches everything).
 
--- name: get_dead_letter
-SELECT * FROM jobqueue.dead_letters WHERE job_id = $1;
-
--- name: list_dead_letters
--- Newest failure first; ($5, $6) is the keyset cursor: the last row of the previous page.
-SELECT * FROM jobqueue.dead_letters
-WHERE ($1::text IS NULL OR queue = $1)
+-- fragment: dead_letter_filter
+($1::text IS NULL OR queue = $1)
   AND ($2::text IS NULL OR kind = $2)
   AND ($3::timestamptz IS NULL OR failed_at < $3)
   AND ($4::timestamptz IS NULL OR failed_at >= $4)
+
+-- fragment: requeue_upsert
+-- The job of each dead letter in `dl` back in its queue, 'queued' with fresh attempts. The job row
+-- is upserted, so a requeue works even after the failed row was pruned; an idempotency key since
+-- taken by another job is dropped rather than refused.
+    INSERT INTO jobqueue.jobs AS j (id, queue, kind, payload, priority, state, attempt, max_attempts,
+                                    run_at, idempotency_key, lease_seconds, backoff_base,
+                                    backoff_cap, created_at)
+    SELECT dl.job_id, dl.queue, dl.kind, dl.payload, dl.priority, 'queued', 0, dl.max_attempts,
+           now(),
+           CASE WHEN EXISTS (SELECT 1 FROM jobqueue.jobs o
+                             WHERE o.idempotency_key = dl.idempotency_key AND o.id <> dl.job_id)
+                THEN NULL ELSE dl.idempotency_key END,
+           dl.lease_seconds, dl.backoff_base, dl.backoff_cap, dl.created_at
+    FROM dl
+    ON CONFLICT (id) DO UPDATE
+    SET state = 'queued', attempt = 0, errors = '[]', run_at = now(), last_sleep = NULL,
+        lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, stream_id = NULL,
+        cancel_requested = false, result = NULL, progress = NULL, started_at = NULL,
+        finished_at = NULL, updated_at = now()
+
+-- fragment: delete_failed_rows
+-- A dead letter and its failed job row go together: the job rows of the dead letters deleted in
+-- `dl` (each statement that deletes dead letters ends in this), so nothing is left half.
+j AS (
+    DELETE FROM jobqueue.jobs WHERE id IN (SELECT job_id FROM dl) AND state = 'failed'
+)
+
+-- name: get_dead_letter
+SELECT {dead_letter_columns} FROM jobqueue.dead_letters WHERE job_id = $1;
+
+-- name: list_dead_letters
+-- Newest failure first; ($5, $6) is the keyset cursor: the last row of the previous page.
+SELECT {dead_letter_columns} FROM jobqueue.dead_letters
+WHERE {dead_letter_filter}
   AND (failed_at, job_id) < ($5::timestamptz, $6::uuid)
 ORDER BY failed_at DESC, job_id DESC
 LIMIT $7;
@@ -22,19 +52,13 @@ LIMIT $7;
 SELECT GROUPING(queue, kind) AS g, queue, kind, count(*) AS n,
        min(failed_at) AS oldest, max(failed_at) AS newest
 FROM jobqueue.dead_letters
-WHERE ($1::text IS NULL OR queue = $1)
-  AND ($2::text IS NULL OR kind = $2)
-  AND ($3::timestamptz IS NULL OR failed_at < $3)
-  AND ($4::timestamptz IS NULL OR failed_at >= $4)
+WHERE {dead_letter_filter}
 GROUP BY GROUPING SETS ((), (queue), (kind))
 ORDER BY g DESC, n DESC, queue, kind;
 
 -- name: count_dead_letters
 SELECT count(*) FROM jobqueue.dead_letters
-WHERE ($1::text IS NULL OR queue = $1)
-  AND ($2::text IS NULL OR kind = $2)
-  AND ($3::timestamptz IS NULL OR failed_at < $3)
-  AND ($4::timestamptz IS NULL OR failed_at >= $4);
+WHERE {dead_letter_filter};
 
 -- name: db_now
 SELECT now();
@@ -46,21 +70,7 @@ SELECT now();
 WITH dl AS (
     DELETE FROM jobqueue.dead_letters WHERE job_id = $1 RETURNING *
 ), up AS (
-    INSERT INTO jobqueue.jobs AS j (id, queue, kind, payload, priority, state, attempt, max_attempts,
-                                    run_at, idempotency_key, lease_seconds, backoff_base,
-                                    backoff_cap, created_at)
-    SELECT dl.job_id, dl.queue, dl.kind, dl.payload, dl.priority, 'queued', 0, dl.max_attempts,
-           now(),
-           CASE WHEN EXISTS (SELECT 1 FROM jobqueue.jobs o
-                             WHERE o.idempotency_key = dl.idempotency_key AND o.id <> dl.job_id)
-                THEN NULL ELSE dl.idempotency_key END,
-           dl.lease_seconds, dl.backoff_base, dl.backoff_cap, dl.created_at
-    FROM dl
-    ON CONFLICT (id) DO UPDATE
-    SET state = 'queued', attempt = 0, errors = '[]', run_at = now(), last_sleep = NULL,
-        lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, stream_id = NULL,
-        cancel_requested = false, result = NULL, progress = NULL, started_at = NULL,
-        finished_at = NULL, updated_at = now()
+{requeue_upsert}
     RETURNING {job_columns}
 )
 SELECT * FROM up;
@@ -71,10 +81,7 @@ SELECT * FROM up;
 -- SKIP LOCKED: rows another call is moving right now are left to it.
 WITH picked AS (
     SELECT job_id FROM jobqueue.dead_letters
-    WHERE ($1::text IS NULL OR queue = $1)
-      AND ($2::text IS NULL OR kind = $2)
-      AND ($3::timestamptz IS NULL OR failed_at < $3)
-      AND ($4::timestamptz IS NULL OR failed_at >= $4)
+    WHERE {dead_letter_filter}
       AND failed_at <= $5
     ORDER BY failed_at, job_id
     LIMIT $6
@@ -82,21 +89,7 @@ WITH picked AS (
 ), dl AS (
     DELETE FROM jobqueue.dead_letters d USING picked WHERE d.job_id = picked.job_id RETURNING d.*
 ), up AS (
-    INSERT INTO jobqueue.jobs AS j (id, queue, kind, payload, priority, state, attempt, max_attempts,
-                                    run_at, idempotency_key, lease_seconds, backoff_base,
-                                    backoff_cap, created_at)
-    SELECT dl.job_id, dl.queue, dl.kind, dl.payload, dl.priority, 'queued', 0, dl.max_attempts,
-           now(),
-           CASE WHEN EXISTS (SELECT 1 FROM jobqueue.jobs o
-                             WHERE o.idempotency_key = dl.idempotency_key AND o.id <> dl.job_id)
-                THEN NULL ELSE dl.idempotency_key END,
-           dl.lease_seconds, dl.backoff_base, dl.backoff_cap, dl.created_at
-    FROM dl
-    ON CONFLICT (id) DO UPDATE
-    SET state = 'queued', attempt = 0, errors = '[]', run_at = now(), last_sleep = NULL,
-        lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, stream_id = NULL,
-        cancel_requested = false, result = NULL, progress = NULL, started_at = NULL,
-        finished_at = NULL, updated_at = now()
+{requeue_upsert}
     RETURNING j.queue
 )
 SELECT queue FROM up;
@@ -105,9 +98,7 @@ SELECT queue FROM up;
 -- The dead letter and its failed job row go together: nothing is left half.
 WITH dl AS (
     DELETE FROM jobqueue.dead_letters WHERE job_id = $1 RETURNING job_id
-), j AS (
-    DELETE FROM jobqueue.jobs WHERE id IN (SELECT job_id FROM dl) AND state = 'failed'
-)
+), {delete_failed_rows}
 SELECT count(*) FROM dl;
 
 -- name: purge_dead_letters_chunk
@@ -115,10 +106,7 @@ SELECT count(*) FROM dl;
 -- failed job rows; returns how many.
 WITH picked AS (
     SELECT job_id FROM jobqueue.dead_letters
-    WHERE ($1::text IS NULL OR queue = $1)
-      AND ($2::text IS NULL OR kind = $2)
-      AND ($3::timestamptz IS NULL OR failed_at < $3)
-      AND ($4::timestamptz IS NULL OR failed_at >= $4)
+    WHERE {dead_letter_filter}
       AND failed_at <= $5
     ORDER BY failed_at, job_id
     LIMIT $6
@@ -126,7 +114,5 @@ WITH picked AS (
 ), dl AS (
     DELETE FROM jobqueue.dead_letters d USING picked WHERE d.job_id = picked.job_id
     RETURNING d.job_id
-), j AS (
-    DELETE FROM jobqueue.jobs WHERE id IN (SELECT job_id FROM dl) AND state = 'failed'
-)
+), {delete_failed_rows}
 SELECT count(*) FROM dl;

@@ -5,12 +5,12 @@
 -- Inserts many jobs in one statement (atomic on its own: no BEGIN/COMMIT round trips); an
 -- idempotency key that already names a job inserts nothing (and a key repeated inside one batch
 -- inserts its first job only). Dispatchers on every replica are woken for the queues that got
--- jobs ready now, in the same statement, when $12 says another replica listens (store/types.py
+-- jobs ready now, in the same statement, when $12 says another replica listens (store/notify.py
 -- Peers; this one is woken in-process).
 -- Hand-off: a job given a (stream, worker) in $13/$14 is inserted already leased to that stream,
 -- as a claim would lease it (attempt 1, a token, the expiry), unless it is not due yet or its
 -- queue is paused, in which case it is inserted as usual. The dispatcher hands a job off only to
--- a stream whose last claim found nothing waiting (dispatch/dispatcher.py, hand_off), so the job
+-- a stream whose last claim found nothing waiting (engine/handoff.py), so the job
 -- is the one the next claim would pick; this saves that claim and its round trip. The rows come
 -- back with {leased_columns}' epoch times too, for the dispatcher to push the leased ones.
 WITH ins AS (
@@ -41,22 +41,16 @@ CROSS JOIN LATERAL (
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING {job_columns}, {lease_epochs}
 ), woken AS (
-    SELECT count(pg_notify('jobqueue_jobs', queue)) AS n
+    SELECT count(pg_notify({jobs_channel}, queue)) AS n
     FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued' AND $12::bool) AS ready
 )
 SELECT ins.* FROM ins, woken;
 
--- name: insert_job_batch
--- insert_jobs for EnqueueBatch, which builds its answer from the values it sent: the same insert
--- and wake-up, but what comes back is one row per (queue, state) of the jobs inserted, with the
--- transaction's now() (every inserted job's created_at and updated_at, and run_at when none was
--- given) and the ids of the inserted jobs that carry an idempotency key (the others are all
--- inserted). Nothing inserted: no rows.
+-- fragment: batch_insert
+-- The body of insert_job_batch and its keyless twin, up to the conflict clause.
 -- $1 is the ids as one uuid[] literal. Every other column comes either as an array ($2, $4, ...)
 -- or, when all the jobs have the same value, as that value ($3, $5, ...) and a NULL array, which
 -- unnest pads with NULLs: a batch sends each value that varies, and each one that does not once.
--- $22 is insert_jobs' $12: NOTIFY other replicas or not.
-WITH ins AS (
 INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
                            idempotency_key, lease_seconds, backoff_base, backoff_cap)
 SELECT t.id, coalesce(t.queue, $3::text), coalesce(t.kind, $5::text),
@@ -69,51 +63,45 @@ FROM unnest($1::text::uuid[], $2::text[], $4::text[], $6::text[], $8::int[], $10
             $12::timestamptz[], $14::text[], $16::float8[], $18::float8[], $20::float8[])
      AS t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
           lease_seconds, backoff_base, backoff_cap)
-ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+
+-- fragment: batch_answer
+-- What insert_job_batch and its twin return: one row per (queue, state) of the jobs inserted,
+-- with the transaction's now() and the ids of the inserted jobs that carry an idempotency key.
+-- $22 is insert_jobs' $12: NOTIFY other replicas or not.
 RETURNING id, queue, state, idempotency_key
 ), woken AS (
-    SELECT count(pg_notify('jobqueue_jobs', queue)) AS n
+    SELECT count(pg_notify({jobs_channel}, queue)) AS n
     FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued' AND $22::bool) AS ready
 )
 SELECT ins.queue, ins.state, count(*) AS n, now() AS at,
        array_agg(ins.id::text) FILTER (WHERE ins.idempotency_key IS NOT NULL) AS keyed_ids
 FROM ins, woken
 GROUP BY ins.queue, ins.state;
+
+-- name: insert_job_batch
+-- insert_jobs for EnqueueBatch, which builds its answer from the values it sent: the same insert
+-- and wake-up, but what comes back is one row per (queue, state) of the jobs inserted (see
+-- batch_answer). The caller holds every other value. Nothing inserted: no rows.
+WITH ins AS (
+{batch_insert}
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+{batch_answer}
 
 -- name: insert_job_batch_without_keys
 -- insert_job_batch for a batch in which no job has an idempotency key ($14 and $15 NULL), so no
 -- conflict is possible: without ON CONFLICT, PostgreSQL inserts each row plainly instead of
 -- speculatively (no pre-check of the arbiter index, no confirm record: a quarter fewer WAL
--- records). Keep the two statements alike.
+-- records).
 WITH ins AS (
-INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
-                           idempotency_key, lease_seconds, backoff_base, backoff_cap)
-SELECT t.id, coalesce(t.queue, $3::text), coalesce(t.kind, $5::text),
-       coalesce(t.payload, $7::text)::jsonb, coalesce(t.priority, $9::int),
-       CASE WHEN coalesce(t.run_at, $13::timestamptz) > now() THEN 'scheduled' ELSE 'queued' END,
-       coalesce(t.max_attempts, $11::int), coalesce(t.run_at, $13::timestamptz, now()),
-       coalesce(t.idempotency_key, $15::text), coalesce(t.lease_seconds, $17::float8),
-       coalesce(t.backoff_base, $19::float8), coalesce(t.backoff_cap, $21::float8)
-FROM unnest($1::text::uuid[], $2::text[], $4::text[], $6::text[], $8::int[], $10::int[],
-            $12::timestamptz[], $14::text[], $16::float8[], $18::float8[], $20::float8[])
-     AS t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
-          lease_seconds, backoff_base, backoff_cap)
-RETURNING id, queue, state, idempotency_key
-), woken AS (
-    SELECT count(pg_notify('jobqueue_jobs', queue)) AS n
-    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued' AND $22::bool) AS ready
-)
-SELECT ins.queue, ins.state, count(*) AS n, now() AS at,
-       array_agg(ins.id::text) FILTER (WHERE ins.idempotency_key IS NOT NULL) AS keyed_ids
-FROM ins, woken
-GROUP BY ins.queue, ins.state;
+{batch_insert}
+{batch_answer}
 
 -- name: jobs_by_idempotency_keys
 SELECT {job_columns} FROM jobqueue.jobs WHERE idempotency_key = ANY($1::text[]);
 
 -- name: announce_listener
 -- A dispatcher that has just started listening tells the others, which then NOTIFY (Peers).
-SELECT pg_notify('jobqueue_replicas', '');
+SELECT pg_notify({replicas_channel}, '');
 
 -- name: other_listeners
 -- How many other replicas' dispatchers listen on this database ($1: their application_name,
@@ -123,7 +111,7 @@ WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backe
 
 -- name: notify_jobs_available
 -- Wakes dispatchers on every replica; the payload is the queue name.
-SELECT pg_notify('jobqueue_jobs', q) FROM unnest($1::text[]) AS q;
+SELECT pg_notify({jobs_channel}, q) FROM unnest($1::text[]) AS q;
 
 -- name: get_job
 SELECT {job_columns} FROM jobqueue.jobs WHERE id = $1;
@@ -156,7 +144,7 @@ WITH upd AS (
     WHERE id = $1
     RETURNING {job_columns}
 ), notified AS (
-    SELECT pg_notify('jobqueue_cancel', upd.id::text || ' ' || coalesce(upd.stream_id::text, ''))
+    SELECT pg_notify({cancel_channel}, upd.id::text || ' ' || coalesce(upd.stream_id::text, ''))
     FROM upd
 )
 SELECT upd.* FROM upd, notified;

@@ -76,7 +76,7 @@ WITH due AS (
     FROM due WHERE j.id = due.id
     RETURNING j.queue
 )
-SELECT queue, count(*) AS n, pg_notify('jobqueue_jobs', queue) FROM upd GROUP BY queue;
+SELECT queue, count(*) AS n, pg_notify({jobs_channel}, queue) FROM upd GROUP BY queue;
 
 -- name: next_parked_due
 -- When the scheduler next has work (NULL: nothing parked).
@@ -103,6 +103,7 @@ RETURNING j.id;
 -- Ends attempts: $3 is the next state the domain decided ('retrying' after $4 seconds, or
 -- 'failed'); a job whose cancel was requested ends 'cancelled' instead. A job that fails for good
 -- is copied into the dead-letter store in this same statement, with every attempt's error.
+-- The domain's rule (domain/states.py next_state: a requested cancel wins) is the first CASE.
 WITH t AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::text[])
         AS t(id, token, next_state, delay, error)
@@ -149,7 +150,8 @@ RETURNING id;
 
 -- name: lock_expired_leases
 -- The reaper's pick: leases past expiry, on any replica; SKIP LOCKED so replicas split the work.
-SELECT id, lease_token, attempt, max_attempts, backoff_base, backoff_cap, last_sleep, queue, kind
+-- Both lock statements return what domain/outcomes.py Attempt holds, in its order.
+SELECT id, lease_token, attempt, max_attempts, backoff_base, backoff_cap, last_sleep
 FROM jobqueue.jobs
 WHERE state = 'running' AND lease_expires_at < now()
 ORDER BY lease_expires_at
@@ -161,7 +163,7 @@ FOR UPDATE SKIP LOCKED;
 -- held by a concurrent CancelJob must still be released, just after it; ordered by id so two
 -- releases cannot deadlock.
 SELECT j.id, j.lease_token, j.attempt, j.max_attempts, j.backoff_base, j.backoff_cap,
-       j.last_sleep, j.queue, j.kind
+       j.last_sleep
 FROM jobqueue.jobs j
 JOIN unnest($1::uuid[], $2::uuid[]) AS t(id, token) ON j.id = t.id AND j.lease_token = t.token
 ORDER BY j.id

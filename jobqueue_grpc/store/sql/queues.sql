@@ -2,45 +2,26 @@
 -- may pause a queue before its first job); nothing here knows any queue by name.
 
 -- name: list_queues
--- Every queue, live counts by state, paused flag; ordered by name.
+-- Every queue, live counts by state (NULL: none), paused flag; ordered by name.
 WITH counts AS (
-    SELECT queue,
-           count(*) FILTER (WHERE state = 'queued')    AS queued,
-           count(*) FILTER (WHERE state = 'scheduled') AS scheduled,
-           count(*) FILTER (WHERE state = 'running')   AS running,
-           count(*) FILTER (WHERE state = 'retrying')  AS retrying,
-           count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
-           count(*) FILTER (WHERE state = 'failed')    AS failed,
-           count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+    SELECT queue, {state_counts}
     FROM jobqueue.jobs
     GROUP BY queue
 )
 SELECT coalesce(c.queue, s.name) AS name,
-       coalesce(s.paused, false) AS paused, s.paused_at,
-       coalesce(c.queued, 0) AS queued, coalesce(c.scheduled, 0) AS scheduled,
-       coalesce(c.running, 0) AS running, coalesce(c.retrying, 0) AS retrying,
-       coalesce(c.succeeded, 0) AS succeeded, coalesce(c.failed, 0) AS failed,
-       coalesce(c.cancelled, 0) AS cancelled
+       coalesce(s.paused, false) AS paused, s.paused_at, c.*
 FROM counts c FULL OUTER JOIN jobqueue.queues s ON s.name = c.queue
 ORDER BY 1;
 
 -- name: get_queue
 -- One queue; no row at all when it has neither jobs nor settings.
 WITH counts AS (
-    SELECT count(*) AS total,
-           count(*) FILTER (WHERE state = 'queued')    AS queued,
-           count(*) FILTER (WHERE state = 'scheduled') AS scheduled,
-           count(*) FILTER (WHERE state = 'running')   AS running,
-           count(*) FILTER (WHERE state = 'retrying')  AS retrying,
-           count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
-           count(*) FILTER (WHERE state = 'failed')    AS failed,
-           count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+    SELECT count(*) AS total, {state_counts}
     FROM jobqueue.jobs
     WHERE queue = $1
 )
 SELECT $1::text AS name,
-       coalesce(s.paused, false) AS paused, s.paused_at,
-       c.queued, c.scheduled, c.running, c.retrying, c.succeeded, c.failed, c.cancelled
+       coalesce(s.paused, false) AS paused, s.paused_at, c.*
 FROM counts c LEFT JOIN jobqueue.queues s ON s.name = $1
 WHERE c.total > 0 OR s.name IS NOT NULL;
 

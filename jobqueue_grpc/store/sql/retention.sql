@@ -27,7 +27,5 @@ WITH picked AS (
 ), dl AS (
     DELETE FROM jobqueue.dead_letters d USING picked WHERE d.job_id = picked.job_id
     RETURNING d.job_id
-), j AS (
-    DELETE FROM jobqueue.jobs WHERE id IN (SELECT job_id FROM dl) AND state = 'failed'
-)
+), {delete_failed_rows}
 SELECT count(*) FROM dl;

@@ -15,7 +15,8 @@ from functools import partial
 
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain.states import JobState
-from jobqueue_grpc.store.retention import RetentionStore
+from jobqueue_grpc.engine.loops import report
+from jobqueue_grpc.engine.ports import RetentionPort
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class PruneCounts:
 
 
 class Pruner:
-    def __init__(self, store: RetentionStore, settings: Settings) -> None:
+    def __init__(self, store: RetentionPort, settings: Settings) -> None:
         self.store = store
         self.settings = settings
         # State -> seconds to keep; 0 keeps for ever.
@@ -82,5 +83,6 @@ class Pruner:
                 await self.prune_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("prune round failed; retrying in %.0fs", self.settings.prune_interval)
+            except Exception as exc:
+                interval = self.settings.prune_interval
+                report(log, f"prune round failed; retrying in {interval:.0f}s", exc)

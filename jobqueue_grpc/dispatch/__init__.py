@@ -1,1 +1,0 @@
-"""Work beside the API: lease dispatch, wake-ups, the reaper and the pruner."""
