@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         description="Most Lease streams open on one server; more get RESOURCE_EXHAUSTED. Each "
         "holds memory and a dispatcher slot; too low turns workers away.",
     )
+    lease_open_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a new Lease stream may take to send `open`; past it the stream ends "
+        "DEADLINE_EXCEEDED and frees its max_lease_streams slot. Too low refuses workers on a slow "
+        "link; too high lets idle connections hold slots that real workers need.",
+    )
     max_concurrent_rpcs: int = Field(
         10_000,
         ge=1,

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2, job_service_pb2_grpc
+from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2_grpc as wsg
 from tests.conftest import ServerFactory
 from tests.hardening import Proxy, error_info, eventually
 from tests.lease_helpers import RawWorker
@@ -234,3 +235,23 @@ async def test_dead_peers_are_dropped(make_server: ServerFactory) -> None:
 
 async def _at_least(proxy: Proxy, pings: int) -> bool:
     return proxy.client_pings >= pings
+
+
+async def test_a_stream_that_never_opens_is_ended_and_frees_its_slot(
+    make_server: ServerFactory,
+) -> None:
+    """Idle connections that start a Lease and say nothing must not lock real workers out."""
+    srv = await make_server(max_lease_streams=1, lease_open_timeout=0.5)
+    async with connect(srv.port) as ch:
+        idle = wsg.WorkerServiceStub(ch).Lease()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(idle.read(), 10)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert error_info(err.value).reason == "OPEN_TIMEOUT"
+        # its slot is free again: a real worker gets in and is served
+        worker = await RawWorker(ch).open(queues=("after-idle",))
+        stub = job_service_pb2_grpc.JobServiceStub(ch)
+        await stub.Enqueue(job_service_pb2.EnqueueRequest(kind="k", queue="after-idle"))
+        assert (await worker.next_job()).job.queue == "after-idle"
+        await worker.call.done_writing()
+        await asyncio.wait_for(worker.ended, 10)

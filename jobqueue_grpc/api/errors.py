@@ -31,6 +31,7 @@ CODES: dict[type[e.JobQueueError], grpc.StatusCode] = {
     e.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     e.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     e.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    e.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

@@ -17,7 +17,7 @@ from jobqueue_grpc._aio import within
 from jobqueue_grpc._durations import duration, seconds
 from jobqueue_grpc.api import convert
 from jobqueue_grpc.config import Settings
-from jobqueue_grpc.domain.errors import FieldViolation, InvalidArgument
+from jobqueue_grpc.domain.errors import DeadlineExceeded, FieldViolation, InvalidArgument
 from jobqueue_grpc.domain.retry import FailureClass
 from jobqueue_grpc.domain.validation import DEFAULT_QUEUE, kind_violation, queue_violation, raise_if
 from jobqueue_grpc.engine import events as ev
@@ -78,10 +78,16 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request_iterator: AsyncIterator[w.LeaseRequest], context: Ctx
     ) -> None:
         requests = aiter(request_iterator)
+        wait_for_open = self.settings.lease_open_timeout
         try:
-            first = await anext(requests)
+            first = await within(anext(requests), wait_for_open)
         except StopAsyncIteration:
             return
+        except TimeoutError:  # an idle connection must not hold a stream slot for good
+            raise DeadlineExceeded(
+                f"no `open` within {wait_for_open:g} s of the stream starting",
+                reason="OPEN_TIMEOUT",
+            ) from None
         if first.WhichOneof("msg") != "open":
             raise InvalidArgument(
                 "the first message on a Lease stream must be `open`",

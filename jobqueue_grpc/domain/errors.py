@@ -59,6 +59,10 @@ class PermissionDenied(JobQueueError):
     reason = "PERMISSION_DENIED"
 
 
+class DeadlineExceeded(JobQueueError):
+    reason = "DEADLINE_EXCEEDED"
+
+
 class ResourceExhausted(JobQueueError):
     reason = "RESOURCE_EXHAUSTED"
 
