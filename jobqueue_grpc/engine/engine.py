@@ -113,6 +113,7 @@ class Engine:
             self.registry.released(len(s.leases))
             s.leases.clear()
         self._stopped = self.claimer.stopped = self.scheduler.stopped = self.reaper.stopped = True
+        self.settler.stopped = True
         commits = self.store.commits
         with contextlib.suppress(ValueError):  # stopped twice
             commits.ready.remove(self.bus.jobs_ready)

@@ -14,15 +14,20 @@ from collections.abc import Callable, Iterable
 
 from jobqueue_grpc import metrics
 from jobqueue_grpc._aio import spawn
+from jobqueue_grpc.domain.errors import Unavailable
 from jobqueue_grpc.domain.outcomes import Failure, LostBecause, RetryDefaults, lost
-from jobqueue_grpc.domain.records import Ended
+from jobqueue_grpc.domain.records import Ended, Settled
 from jobqueue_grpc.domain.states import JobState
 from jobqueue_grpc.engine.events import RejectCode
+from jobqueue_grpc.engine.loops import report
 from jobqueue_grpc.engine.ports import LeasePort
 from jobqueue_grpc.engine.streams import Lease, Registry, Stream
 from jobqueue_grpc.engine.wakeups import WakeBus
 
 log = logging.getLogger(__name__)
+
+RETRY_FIRST = 0.1  # seconds before settling a batch again while the database is away
+RETRY_MAX = 2.0
 
 
 def count_ended(rows: Iterable[Ended]) -> None:
@@ -74,6 +79,7 @@ class Settler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._refill = False  # a full stream got room back: see _release_slot
+        self.stopped = False  # shutting down: outcomes the database refuses are not tried again
 
     def complete(self, s: Stream, lease: Lease, result: str | None) -> None:
         self._completes.append((s, lease, result))
@@ -107,18 +113,15 @@ class Settler:
                 cancels, self._cancels = self._cancels, []
                 fails, self._fails = self._fails, []
                 try:
-                    done = await self.leases.settle(
-                        [(le.job.id, le.job.lease_token, res) for _, le, res in completes],
-                        [(le.job.id, le.job.lease_token) for _, le in cancels],
-                        [f for _, _, f in fails],
-                    )
+                    done = await self._record(completes, cancels, fails)
                 except asyncio.CancelledError:
                     raise
-                except Exception:
-                    # Some may have landed, some not: the stream lets go of all of them (else
-                    # their slots were lost for good); any lease still current in the database
-                    # expires into the retry path.
-                    log.exception("could not record %d outcomes", len(completes + cancels + fails))
+                except Exception as exc:
+                    # Given up (a bug, or the database stayed away until the leases ran out):
+                    # the stream lets go of all of them (else their slots were lost for good);
+                    # any lease still current in the database expires into the retry path.
+                    n = len(completes) + len(cancels) + len(fails)
+                    report(log, f"could not record {n} outcomes", exc)
                     released = 0
                     for s, le in [(s, le) for s, le, _ in completes + fails] + cancels:
                         released += self._release_slot(s, le)
@@ -148,6 +151,39 @@ class Settler:
             self._running -= 1
             if self._running == 0 and not (self._completes or self._cancels or self._fails):
                 self._idle.set()
+
+    async def _record(
+        self,
+        completes: list[tuple[Stream, Lease, str | None]],
+        cancels: list[tuple[Stream, Lease]],
+        fails: list[tuple[Stream, Lease, Failure]],
+    ) -> Settled:
+        """Settles the batch; while the database is away, tries again (the stream keeps those
+        slots) until it is back or the batch's first lease would have expired anyway. Each
+        statement is fenced by the lease token, so a second try cannot apply an outcome twice; an
+        outcome whose statement landed before the link broke comes back not taken (STALE)."""
+        leases = [le for _, le, _ in completes] + [le for _, le in cancels]
+        leases += [le for _, le, _ in fails]
+        give_up = min(le.expires_at for le in leases)
+        delay = RETRY_FIRST
+        while True:
+            try:
+                return await self.leases.settle(
+                    [(le.job.id, le.job.lease_token, res) for _, le, res in completes],
+                    [(le.job.id, le.job.lease_token) for _, le in cancels],
+                    [f for _, _, f in fails],
+                )
+            except Unavailable as exc:
+                if self.stopped or time.time() + delay >= give_up:
+                    raise
+                log.warning(
+                    "could not record %d outcomes yet (%s); trying again in %.1f s",
+                    len(leases),
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
 
     def _settled(self, s: Stream) -> None:
         s.pending -= 1
