@@ -55,9 +55,16 @@ def _add_flags(p: argparse.ArgumentParser, only: set[str] | None = None) -> None
             )
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a finder that refuses it; a module set to None
+        return False
+
+
 def server_extra_missing(command: str) -> bool:
     """True, after one line on stderr, when the server extra is not installed."""
-    if all(importlib.util.find_spec(m) is not None for m in SERVER_MODULES):
+    if all(_installed(m) for m in SERVER_MODULES):
         return False
     print(
         f"jobqueue-grpc {command} needs the server extra: pip install 'jobqueue-grpc[server]'",
