@@ -9,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY jobqueue_grpc ./jobqueue_grpc
-RUN pip install . && rm -rf /src
+# The server extra: the base install is only the SDK (client, worker, admin CLI).
+RUN pip install '.[server]' && rm -rf /src
 
 RUN groupadd --gid 10001 jobqueue \
     && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin jobqueue

@@ -1,6 +1,7 @@
 """jobqueue-grpc: a job queue served over gRPC, with PostgreSQL as its only state.
 
-The Python SDK: `AsyncClient`/`Client` enqueue and inspect jobs; `Worker` runs handlers.
+The Python SDK: `AsyncClient`/`Client` enqueue and inspect jobs; `Worker` runs handlers. It needs
+only gRPC (`pip install jobqueue-grpc`); the server is `pip install 'jobqueue-grpc[server]'`.
 """
 
 from jobqueue_grpc._channel import TLS

@@ -15,9 +15,10 @@ import logging
 import sys
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jobqueue_grpc.config import Settings
+if TYPE_CHECKING:  # the worker CLI logs too, and Settings (pydantic) is the server's
+    from jobqueue_grpc.config import Settings
 
 # The only extra fields a log line may carry. Never add payload, result or token here.
 FIELDS = (

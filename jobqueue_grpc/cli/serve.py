@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+import importlib.util
+import sys
+from typing import TYPE_CHECKING, Any
 
-from jobqueue_grpc.config import Settings
 from jobqueue_grpc.logs import setup_logging
+
+if TYPE_CHECKING:
+    from jobqueue_grpc.config import Settings
+
+# What `pip install 'jobqueue-grpc[server]'` adds to the SDK install. The server's modules are
+# imported inside the commands, so the client, the worker and the admin CLI never load them.
+SERVER_MODULES = (
+    "asyncpg",
+    "pgserver",
+    "pydantic_settings",
+    "prometheus_client",
+    "grpc_health",
+    "grpc_reflection",
+)
 
 # flag -> Settings field; each flag's env twin is JOBQUEUE_<FIELD>.
 _FLAGS: list[tuple[str, str, type, str]] = [
@@ -40,12 +55,34 @@ def _add_flags(p: argparse.ArgumentParser, only: set[str] | None = None) -> None
             )
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a finder that refuses it; a module set to None
+        return False
+
+
+def server_extra_missing(command: str) -> bool:
+    """True, after one line on stderr, when the server extra is not installed."""
+    if all(_installed(m) for m in SERVER_MODULES):
+        return False
+    print(
+        f"jobqueue-grpc {command} needs the server extra: pip install 'jobqueue-grpc[server]'",
+        file=sys.stderr,
+    )
+    return True
+
+
 def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
+    from jobqueue_grpc.config import Settings
+
     given = {f: getattr(args, f) for _, f, _, _ in _FLAGS if getattr(args, f, None) is not None}
     return Settings(**given, **extra)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if server_extra_missing("serve"):
+        return 2
     from jobqueue_grpc.server import run
 
     extra = {"reflection": False} if args.no_reflection else {}
@@ -55,6 +92,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    if server_extra_missing("migrate"):
+        return 2
     from jobqueue_grpc.store import Store
 
     settings = settings_from(args)
