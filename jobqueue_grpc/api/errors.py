@@ -90,20 +90,15 @@ def to_status(err: e.JobQueueError, metadata: dict[str, str] | None = None) -> g
     return result
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    """Ends the call with the status `exc` maps to. Always raises."""
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
+) -> None:
+    """Ends the call of `method` with the status `exc` maps to. Always raises."""
     err = classify(exc)
     if err.reason == "INTERNAL":
-        log.error("internal error in %s", _method(context), exc_info=exc)
+        log.error("internal error in %s", method, exc_info=exc)
     status = to_status(err)
     await context.abort(status.code, status.details, status.trailing_metadata)
-
-
-def _method(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    try:
-        return str(context._rpc_event.call_details.method.decode())  # type: ignore[attr-defined]
-    except Exception:
-        return "?"
 
 
 # Exceptions that already are the call's outcome: never mapped, passed on as they are.
