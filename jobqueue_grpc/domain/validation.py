@@ -11,12 +11,22 @@ QUEUE_RE = re.compile(r"[a-z0-9_.-]{1,64}")
 KIND_RE = re.compile(r"[a-z0-9_.-]{1,128}")
 IDEMPOTENCY_KEY_MAX = 255
 DEFAULT_QUEUE = "default"
+QUOTE_MAX = 64  # characters of a client's value an error message repeats
+
+
+def quote(value: str, limit: int = QUOTE_MAX) -> str:
+    """`value` as an error message quotes it: repr of at most `limit` characters, and past that
+    the length. An invalid value is never echoed whole: a 1 MiB name would make an error trailer
+    no client accepts (and hand an attacker an amplifier)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} chars)"
 
 
 def queue_violation(field: str, queue: str) -> FieldViolation | None:
     if QUEUE_RE.fullmatch(queue):
         return None
-    return FieldViolation(field, f"queue {queue!r} must match [a-z0-9_.-]{{1,64}}")
+    return FieldViolation(field, f"queue {quote(queue)} must match [a-z0-9_.-]{{1,64}}")
 
 
 def kind_violation(field: str, kind: str) -> FieldViolation | None:
@@ -24,7 +34,7 @@ def kind_violation(field: str, kind: str) -> FieldViolation | None:
         return FieldViolation(field, "kind is required")
     if KIND_RE.fullmatch(kind):
         return None
-    return FieldViolation(field, f"kind {kind!r} must match [a-z0-9_.-]{{1,128}}")
+    return FieldViolation(field, f"kind {quote(kind)} must match [a-z0-9_.-]{{1,128}}")
 
 
 def parse_uuid(field: str, value: str, *, what: str = "job id") -> uuid.UUID:
@@ -35,7 +45,7 @@ def parse_uuid(field: str, value: str, *, what: str = "job id") -> uuid.UUID:
         parsed = None
     if parsed is None or str(parsed) != value.lower() or len(value) != 36:
         raise InvalidArgument(
-            f"{what} {value!r} is not a UUID",
+            f"{what} {quote(value)} is not a UUID",
             [FieldViolation(field, f"{what} must be a UUID like 0b9e0b1c-...")],
             reason="MALFORMED_ID",
         )
