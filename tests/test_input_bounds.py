@@ -3,11 +3,14 @@ times PostgreSQL cannot hold are refused before anything is written."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import asyncpg
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 
-from jobqueue_grpc.domain.validation import quote
+from jobqueue_grpc.domain.validation import quote, time_violation
 from jobqueue_grpc.gen.jobqueue.v1 import (
     dead_letter_service_pb2,
     dead_letter_service_pb2_grpc,
@@ -101,3 +104,71 @@ async def test_a_batch_of_bad_names_still_gets_invalid_argument(
     f = await fails(stub.EnqueueBatch(pb.EnqueueBatchRequest(jobs=reqs)))
     assert "1000 violations; the first 10 are listed" in f.message
     assert list(f.violations) == [f"jobs[{i}].queue" for i in range(10)]
+
+
+# -- times --------------------------------------------------------------------------------------
+def ts(text: str) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromJsonString(text)
+    return t
+
+
+BAD_TIMES = {
+    "the smallest Timestamp": "0001-01-01T00:00:00Z",
+    "the largest Timestamp": "9999-12-31T23:59:59.999999999Z",
+    "datetime.max": "9999-12-31T23:59:59.999999Z",
+    "before 1970": "1969-12-31T23:59:59Z",
+}
+
+
+def test_the_time_range_is_a_domain_rule() -> None:
+    assert time_violation("t", datetime(1970, 1, 1, tzinfo=UTC)) is None
+    assert time_violation("t", datetime(2030, 1, 1, tzinfo=UTC)) is None
+    assert time_violation("t", datetime.min.replace(tzinfo=UTC)) is not None
+    assert time_violation("t", datetime.max.replace(tzinfo=UTC)) is not None
+    assert time_violation("t", None) is not None
+
+
+@pytest.mark.parametrize("when", list(BAD_TIMES.values()), ids=list(BAD_TIMES))
+async def test_enqueue_refuses_run_at_out_of_range(
+    stub: job_service_pb2_grpc.JobServiceStub, db: asyncpg.Connection, when: str
+) -> None:
+    f = await fails(stub.Enqueue(pb.EnqueueRequest(kind="k", run_at=ts(when))))
+    assert f.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(f.violations) == ["run_at"]
+    assert await count(db) == 0
+
+
+@pytest.mark.parametrize("when", list(BAD_TIMES.values()), ids=list(BAD_TIMES))
+async def test_enqueue_batch_refuses_run_at_out_of_range(
+    stub: job_service_pb2_grpc.JobServiceStub, db: asyncpg.Connection, when: str
+) -> None:
+    reqs = [pb.EnqueueRequest(kind="k") for _ in range(3)]
+    reqs.insert(1, pb.EnqueueRequest(kind="k", run_at=ts(when)))
+    f = await fails(stub.EnqueueBatch(pb.EnqueueBatchRequest(jobs=reqs)))
+    assert f.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(f.violations) == ["jobs[1].run_at"]
+    assert await count(db) == 0
+
+
+async def test_run_at_at_the_edges_of_the_range_is_kept(
+    stub: job_service_pb2_grpc.JobServiceStub, db: asyncpg.Connection
+) -> None:
+    for when in ("1970-01-01T00:00:00Z", "9999-12-31T00:00:00Z"):
+        job = (await stub.Enqueue(pb.EnqueueRequest(kind="k", run_at=ts(when)))).job
+        got = (await stub.GetJob(pb.GetJobRequest(id=job.id))).job
+        assert got.run_at == ts(when)
+    assert await count(db) == 2
+
+
+@pytest.mark.parametrize("field", ["failed_before", "failed_after"])
+async def test_dead_letter_filters_refuse_times_out_of_range(
+    channel: grpc.aio.Channel, field: str
+) -> None:
+    dl = dead_letter_service_pb2_grpc.DeadLetterServiceStub(channel)
+    f = dead_letter_service_pb2.DeadLetterFilter(**{field: ts("0001-01-01T00:00:00Z")})
+    failure = await fails(
+        dl.PurgeDeadLetters(dead_letter_service_pb2.PurgeDeadLettersRequest(filter=f))
+    )
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(failure.violations) == [f"filter.{field}"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime
 
 from jobqueue_grpc.domain.errors import FieldViolation, InvalidArgument
 
@@ -21,6 +22,22 @@ def quote(value: str, limit: int = QUOTE_MAX) -> str:
     if len(value) <= limit:
         return repr(value)
     return f"{value[:limit]!r}… ({len(value)} chars)"
+
+
+# The times a request may carry (run_at, dead-letter filters). PostgreSQL and asyncpg hold far
+# more, but asyncpg writes datetime.min and datetime.max (0001-01-01, 9999-12-31T23:59:59.999999,
+# both valid Timestamps) as -infinity and infinity, which no Timestamp can carry back: such a
+# job broke every read of it and every claim that picked it. Nothing sane lies outside this.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+_TIME_RANGE = "between 1970-01-01T00:00:00Z and 9999-12-31T00:00:00Z"
+
+
+def time_violation(field: str, at: datetime | None) -> FieldViolation | None:
+    """A violation when `at` (None: not a valid time at all) is outside the accepted range."""
+    if at is not None and EARLIEST_TIME <= at <= LATEST_TIME:
+        return None
+    return FieldViolation(field, f"{field} must be {_TIME_RANGE}")
 
 
 def queue_violation(field: str, queue: str) -> FieldViolation | None:
