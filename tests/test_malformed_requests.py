@@ -103,15 +103,17 @@ async def test_without_a_token_garbage_is_still_unauthenticated(
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_bad_message_mid_lease_stream_ends_it_with_invalid_argument(
-    server: JobQueueServer, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("opened", [True, False], ids=["mid-stream", "first message"])
+async def test_bad_message_on_a_lease_stream_ends_it_with_invalid_argument(
+    server: JobQueueServer, caplog: pytest.LogCaptureFixture, opened: bool
 ) -> None:
     before = _rpcs(LEASE, "INVALID_ARGUMENT")
     opening = w.LeaseRequest(open=w.LeaseOpen(worker_id="raw", queues=["default"]))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         with caplog.at_level(logging.INFO):
             call = ch.stream_stream(LEASE)()
-            await call.write(opening.SerializeToString())
+            if opened:
+                await call.write(opening.SerializeToString())
             await call.write(b"\x12\x05\xff")  # `complete`, truncated
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 async with asyncio.timeout(10):
