@@ -2,6 +2,9 @@
 
 The functions below are the whole API the rest of the server uses; labels are bounded by the
 queues and kinds that exist (both validated names).
+
+No counter exports a `*_created` series: they double the series count and nothing here reads
+them (prometheus_client's default; disabled at import, for the whole process).
 """
 
 from __future__ import annotations
@@ -10,16 +13,20 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import HistogramMetricFamily, Metric
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _QK = ["queue", "kind"]
 _BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 JOBS_ENQUEUED = Counter("jobqueue_jobs_enqueued_total", "Jobs enqueued (committed).", _QK)
 JOBS_COMPLETED = Counter("jobqueue_jobs_completed_total", "Jobs that succeeded.", _QK)
+# Counts attempts, not jobs (a job retried three times fails three attempts), hence the name;
+# `failed()` keeps its name for the call sites.
 JOBS_FAILED = Counter(
-    "jobqueue_jobs_failed_total",
+    "jobqueue_attempts_failed_total",
     "Failed attempts (worker failure, lease expiry, stream closed).",
     _QK,
 )
@@ -76,6 +83,10 @@ RUN_SECONDS = BatchHistogram("jobqueue_job_run_seconds", "From lease to outcome.
 
 
 _children: dict[tuple[int, str, str], Any] = {}
+# Every queue the queue gauges have reported, or this server counted jobs of, since start: one
+# that empties reads 0, never vanishes (a vanished series reads as a scrape failure and breaks
+# alerts on it).
+_known_queues: set[str] = set()
 
 
 def _child(metric: Counter | Histogram, queue: str, kind: str) -> Any:
@@ -84,6 +95,7 @@ def _child(metric: Counter | Histogram, queue: str, kind: str) -> Any:
     child = _children.get(key)
     if child is None:
         child = _children[key] = metric.labels(queue, kind)
+        _known_queues.add(queue)  # a queue with jobs on this server: its gauges read 0 at 0
     return child
 
 
@@ -156,11 +168,28 @@ def rpc_handled(method: str, code: str, seconds: float) -> None:
     RPC_SECONDS.labels(method).observe(max(0.0, seconds))
 
 
-def set_queue_depth(depth: Iterable[tuple[str, str, int]], dead: Iterable[tuple[str, int]]) -> None:
-    """Replaces the gauges with the database's counts (label sets that emptied go away)."""
+UNFINISHED_STATES = ("queued", "scheduled", "running", "retrying")
+
+
+def set_queue_depth(
+    depth: Iterable[tuple[str, str, int]],
+    dead: Iterable[tuple[str, int]],
+    named: Iterable[str] = (),
+) -> None:
+    """Replaces the gauges with the database's counts: every state of every known queue (those
+    with unfinished jobs, dead letters or a settings row now, and those seen before), 0 where
+    the database counted nothing."""
+    depth, dead = list(depth), list(dead)
+    known = _known_queues
+    known.update(q for q, _, _ in depth)
+    known.update(q for q, _ in dead)
+    known.update(named)
+    counts = {(q, s): n for q, s, n in depth}
     QUEUE_DEPTH.clear()
-    for queue, state, n in depth:
-        QUEUE_DEPTH.labels(queue, state).set(n)
+    for queue in sorted(known):
+        for state in UNFINISHED_STATES:
+            QUEUE_DEPTH.labels(queue, state).set(counts.get((queue, state), 0))
+    dead_counts = dict(dead)
     DEAD_LETTERS.clear()
-    for queue, n in dead:
-        DEAD_LETTERS.labels(queue).set(n)
+    for queue in sorted(known):
+        DEAD_LETTERS.labels(queue).set(dead_counts.get(queue, 0))

@@ -97,8 +97,8 @@ async def start_for(settings: Settings, store: Store) -> MetricsServer | None:
         return None
 
     async def refresh() -> None:
-        depth, dead = await stats.queue_depth(store.pool)
-        metrics.set_queue_depth(depth, dead)
+        depth, dead, named = await stats.queue_depth(store.pool)
+        metrics.set_queue_depth(depth, dead, named)
 
     srv = MetricsServer(settings.metrics_host, settings.metrics_port, refresh)
     await srv.start()

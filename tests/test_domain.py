@@ -306,23 +306,24 @@ def test_cancel_outcome_by_state(state: JobState, outcome: CancelOutcome | None)
 
 # -- page tokens ----------------------------------------------------------------------------------
 FILTERS = ("default", "send_email", 1)
+SECRET = b"k" * 32
 
 
 def test_page_token_round_trip() -> None:
     at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     key = uuid.uuid4()
-    token = pagination.encode(at, key, FILTERS)
-    assert pagination.decode(token, FILTERS) == (at, key)
+    token = pagination.encode(at, key, FILTERS, SECRET)
+    assert pagination.decode(token, FILTERS, SECRET) == (at, key)
     assert "=" not in token  # url-safe, unpadded
 
 
 def test_empty_token_means_the_first_page() -> None:
-    assert pagination.decode("", FILTERS) is None
+    assert pagination.decode("", FILTERS, SECRET) is None
 
 
 def test_token_keeps_the_timezone_offset() -> None:
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC) + timedelta(microseconds=1)
-    got = pagination.decode(pagination.encode(at, uuid.UUID(int=5), ()), ())
+    got = pagination.decode(pagination.encode(at, uuid.UUID(int=5), (), SECRET), (), SECRET)
     assert got is not None and got[0] == at
 
 
@@ -345,24 +346,71 @@ def _raw_token(obj: object) -> str:
 )
 def test_forged_tokens_are_invalid_argument(token: str) -> None:
     with pytest.raises(InvalidArgument) as info:
-        pagination.decode(token, FILTERS)
+        pagination.decode(token, FILTERS, SECRET)
     assert info.value.reason == "INVALID_PAGE_TOKEN"
     assert [v.field for v in info.value.violations] == ["page_token"]
 
 
 def test_a_token_for_other_filters_is_refused() -> None:
-    token = pagination.encode(datetime.now(UTC), uuid.uuid4(), FILTERS)
+    token = pagination.encode(datetime.now(UTC), uuid.uuid4(), FILTERS, SECRET)
     with pytest.raises(InvalidArgument) as info:
-        pagination.decode(token, ("other", "send_email", 1))
+        pagination.decode(token, ("other", "send_email", 1), SECRET)
     assert info.value.reason == "INVALID_PAGE_TOKEN"
 
 
 def test_a_tampered_fingerprint_or_naive_time_is_refused() -> None:
-    token = pagination.encode(datetime.now(UTC), uuid.uuid4(), FILTERS)
-    raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    raw["f"] = "0" * 12
+    token = pagination.encode(datetime.now(UTC), uuid.uuid4(), FILTERS, SECRET)
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    body = json.loads(raw[: -pagination.MAC_BYTES])
+    body["f"] = "0" * 12
+    tampered = json.dumps(body, separators=(",", ":")).encode() + raw[-pagination.MAC_BYTES :]
     with pytest.raises(InvalidArgument):
-        pagination.decode(_raw_token(raw), FILTERS)
-    naive = pagination.encode(datetime(2026, 1, 1), uuid.uuid4(), FILTERS)
+        pagination.decode(base64.urlsafe_b64encode(tampered).decode(), FILTERS, SECRET)
+    naive = pagination.encode(datetime(2026, 1, 1), uuid.uuid4(), FILTERS, SECRET)
     with pytest.raises(InvalidArgument):
-        pagination.decode(naive, FILTERS)
+        pagination.decode(naive, FILTERS, SECRET)
+
+
+def _signed_token(body: bytes, secret: bytes = SECRET) -> str:
+    """A token made the way the server makes them, around any body."""
+    mac = pagination._mac(secret, body)
+    return base64.urlsafe_b64encode(body + mac).decode().rstrip("=")
+
+
+def test_a_well_formed_token_signed_with_another_key_is_refused() -> None:
+    at, key = datetime.now(UTC), uuid.uuid4()
+    forged = pagination.encode(at, key, FILTERS, b"another key" * 3)
+    with pytest.raises(InvalidArgument) as info:
+        pagination.decode(forged, FILTERS, SECRET)
+    assert info.value.reason == "INVALID_PAGE_TOKEN"
+    # and the same cursor without any MAC, as README's made-up tokens would be
+    plain = _raw_token({"t": at.isoformat(), "k": str(key), "f": pagination._fingerprint(FILTERS)})
+    with pytest.raises(InvalidArgument):
+        pagination.decode(plain, FILTERS, SECRET)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"t": "2026-01-01T00:00:00+00:00", "k": 5, "f": "x"}',
+        b'{"t": "2026-01-01T00:00:00+00:00", "k": ["a"], "f": "x"}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"t": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_001,
+        b"\xff\xfe",
+        b"null",
+    ],
+    ids=["int k", "list k", "deep list", "deep object", "not utf-8", "null"],
+)
+def test_bodies_that_are_not_cursors_are_refused_even_when_signed(
+    body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past the length cap, so that the nesting reaches the JSON parser.
+    monkeypatch.setattr(pagination, "MAX_TOKEN_CHARS", 10**7)
+    with pytest.raises(InvalidArgument) as info:
+        pagination.decode(_signed_token(body), FILTERS, SECRET)
+    assert info.value.reason == "INVALID_PAGE_TOKEN"
+
+
+def test_oversized_tokens_are_refused_unread() -> None:
+    with pytest.raises(InvalidArgument):
+        pagination.decode("A" * 10_000_000, FILTERS, SECRET)

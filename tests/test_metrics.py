@@ -160,7 +160,7 @@ async def test_metrics_agree_with_the_database(
     expected = {
         "jobqueue_jobs_enqueued_total": jobs,
         "jobqueue_jobs_completed_total": rows["succeeded"]["n"],
-        "jobqueue_jobs_failed_total": failures,
+        "jobqueue_attempts_failed_total": failures,
         "jobqueue_jobs_retried_total": failures - dead,
         "jobqueue_jobs_dead_lettered_total": dead,
         "jobqueue_jobs_cancelled_total": rows["cancelled"]["n"],

@@ -71,16 +71,33 @@ def parse_tokens(text: str, source: str) -> list[Credential]:
     return out
 
 
+class AuthConfigError(ValueError, RuntimeError):
+    """Authentication was asked for but cannot be had: the server must not start. A
+    RuntimeError, so `server.run` reports it as one "cannot start" line."""
+
+
 def load_credentials(settings: Settings) -> list[Credential]:
-    """Every configured token; empty means authentication is off."""
+    """Every configured token; empty means authentication is off, which only leaving both
+    auth_tokens_file and JOBQUEUE_AUTH_TOKENS unset may mean. Either one given and yielding no
+    token (blank, only comments, unreadable) is an AuthConfigError: failing open would serve
+    everyone with auth silently off."""
     creds: list[Credential] = []
-    if settings.auth_tokens_file is not None:
-        text = Path(settings.auth_tokens_file).read_text()
-        creds += parse_tokens(text, str(settings.auth_tokens_file))
-        if not creds:
-            raise ValueError(f"{settings.auth_tokens_file}: no tokens (auth would be off)")
-    if settings.auth_tokens is not None:
-        creds += parse_tokens(settings.auth_tokens.get_secret_value(), "JOBQUEUE_AUTH_TOKENS")
+    sources: list[tuple[str, str]] = []
+    try:
+        if settings.auth_tokens_file is not None:
+            path = Path(settings.auth_tokens_file)
+            sources.append((str(path), path.read_text()))
+        if settings.auth_tokens is not None:
+            sources.append(("JOBQUEUE_AUTH_TOKENS", settings.auth_tokens.get_secret_value()))
+        for source, text in sources:
+            found = parse_tokens(text, source)
+            if not found:
+                raise AuthConfigError(f"{source}: no tokens (auth would be off)")
+            creds += found
+    except AuthConfigError:
+        raise
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, a bad entry
+        raise AuthConfigError(f"auth tokens: {exc}") from None
     return creds
 
 

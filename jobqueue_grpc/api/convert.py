@@ -30,6 +30,7 @@ from jobqueue_grpc.domain.validation import (
     KIND_RE,
     QUEUE_RE,
     raise_if,
+    time_violation,
 )
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2, job_service_pb2
 
@@ -87,12 +88,17 @@ def json_to_struct(text: str | None, out: struct_pb2.Struct) -> None:
 
 # -- time ---------------------------------------------------------------------------------------
 def to_datetime(field: str, ts: timestamp_pb2.Timestamp) -> datetime:
+    """A request's Timestamp as a datetime; INVALID_ARGUMENT naming `field` when it is not a
+    valid time or outside the range the domain accepts (validation.time_violation)."""
     try:
-        return ts.ToDatetime(tzinfo=UTC)
+        at: datetime | None = ts.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):
-        raise InvalidArgument(
-            f"{field} is out of range", [FieldViolation(field, f"{field} is not a valid time")]
-        ) from None
+        at = None
+    violation = time_violation(field, at)
+    if violation is not None:
+        raise InvalidArgument(f"{field} is out of range", [violation], reason=violation.reason)
+    assert at is not None
+    return at
 
 
 # -- requests -> domain -------------------------------------------------------------------------

@@ -82,12 +82,13 @@ class DeadLetterService(pb_grpc.DeadLetterServiceServicer):
         limit = page_size(request.page_size, self.settings)
         fingerprint = tuple(x.isoformat() if x else None for x in (f.failed_before, f.failed_after))
         filters = ("dead_letters", f.queue, f.kind, *fingerprint)
-        after = pagination.decode(request.page_token, filters)
+        secret = await self.store.page_token_key()
+        after = pagination.decode(request.page_token, filters, secret)
         rows = await self.store.dead_letters.list(f, after=after, limit=limit + 1)
         token = ""
         if len(rows) > limit:
             rows = rows[:limit]
-            token = pagination.encode(rows[-1].failed_at, rows[-1].job_id, filters)
+            token = pagination.encode(rows[-1].failed_at, rows[-1].job_id, filters, secret)
         return pb.ListDeadLettersResponse(
             dead_letters=[dead_letter(r) for r in rows], next_page_token=token
         )

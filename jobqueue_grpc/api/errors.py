@@ -50,17 +50,27 @@ def code_of(err: e.JobQueueError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# Most field violations one status lists: the status travels in a trailer, and a client drops
+# trailers past 8-16 KiB (grpc's default metadata limits) and sees RESOURCE_EXHAUSTED instead.
+# A batch of a thousand bad jobs would otherwise send a thousand violations.
+MAX_VIOLATIONS = 10
+
+
 def to_status(err: e.JobQueueError, metadata: dict[str, str] | None = None) -> grpc.Status:
     code = code_of(err)
     info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=metadata or {})
     details: list[Any] = [info]
+    message = err.message
     if isinstance(err, e.InvalidArgument) and err.violations:
+        shown = err.violations[:MAX_VIOLATIONS]
+        if len(err.violations) > len(shown):
+            message += f" ({len(err.violations)} violations; the first {len(shown)} are listed)"
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
                     field=v.field, description=v.description
                 )
-                for v in err.violations
+                for v in shown
             ]
         )
         details.append(bad)
@@ -69,25 +79,20 @@ def to_status(err: e.JobQueueError, metadata: dict[str, str] | None = None) -> g
         a = any_pb2.Any()
         a.Pack(d)
         packed.append(a)
-    status = status_pb2.Status(code=code.value[0], message=err.message, details=packed)
+    status = status_pb2.Status(code=code.value[0], message=message, details=packed)
     result: grpc.Status = rpc_status.to_status(status)
     return result
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    """Ends the call with the status `exc` maps to. Always raises."""
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
+) -> None:
+    """Ends the call of `method` with the status `exc` maps to. Always raises."""
     err = classify(exc)
     if err.reason == "INTERNAL":
-        log.error("internal error in %s", _method(context), exc_info=exc)
+        log.error("internal error in %s", method, exc_info=exc)
     status = to_status(err)
     await context.abort(status.code, status.details, status.trailing_metadata)
-
-
-def _method(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    try:
-        return str(context._rpc_event.call_details.method.decode())  # type: ignore[attr-defined]
-    except Exception:
-        return "?"
 
 
 # Exceptions that already are the call's outcome: never mapped, passed on as they are.

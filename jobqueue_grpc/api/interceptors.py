@@ -27,7 +27,7 @@ import grpc
 from jobqueue_grpc import metrics
 from jobqueue_grpc.api import auth
 from jobqueue_grpc.api.errors import PASSTHROUGH, abort, to_status
-from jobqueue_grpc.api.wrap import Ctx, rebuild
+from jobqueue_grpc.api.wrap import Ctx, Malformed, rebuild
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain import errors as e
 from jobqueue_grpc.logs import fields
@@ -149,22 +149,27 @@ class _Observer:
             )
 
 
-def _observed(fn: Behavior, observer: _Observer, mapped: bool) -> Behavior:
+def _observed(fn: Behavior, observer: _Observer, mapped: bool, parsed: bool = True) -> Behavior:
     """`fn` observed by `observer`; with `mapped`, exceptions escaping it end the call with the
-    status errors.py maps them to (errors.abort)."""
+    status errors.py maps them to (errors.abort). With `parsed`, a request that did not parse
+    (wrap.Malformed, or MalformedRequest out of a request stream) is refused that way, whatever
+    the method; refusals (auth, draining) keep their own status and leave it unread."""
     done = observer.done
+    method = observer.method
 
     if inspect.isasyncgenfunction(fn):
 
         async def gen(request: Any, context: Ctx) -> AsyncIterator[Any]:
             start = monotonic()
             try:
+                if parsed and request.__class__ is Malformed:
+                    raise request.error
                 async for item in fn(request, context):
                     yield item
             except BaseException as exc:
-                if mapped and isinstance(exc, Exception) and not isinstance(exc, PASSTHROUGH):
+                if _maps(exc, mapped):
                     try:
-                        await abort(context, exc)  # always raises
+                        await abort(context, exc, method)  # always raises
                     except BaseException as aborted:
                         done(context, aborted, start)
                         raise
@@ -177,11 +182,13 @@ def _observed(fn: Behavior, observer: _Observer, mapped: bool) -> Behavior:
     async def call(request: Any, context: Ctx) -> Any:
         start = monotonic()
         try:
+            if parsed and request.__class__ is Malformed:
+                raise request.error
             response = await fn(request, context)
         except BaseException as exc:
-            if mapped and isinstance(exc, Exception) and not isinstance(exc, PASSTHROUGH):
+            if _maps(exc, mapped):
                 try:
-                    await abort(context, exc)  # always raises
+                    await abort(context, exc, method)  # always raises
                 except BaseException as aborted:
                     done(context, aborted, start)
                     raise
@@ -191,6 +198,13 @@ def _observed(fn: Behavior, observer: _Observer, mapped: bool) -> Behavior:
         return response
 
     return call
+
+
+def _maps(exc: BaseException, mapped: bool) -> bool:
+    """Whether `exc` ends the call through errors.abort."""
+    if exc.__class__ is e.MalformedRequest:
+        return True
+    return mapped and isinstance(exc, Exception) and not isinstance(exc, PASSTHROUGH)
 
 
 def _refusing(fn: Behavior, status: grpc.Status) -> Behavior:
@@ -234,7 +248,7 @@ class _Method:
             observer = self.observer
 
             def make(fn: Behavior) -> Behavior:
-                return _observed(_refusing(fn, status), observer, False)
+                return _observed(_refusing(fn, status), observer, False, parsed=False)
 
             handler = self._refusals[key] = rebuild(self.inner, make)
         return handler

@@ -90,7 +90,8 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         limit = page_size(request.page_size, self.settings)
         state = convert.STATE_FROM_PROTO.get(request.state)
         filters = (request.queue, request.kind, request.state)
-        after = pagination.decode(request.page_token, filters)
+        secret = await self.store.page_token_key()
+        after = pagination.decode(request.page_token, filters, secret)
         rows = await self.store.jobs.list(
             queue=request.queue or None,
             kind=request.kind or None,
@@ -101,7 +102,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         token = ""
         if len(rows) > limit:
             rows = rows[:limit]
-            token = pagination.encode(rows[-1].created_at, rows[-1].id, filters)
+            token = pagination.encode(rows[-1].created_at, rows[-1].id, filters, secret)
         return job_service_pb2.ListJobsResponse(
             jobs=[convert.job(r) for r in rows], next_page_token=token
         )

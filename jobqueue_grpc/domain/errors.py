@@ -39,6 +39,19 @@ class InvalidArgument(JobQueueError):
         self.violations = violations or []
 
 
+class MalformedRequest(InvalidArgument):
+    """A request message that does not parse as its type (bad wire bytes, invalid UTF-8 in a
+    string, a truncated field, nesting deeper than protobuf allows)."""
+
+    reason = "MALFORMED_REQUEST"
+
+    def __init__(self, message_type: str) -> None:
+        super().__init__(
+            f"the request is not a valid {message_type} message",
+            [FieldViolation("", f"the request body does not parse as {message_type}")],
+        )
+
+
 class NotFound(JobQueueError):
     reason = "NOT_FOUND"
 

@@ -55,6 +55,7 @@ class Store:
         self.queues = QueueStore(pool, on_available=self.commits.jobs_ready)
         self.retention = RetentionStore(pool)
         self.leases = LeaseStore(pool, claim_pool or pool)
+        self._page_token_key: bytes | None = None
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> Store:
@@ -83,6 +84,15 @@ class Store:
     async def migrate(self) -> list[int]:
         async with self.pool.acquire() as conn:
             return await migrations.migrate(conn)
+
+    async def page_token_key(self) -> bytes:
+        """The key page tokens are signed with, shared by every replica of the database. Read on
+        first use (not at start-up, which would fail against a schema still to be migrated) and
+        kept: it never changes."""
+        key = self._page_token_key
+        if key is None:
+            key = self._page_token_key = bytes(await self.pool.fetchval(q("page_token_key")))
+        return key
 
     async def schema_current(self) -> bool:
         """True when the database answers and every known migration is applied."""

@@ -10,3 +10,8 @@ GROUP BY queue, state;
 
 -- name: dead_letter_depth
 SELECT queue, count(*)::int AS n FROM jobqueue.dead_letters GROUP BY queue;
+
+-- name: queue_settings_names
+-- Queues known by their settings row (paused before their first job, or emptied): their depth
+-- series read 0 instead of being absent.
+SELECT name FROM jobqueue.queues;
