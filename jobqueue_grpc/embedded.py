@@ -197,7 +197,19 @@ class EmbeddedPostgres:
         if not self._started:
             return
         self._started = False
-        self._run("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop", timeout=60)
+        try:
+            self._run("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop", timeout=60)
+        except RuntimeError:
+            pidfile = self.pgdata / "postmaster.pid"
+            try:
+                lines = pidfile.read_text().splitlines()
+            except FileNotFoundError:
+                lines = []
+            if lines and live_postmaster(lines) is not None:
+                raise
+            # It died under us (killed, out of memory): nothing to stop but its pid file.
+            log.warning("embedded PostgreSQL in %s was no longer running", self.pgdata)
+            pidfile.unlink(missing_ok=True)
         if self.socket_dir != self.pgdata:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
         log.info("embedded PostgreSQL stopped")

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -126,3 +128,49 @@ def test_a_stale_pid_file_is_cleaned_up_and_its_pid_left_alone(scratch: Path) ->
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def tracebacks_outside_dispatch(out: str) -> list[str]:
+    """The log line before each traceback, unless it comes from the dispatcher (whose outage
+    logging is handled with the engine)."""
+    lines = out.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback"):
+            before = next((b for b in reversed(lines[:i]) if b[:1].isdigit()), "")
+            if "jobqueue_grpc.dispatch" not in before:
+                found.append(before or "(none)")
+    return found
+
+
+@pytest.mark.slow
+async def test_a_database_outage_logs_lines_not_tracebacks(data_dir: Path) -> None:
+    srv = Serve(data_dir)
+    try:
+        await srv.start()
+        assert srv.proc is not None and srv.proc.stdout is not None
+        pgdata = data_dir / "pgdata"
+        postmaster = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(postmaster, signal.SIGKILL)  # the database dies under the server
+
+        seen = ""
+        end = time.monotonic() + 30
+        while seen.count("health check: database not answering") < 2 or "asyncpg.pool" not in seen:
+            assert time.monotonic() < end, f"no outage lines within 30 s:\n{seen}"
+            line = await asyncio.wait_for(srv.proc.stdout.readline(), timeout=30)
+            assert line, f"server exited:\n{seen}"
+            seen += line.decode(errors="replace")
+        assert await health_status(srv.target) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        code, rest = await srv.terminate()
+        out = seen + rest
+        # It stopped as asked; the dead database is one line, and a stale pid file is gone.
+        assert code == 0, out
+        assert f"embedded PostgreSQL in {pgdata.resolve()} was no longer running" in out
+        assert not (pgdata / "postmaster.pid").exists()
+        assert [
+            line for line in out.splitlines() if "asyncpg.pool" in line and "Error: " not in line
+        ] == [], out
+        assert tracebacks_outside_dispatch(out) == [], out
+    finally:
+        await srv.kill()
