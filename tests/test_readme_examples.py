@@ -291,3 +291,23 @@ async def test_readme_examples_against_a_real_server(
                 compare(ex, ex.output, code, out, bind)
             else:
                 assert code == 0, f"{ex}: {shlex.join(argv)}: exit {code}\n{out}"
+
+
+def test_quick_start_says_how_to_reach_what_the_readme_runs() -> None:
+    text = README.read_text()
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    # What later sections run by name, and where the Quick start puts it.
+    assert ". .venv/bin/activate" in quick
+    assert 'export PATH="$PWD/.tools/bin:$PATH"' in quick
+    assert "make tools" in quick and "420 MB" in quick
+    assert (Path(sys.executable).parent / "jobqueue-grpc").exists()
+    tools = (ROOT / "scripts" / "tools.sh").read_text()
+    assert 'GOBIN="$PWD/.tools/bin"' in tools
+    for tool in ("cmd/grpcurl@", "grpc-health-probe@"):
+        assert tool in tools
+    assert "420 MB" in tools  # `make tools` says what it is about to do
+    # `make test` builds them in the open, before pytest, instead of inside a fixture.
+    recipe = (ROOT / "Makefile").read_text().split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "scripts/tools.sh" in recipe and "echo" in recipe
+    for program in ("jobqueue-grpc", "grpcurl", "grpc-health-probe", "python examples/"):
+        assert program in text.split("## Quick start", 1)[1]
