@@ -1,5 +1,6 @@
-"""README.md's grpcurl and `jobqueue-grpc` examples, run against a real server, so that the
-commands and the outputs the README shows cannot drift from what the tools really do.
+"""README.md's grpcurl, grpc-health-probe and `jobqueue-grpc` examples, run against a real
+server, so that the commands and the outputs the README shows cannot drift from what the tools
+really do.
 
 The convention, in README.md: an HTML comment `<!-- readme-test -->` right before a fenced block
 marks it as tested (nothing else is run). A ```sh block holds commands (`\\` continues a line, `#`
@@ -34,9 +35,10 @@ from tests.test_clients import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-GRPCURL = ROOT / ".tools" / "bin" / "grpcurl"
+TOOLS_BIN = ROOT / ".tools" / "bin"
 CLI = Path(sys.executable).parent / "jobqueue-grpc"
 MARKER = "<!-- readme-test -->"
+PROGRAMS = ("grpcurl", "grpc-health-probe", "jobqueue-grpc")
 README_ADDRESS = "localhost:50051"
 ELLIPSIS = "\u2026readme-ellipsis\u2026"
 # The dead letter the README's DeadLetterService examples act on; the test seeds a real one.
@@ -235,12 +237,12 @@ def compare(ex: Example, expected: str, code: int, actual: str, bind: Bindings) 
 async def run(argv: list[str], address: str) -> tuple[int, str]:
     program, *args = argv
     args = [a.replace(README_ADDRESS, address) for a in args]
-    if program == "grpcurl":
-        exe = GRPCURL
+    if program in PROGRAMS[:2]:
+        exe = TOOLS_BIN / program
     elif program == "jobqueue-grpc":
         exe = CLI
     else:
-        raise AssertionError(f"README example runs {program!r}; only grpcurl and jobqueue-grpc")
+        raise AssertionError(f"README example runs {program!r}; only {PROGRAMS}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQUEUE_")}
     proc = await asyncio.create_subprocess_exec(
         str(exe),
@@ -263,14 +265,15 @@ def test_the_readme_marks_its_examples() -> None:
     assert len(shown) >= 8, [str(e) for e in shown]
     for ex in found:
         for argv in ex.commands:
-            assert argv[0] in ("grpcurl", "jobqueue-grpc"), str(ex)
+            assert argv[0] in PROGRAMS, str(ex)
 
 
 async def test_readme_examples_against_a_real_server(
     make_server: ServerFactory, db: asyncpg.Connection
 ) -> None:
-    if not GRPCURL.exists():
-        unavailable(f"{GRPCURL} missing (make tools): README examples not run")
+    for tool in PROGRAMS[:2]:
+        if not (TOOLS_BIN / tool).exists():
+            unavailable(f"{TOOLS_BIN / tool} missing (make tools): README examples not run")
     srv = await make_server()
     address = f"127.0.0.1:{srv.port}"
     bind = Bindings()
