@@ -46,13 +46,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_postgres(pid: int) -> bool | None:
-    """Whether `pid` runs a postgres binary; None where /proc cannot tell."""
+def _is_postmaster_of(pid: int, datadir: str) -> bool | None:
+    """Whether `pid` runs postgres on `datadir` (pg_ctl starts it with `-D datadir`); None where
+    /proc cannot tell."""
     try:
-        argv0 = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0", 1)[0]
+        argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    return os.path.basename(argv0.decode(errors="replace")).startswith("postgres")
+    program = os.path.basename(argv[0].decode(errors="replace"))
+    return program.startswith("postgres") and datadir.encode() in argv
 
 
 def _socket_answers(path: Path) -> bool:
@@ -68,16 +70,17 @@ def _socket_answers(path: Path) -> bool:
 def live_postmaster(pidfile_lines: list[str]) -> tuple[int, int] | None:
     """(pid, port) of the postmaster a postmaster.pid names, if it is alive; else None.
 
-    Alive means its PID runs postgres, or its unix socket accepts a connection (a reused PID
-    of some other program does not count).
+    Alive means its PID runs postgres on that data directory, or its unix socket accepts a
+    connection (a reused PID of some other program, or of another cluster, does not count).
     """
     try:
         pid = int(pidfile_lines[0])
         port = int(pidfile_lines[3]) if len(pidfile_lines) > 3 else 5432
     except (IndexError, ValueError):
         return None  # half-written or garbage: nobody can be using it
+    datadir = pidfile_lines[1].strip() if len(pidfile_lines) > 1 else ""
     socket_dir = pidfile_lines[4].strip() if len(pidfile_lines) > 4 else ""
-    if pid > 0 and _pid_alive(pid) and _is_postgres(pid) is not False:
+    if pid > 0 and _pid_alive(pid) and _is_postmaster_of(pid, datadir) is not False:
         return pid, port
     if socket_dir and _socket_answers(Path(socket_dir) / f".s.PGSQL.{port}"):
         return pid, port
