@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 CLI = str(Path(sys.executable).parent / "jobqueue-grpc")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("JOBQUEUE_")}
     return subprocess.run(
         [CLI, *args],
+        cwd=ROOT,
         env={**base, **env},
         capture_output=True,
         text=True,
@@ -35,6 +37,9 @@ def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
             {"JOBQUEUE_BACKOFF_BASE": "10", "JOBQUEUE_BACKOFF_CAP": "1"},
             ["backoff_cap must be >= backoff_base"],
         ),
+        (["serve"], {"JOBQUEUE_LOG_LEVEL": "loud"}, ["log_level (JOBQUEUE_LOG_LEVEL)"]),
+        (["serve", "--log-level", "loud"], {}, ["log_level (JOBQUEUE_LOG_LEVEL)"]),
+        (["worker", "examples.worker:worker"], {"JOBQUEUE_LOG_LEVEL": "loud"}, ["log_level"]),
         (
             ["migrate", "--database-url", "postgresql://nowhere/x"],
             {"JOBQUEUE_DB_POOL_MIN": "x", "JOBQUEUE_GRACE_PERIOD": "-1"},

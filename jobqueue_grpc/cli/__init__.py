@@ -24,6 +24,11 @@ def config_error(exc: ValueError) -> str | None:
     """One line for an invalid setting (pydantic's ValidationError), naming each bad field and
     its environment variable; None for any other error. Values are not repeated: a setting
     may hold a token."""
+    if str(exc).startswith("Unknown level:"):  # logging's own check of the level's name
+        return (
+            f"invalid configuration: log_level (JOBQUEUE_LOG_LEVEL): {exc}; "
+            "use DEBUG, INFO, WARNING or ERROR"
+        )
     errors = getattr(exc, "errors", None)
     if type(exc).__name__ != "ValidationError" or not callable(errors):
         return None
