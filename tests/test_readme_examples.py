@@ -10,9 +10,10 @@ Commands run in README order against one fresh server, so each may build on the 
 
 Outputs are compared as patterns: JSON keys and values must match, `...` stands for anything
 left out (keys, list items, the rest of a string), and ids and times only need the same shape.
-A full id the README shows (say the enqueued job's) is bound to the real one the first time it
-is printed and replaced in later commands. `ERROR:` outputs are grpcurl's status: code, message
-and details are compared the same way. Tables compare their header and their first column.
+An id or token the README shows (say the enqueued job's, or `"eyJ0IjogIjIw...In0"`, shortened)
+is bound to the real one the first time it is printed: shown again, it must be the same one,
+and later commands get the real one in its place. `ERROR:` outputs are grpcurl's status: code,
+message and details are compared the same way. Tables compare their header and first column.
 """
 
 from __future__ import annotations
@@ -167,10 +168,10 @@ def match(expected: Any, actual: Any, where: str, bind: Bindings, command: str) 
             match(e, a, f"{where}[{n}]", bind, command)
     elif isinstance(expected, str):
         assert isinstance(actual, str), f"{where}: expected a string, got {actual!r}"
-        if "..." in expected:  # a shortened value: an id, a token
-            return
         if expected in bind.ids:
             assert actual == bind.ids[expected], f"{where}: {actual!r} is not {expected}'s id"
+        elif "..." in expected:  # a shortened id or token: the same one wherever it is shown
+            bind.ids[expected] = actual
         elif UUID_RE.fullmatch(expected) and expected not in command:
             assert UUID_RE.fullmatch(actual), f"{where}: {actual!r} is not an id"
             bound = bind.ids.setdefault(expected, actual)
