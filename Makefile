@@ -20,13 +20,17 @@ install: $(STAMP) ## create .venv with the package and dev tools
 serve: $(STAMP) ## run the server (embedded PostgreSQL unless JOBQUEUE_DATABASE_URL is set)
 	$(BIN)/jobqueue-grpc serve
 
-test: $(STAMP) ## run the whole test suite (starts its own PostgreSQL)
+test: $(STAMP) ## run the whole test suite (starts its own PostgreSQL; may build the Go tools first)
+	@if command -v go >/dev/null 2>&1 && ! { [ -x .tools/bin/grpcurl ] && [ -x .tools/bin/grpc-health-probe ]; }; then \
+	  echo "make test: first building the pinned Go tools the client tests drive (make tools)"; \
+	  scripts/tools.sh || echo "make test: the Go tools did not build; the tests that drive them will skip"; \
+	fi
 	$(BIN)/pytest
 
 GENERATED := jobqueue_grpc/gen clients/go/jobqueuev1 clients/typescript/src/gen
 TS_DEPS   := clients/typescript/node_modules/.package-lock.json
 
-tools: ## install the pinned Go tools (protoc plugins, grpcurl, grpc-health-probe) into .tools/bin
+tools: ## build the pinned Go tools (protoc plugins, grpcurl, grpc-health-probe) into .tools/bin
 	scripts/tools.sh
 
 $(TS_DEPS): clients/typescript/package-lock.json

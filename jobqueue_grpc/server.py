@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import subprocess
 from typing import Any
 
 import asyncpg
@@ -169,17 +170,49 @@ class JobQueueServer:
                 await t
 
 
+# Failures that only say the database is not reachable right now: a line says enough.
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+class _ConnectionErrorsInOneLine(logging.Filter):
+    """Turns a log record's traceback into its last line when the error is a lost database
+    connection: asyncpg's pool logs one with a full traceback at each try to reconnect."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, _CONNECTION_ERRORS):
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_connection_tracebacks() -> None:
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _ConnectionErrorsInOneLine) for f in pool_log.filters):
+        pool_log.addFilter(_ConnectionErrorsInOneLine())
+
+
 async def run(settings: Settings) -> int:
     """`jobqueue-grpc serve`: runs until SIGTERM or SIGINT, then shuts down gracefully.
 
     The signal handlers go in first, so a SIGTERM during start-up (while the embedded
     PostgreSQL starts or migrations run) still stops everything this process started.
     """
+    _quiet_connection_tracebacks()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     embedded: EmbeddedPostgres | None = None
+    stopped = True  # the embedded PostgreSQL, if any, stopped cleanly
     try:
         url = settings.database_url
         if url is None:
@@ -208,5 +241,9 @@ async def run(settings: Settings) -> int:
         return 1
     finally:
         if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
-    return 0
+            try:
+                await asyncio.to_thread(embedded.stop)
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                log.error("could not stop the embedded PostgreSQL: %s", exc)
+                stopped = False
+    return 0 if stopped else 1

@@ -351,12 +351,24 @@ class Worker:
                 self._session = None
 
     async def _write(self, s: _Session) -> None:
+        opened = False
         while True:
             req = await s.outbox.get()
             if req is None:
                 await s.call.done_writing()
                 return
             await s.call.write(req)
+            if not opened:  # the first message is `open`: it reached the server
+                opened = True
+                kinds = ", ".join(req.open.kinds) or "any"
+                log.info(
+                    "connected to %s as %s: queues %s, kinds %s, concurrency %d",
+                    self.address,
+                    self.worker_id,
+                    ", ".join(self.queues),
+                    kinds,
+                    self.concurrency,
+                )
 
     async def _on_stop(self, s: _Session) -> None:
         assert self._stop is not None
@@ -435,6 +447,18 @@ class Worker:
 
     async def _execute(self, s: _Session, ctx: JobContext) -> None:
         fn = self.handlers.get(ctx.kind)
+        started = time.monotonic()
+
+        def outcome(what: str) -> None:  # one INFO line per job outcome
+            log.info(
+                "job %s (%s, attempt %d) %s in %.3fs",
+                ctx.id,
+                ctx.kind,
+                ctx.attempt,
+                what,
+                time.monotonic() - started,
+            )
+
         try:
             if fn is None:
                 raise DoNotRetry(f"this worker has no handler for kind {ctx.kind!r}")
@@ -447,30 +471,47 @@ class Worker:
                     result = await result
         except asyncio.CancelledError:
             if ctx.lost:
+                outcome("abandoned: its lease is gone")
                 return
             if ctx.cancel_requested:
+                outcome("cancelled")
                 s.cancelled(ctx)
                 return
             raise
         except JobCancelled:
+            outcome("cancelled")
             s.cancelled(ctx)
         except DoNotRetry as e:
+            outcome(f"failed, not to be retried: {_brief(e)}")
             s.fail(ctx, e, w.FAILURE_CLASS_DO_NOT_RETRY)
         except RetryAfter as e:
+            outcome(f"failed, retry after {e.seconds:g}s: {_brief(e)}")
             s.fail(ctx, e, w.FAILURE_CLASS_RETRY_AFTER, e.seconds)
         except Exception as e:
-            log.info("job %s (%s) attempt %d failed: %s", ctx.id, ctx.kind, ctx.attempt, e)
+            outcome(f"failed, to be retried: {type(e).__name__}: {_brief(e)}")
             s.fail(ctx, e, w.FAILURE_CLASS_RETRY)
         else:
-            if not ctx.lost:
+            if ctx.lost:
+                outcome("finished after its lease was lost: not reported")
+            else:
                 try:
                     s.complete(ctx, result)
                 except (ValueError, TypeError) as e:  # not JSON-shaped: the job cannot succeed
+                    outcome(f"failed, not to be retried: result not JSON-shaped: {_brief(e)}")
                     s.fail(ctx, e, w.FAILURE_CLASS_DO_NOT_RETRY)
+                else:
+                    outcome("succeeded")
         finally:
             s.running.pop(ctx.job.id, None)
             if not s.running:
                 s.idle.set()
+
+
+def _brief(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message for a one-line log: its first line, at most `limit` characters."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else ""
+    return first if len(first) <= limit else first[:limit] + "..."
 
 
 def _lease_seconds(ctx: JobContext) -> float:

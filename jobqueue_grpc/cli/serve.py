@@ -118,6 +118,12 @@ def register(sub: Any) -> None:
     _add_flags(p)
     p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
     p.set_defaults(func=_serve)
-    m = sub.add_parser("migrate", help="apply schema migrations and exit")
-    _add_flags(m, {"database_url"})
+    m = sub.add_parser("migrate", help="apply schema migrations to a database and exit")
+    m.add_argument(
+        "--database-url",
+        dest="database_url",
+        default=None,
+        help="PostgreSQL URL to migrate (required; serve migrates its embedded PostgreSQL "
+        "itself); env JOBQUEUE_DATABASE_URL",
+    )
     m.set_defaults(func=_migrate)

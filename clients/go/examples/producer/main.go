@@ -1,4 +1,7 @@
 // Producer enqueues jobs: go run ./examples/producer -addr 127.0.0.1:50051 -n 3
+//
+// Each run uses fresh idempotency keys (go-producer-<run>-<i>); pass the same -run again to
+// see the idempotency keys at work: the same jobs come back, created=false.
 package main
 
 import (
@@ -6,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"strconv"
 	"time"
 
 	"google.golang.org/grpc"
@@ -19,6 +23,8 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:50051", "jobqueue-grpc server")
 	queue := flag.String("queue", "default", "queue to enqueue into")
 	n := flag.Int("n", 3, "how many jobs")
+	run := flag.String("run", strconv.FormatInt(time.Now().UnixNano(), 36),
+		"idempotency key prefix (unique per run by default; repeat one to get the same jobs back)")
 	flag.Parse()
 
 	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -34,7 +40,7 @@ func main() {
 		payload, _ := structpb.NewStruct(map[string]any{"to": fmt.Sprintf("user%d@example.com", i)})
 		resp, err := jobs.Enqueue(ctx, &jobqueuev1.EnqueueRequest{
 			Queue: *queue, Kind: "send_email", Payload: payload,
-			IdempotencyKey: fmt.Sprintf("welcome-%d", i), // enqueue twice, get one job
+			IdempotencyKey: fmt.Sprintf("go-producer-%s-%d", *run, i), // same key twice: one job
 		})
 		if err != nil {
 			log.Fatal(err)
