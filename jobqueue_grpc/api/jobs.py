@@ -96,13 +96,13 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
             queue=request.queue or None,
             kind=request.kind or None,
             state=state,
-            after=after,
+            after=after[1] if after else None,
             limit=limit + 1,
         )
         token = ""
         if len(rows) > limit:
             rows = rows[:limit]
-            token = pagination.encode(rows[-1].created_at, rows[-1].id, filters, secret)
+            token = pagination.encode(None, rows[-1].id, filters, secret)
         return job_service_pb2.ListJobsResponse(
             jobs=[convert.job(r) for r in rows], next_page_token=token
         )

@@ -29,7 +29,12 @@ from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2 as qs
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2_grpc as qs_grpc
 
 TIMEOUT = 60.0  # seconds per RPC; bulk work is split into calls of --chunk each
-STATES = ("queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled")
+# The job states as the CLI names them, from the contract (JOB_STATE_QUEUED -> "queued", ...).
+STATES = tuple(
+    name.removeprefix("JOB_STATE_").lower()
+    for name in job_pb2.JobState.keys()  # noqa: SIM118 (an EnumTypeWrapper, not a dict)
+    if name != "JOB_STATE_UNSPECIFIED"
+)
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -177,11 +176,11 @@ class JobStore:
         queue: str | None,
         kind: str | None,
         state: JobState | None,
-        after: tuple[datetime, uuid.UUID] | None,
+        after: uuid.UUID | None,
         limit: int,
     ) -> list[JobRecord]:
-        """Newest first; `after` is the page token's cursor (its id is the previous page's last)."""
-        last_id = after[1] if after else FIRST_PAGE_AFTER
+        """Newest first; `after` is the last id of the previous page."""
+        last_id = after or FIRST_PAGE_AFTER
         state_value = state.value if state else None
         rows = await self.pool.fetch(q("list_jobs"), queue, kind, state_value, last_id, limit)
         return list(map(_JOB, rows))
