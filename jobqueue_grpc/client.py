@@ -3,13 +3,17 @@
 client = AsyncClient("localhost:50051")
 r = await client.enqueue("send_email", {"to": "a@example.com"}, idempotency_key="welcome-42")
 r.job.id, r.created
+job = await client.wait(r.job.id)   # returns once the job is SUCCEEDED, FAILED or CANCELLED
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
+
+import grpc
 
 from jobqueue_grpc._channel import TLS, aio_channel, metadata, sync_channel
 from jobqueue_grpc._durations import duration
@@ -22,7 +26,15 @@ JobState = job_pb2.JobState
 EnqueueResponse = js.EnqueueResponse
 CancelJobResponse = js.CancelJobResponse
 
-__all__ = ["TLS", "AsyncClient", "Client", "Job", "enqueue_request"]
+__all__ = ["TERMINAL", "TLS", "AsyncClient", "Client", "Job", "enqueue_request"]
+
+TERMINAL = frozenset(
+    {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
+)
+
+
+# A watch that ends with one of these is started again by `wait` (a replica draining, a blip).
+_RETRY_WATCH = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
 def enqueue_request(
@@ -147,6 +159,29 @@ class AsyncClient:
             js.CancelJobRequest(id=job_id), metadata=self._md
         )
         return resp
+
+    async def watch(self, job_id: str) -> AsyncIterator[Job]:
+        """The job now, then again on every change (state, attempt, progress, result), ending
+        with its terminal state (WatchJob: the server pushes; nothing polls)."""
+        call = self._stub.WatchJob(js.WatchJobRequest(id=job_id), metadata=self._md)
+        async for resp in call:
+            yield resp.job
+
+    async def wait(self, job_id: str) -> Job:
+        """The job once it is SUCCEEDED, FAILED or CANCELLED. A stream cut short (a server
+        draining, say) is watched again. Bound it with `asyncio.timeout(...)`."""
+        while True:
+            last: Job | None = None
+            try:
+                async for job in self.watch(job_id):
+                    last = job
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RETRY_WATCH:
+                    raise
+                await asyncio.sleep(0.5)  # back off before trying another replica
+                continue
+            if last is not None and last.state in TERMINAL:
+                return last
 
 
 class Client:

@@ -86,7 +86,7 @@ class JobQueueServer:
             ],
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobService(store, self.engine.enqueuer, settings), self.server
+            JobService(store, self.engine.enqueuer, settings, self.engine.watches), self.server
         )
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerService(self.engine, settings), self.server

@@ -793,10 +793,10 @@ func (x *WatchJobResponse) GetJob() *Job {
 
 type WatchJobsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Empty matches every queue, kind, state.
-	Queue         string   `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
-	Kind          string   `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	State         JobState `protobuf:"varint,3,opt,name=state,proto3,enum=jobqueue.v1.JobState" json:"state,omitempty"`
+	// Empty matches every queue (kind). Jobs of every state come, so that a view filtered by
+	// state sees a job leave it.
+	Queue         string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -845,17 +845,9 @@ func (x *WatchJobsRequest) GetKind() string {
 	return ""
 }
 
-func (x *WatchJobsRequest) GetState() JobState {
-	if x != nil {
-		return x.State
-	}
-	return JobState_JOB_STATE_UNSPECIFIED
-}
-
 type WatchJobsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Jobs that changed (as they are now) and match the filters. A job that changed out of the
-	// filters' state comes too, so a live view can drop it.
+	// Jobs that were inserted or changed (as they are now) and match the filters.
 	Jobs []*Job `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
 	// True when changes came faster than this stream could take and some were dropped: list again.
 	Resync        bool `protobuf:"varint,2,opt,name=resync,proto3" json:"resync,omitempty"`
@@ -954,11 +946,10 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\x0fWatchJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"6\n" +
 	"\x10WatchJobResponse\x12\"\n" +
-	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"i\n" +
+	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"<\n" +
 	"\x10WatchJobsRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
-	"\x04kind\x18\x02 \x01(\tR\x04kind\x12+\n" +
-	"\x05state\x18\x03 \x01(\x0e2\x15.jobqueue.v1.JobStateR\x05state\"Q\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\"Q\n" +
 	"\x11WatchJobsResponse\x12$\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x10.jobqueue.v1.JobR\x04jobs\x12\x16\n" +
 	"\x06resync\x18\x02 \x01(\bR\x06resync*r\n" +
@@ -1029,27 +1020,26 @@ var file_jobqueue_v1_job_service_proto_depIdxs = []int32{
 	20, // 11: jobqueue.v1.CancelJobResponse.job:type_name -> jobqueue.v1.Job
 	0,  // 12: jobqueue.v1.CancelJobResponse.outcome:type_name -> jobqueue.v1.CancelOutcome
 	20, // 13: jobqueue.v1.WatchJobResponse.job:type_name -> jobqueue.v1.Job
-	21, // 14: jobqueue.v1.WatchJobsRequest.state:type_name -> jobqueue.v1.JobState
-	20, // 15: jobqueue.v1.WatchJobsResponse.jobs:type_name -> jobqueue.v1.Job
-	1,  // 16: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
-	3,  // 17: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
-	6,  // 18: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
-	8,  // 19: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
-	10, // 20: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
-	12, // 21: jobqueue.v1.JobService.WatchJob:input_type -> jobqueue.v1.WatchJobRequest
-	14, // 22: jobqueue.v1.JobService.WatchJobs:input_type -> jobqueue.v1.WatchJobsRequest
-	2,  // 23: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
-	5,  // 24: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
-	7,  // 25: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
-	9,  // 26: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
-	11, // 27: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
-	13, // 28: jobqueue.v1.JobService.WatchJob:output_type -> jobqueue.v1.WatchJobResponse
-	15, // 29: jobqueue.v1.JobService.WatchJobs:output_type -> jobqueue.v1.WatchJobsResponse
-	23, // [23:30] is the sub-list for method output_type
-	16, // [16:23] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	20, // 14: jobqueue.v1.WatchJobsResponse.jobs:type_name -> jobqueue.v1.Job
+	1,  // 15: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
+	3,  // 16: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
+	6,  // 17: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
+	8,  // 18: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
+	10, // 19: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
+	12, // 20: jobqueue.v1.JobService.WatchJob:input_type -> jobqueue.v1.WatchJobRequest
+	14, // 21: jobqueue.v1.JobService.WatchJobs:input_type -> jobqueue.v1.WatchJobsRequest
+	2,  // 22: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
+	5,  // 23: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
+	7,  // 24: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
+	9,  // 25: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
+	11, // 26: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
+	13, // 27: jobqueue.v1.JobService.WatchJob:output_type -> jobqueue.v1.WatchJobResponse
+	15, // 28: jobqueue.v1.JobService.WatchJobs:output_type -> jobqueue.v1.WatchJobsResponse
+	22, // [22:29] is the sub-list for method output_type
+	15, // [15:22] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_jobqueue_v1_job_service_proto_init() }

@@ -48,8 +48,9 @@ type JobServiceClient interface {
 	// until it is terminal, then ends. Changes made through any replica arrive.
 	WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchJobResponse], error)
 	// WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
-	// finished...), for a live view: list with ListJobs first, then apply what this sends. Never
-	// ends by itself.
+	// finished...), for a live view: start it, wait for its first message (empty: changes are
+	// being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+	// itself.
 	WatchJobs(ctx context.Context, in *WatchJobsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchJobsResponse], error)
 }
 
@@ -169,8 +170,9 @@ type JobServiceServer interface {
 	// until it is terminal, then ends. Changes made through any replica arrive.
 	WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[WatchJobResponse]) error
 	// WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
-	// finished...), for a live view: list with ListJobs first, then apply what this sends. Never
-	// ends by itself.
+	// finished...), for a live view: start it, wait for its first message (empty: changes are
+	// being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+	// itself.
 	WatchJobs(*WatchJobsRequest, grpc.ServerStreamingServer[WatchJobsResponse]) error
 	mustEmbedUnimplementedJobServiceServer()
 }

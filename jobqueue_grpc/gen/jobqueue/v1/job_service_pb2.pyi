@@ -379,21 +379,20 @@ class WatchJobsRequest(_message.Message):
 
     QUEUE_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
-    STATE_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
-    """Empty matches every queue, kind, state."""
+    """Empty matches every queue (kind). Jobs of every state come, so that a view filtered by
+    state sees a job leave it.
+    """
     kind: _builtins.str
-    state: _job_pb2.JobState.ValueType
     def __init__(
         self,
         *,
         queue: _builtins.str = ...,
         kind: _builtins.str = ...,
-        state: _job_pb2.JobState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "queue", b"queue", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "queue", b"queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -409,9 +408,7 @@ class WatchJobsResponse(_message.Message):
     """True when changes came faster than this stream could take and some were dropped: list again."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]:
-        """Jobs that changed (as they are now) and match the filters. A job that changed out of the
-        filters' state comes too, so a live view can drop it.
-        """
+        """Jobs that were inserted or changed (as they are now) and match the filters."""
 
     def __init__(
         self,

@@ -121,8 +121,9 @@ class JobServiceServicer:
 
     def WatchJobs(self, request, context):
         """WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
-        finished...), for a live view: list with ListJobs first, then apply what this sends. Never
-        ends by itself.
+        finished...), for a live view: start it, wait for its first message (empty: changes are
+        being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+        itself.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

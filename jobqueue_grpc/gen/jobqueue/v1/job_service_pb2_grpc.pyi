@@ -50,8 +50,9 @@ class JobServiceStub:
     """
     WatchJobs: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobsRequest, _job_service_pb2.WatchJobsResponse]
     """WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
-    finished...), for a live view: list with ListJobs first, then apply what this sends. Never
-    ends by itself.
+    finished...), for a live view: start it, wait for its first message (empty: changes are
+    being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+    itself.
     """
 
 @_typing.type_check_only
@@ -76,8 +77,9 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     WatchJobs: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobsRequest, _job_service_pb2.WatchJobsResponse]  # type: ignore[assignment]
     """WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
-    finished...), for a live view: list with ListJobs first, then apply what this sends. Never
-    ends by itself.
+    finished...), for a live view: start it, wait for its first message (empty: changes are
+    being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+    itself.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -141,8 +143,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_job_service_pb2.WatchJobsResponse], _abc.AsyncIterator[_job_service_pb2.WatchJobsResponse]]:
         """WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
-        finished...), for a live view: list with ListJobs first, then apply what this sends. Never
-        ends by itself.
+        finished...), for a live view: start it, wait for its first message (empty: changes are
+        being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+        itself.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
