@@ -364,6 +364,7 @@ class HttpServer:
             lifespan="off",
             log_config=None,
             access_log=False,
+            server_header=False,
             limit_concurrency=settings.max_concurrent_rpcs,
             timeout_graceful_shutdown=1,
             **kw,

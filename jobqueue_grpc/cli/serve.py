@@ -39,6 +39,12 @@ _FLAGS: list[tuple[str, str, type, str]] = [
         int,
         "Connect/gRPC-Web/JSON + dashboard port; 0 turns it off (8080)",
     ),
+    (
+        "--http-cors-origins",
+        "http_cors_origins",
+        str,
+        "origins (comma-separated, or *) allowed to call the HTTP port cross-origin (none)",
+    ),
     ("--grace-period", "grace_period", float, "seconds to drain on SIGTERM (10)"),
     ("--metrics-host", "metrics_host", str, "address /metrics binds to (127.0.0.1)"),
     ("--log-format", "log_format", str, "json or text (text)"),

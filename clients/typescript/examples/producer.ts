@@ -1,8 +1,12 @@
-// Enqueues jobs: npm run build && node dist/examples/producer.js 127.0.0.1:50051 3
-import { connect } from "../src/index.js";
+// Enqueues jobs: npm run build && node dist/examples/producer.js 127.0.0.1:50051 3 [--wait]
+// With --wait it then waits for each to finish (waitForJob: the server pushes, nothing polls).
+import { connect, JobState, waitForJob } from "../src/index.js";
 
-const [address = "127.0.0.1:50051", n = "3"] = process.argv.slice(2);
+const args = process.argv.slice(2);
+const wait = args.includes("--wait");
+const [address = "127.0.0.1:50051", n = "3"] = args.filter((a) => a !== "--wait");
 const { jobs } = connect(address);
+const ids: string[] = [];
 for (let i = 0; i < Number(n); i++) {
   const { job, created } = await jobs.enqueue({
     queue: "default",
@@ -11,4 +15,11 @@ for (let i = 0; i < Number(n); i++) {
     idempotencyKey: `welcome-${i}`, // enqueue twice, get one job
   });
   console.log(job?.id, created ? "created" : "already there");
+  if (job) ids.push(job.id);
+}
+if (wait) {
+  for (const id of ids) {
+    const job = await waitForJob(jobs, id, { signal: AbortSignal.timeout(300_000) });
+    console.log(id, JobState[job.state], JSON.stringify(job.result ?? {}));
+  }
 }

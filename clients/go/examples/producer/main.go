@@ -1,4 +1,5 @@
 // Producer enqueues jobs: go run ./examples/producer -addr 127.0.0.1:50051 -n 3
+// With -wait it then waits for each to finish (jobs.Wait: the server pushes, nothing polls).
 package main
 
 import (
@@ -13,12 +14,14 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	jobqueuev1 "github.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1"
+	jobqueuejobs "github.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobs"
 )
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:50051", "jobqueue-grpc server")
 	queue := flag.String("queue", "default", "queue to enqueue into")
 	n := flag.Int("n", 3, "how many jobs")
+	wait := flag.Bool("wait", false, "wait for every job to end (run a worker too)")
 	flag.Parse()
 
 	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -29,6 +32,7 @@ func main() {
 	jobs := jobqueuev1.NewJobServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	var ids []string
 
 	for i := range *n {
 		payload, _ := structpb.NewStruct(map[string]any{"to": fmt.Sprintf("user%d@example.com", i)})
@@ -40,5 +44,17 @@ func main() {
 			log.Fatal(err)
 		}
 		fmt.Printf("%s %s created=%v\n", resp.Job.Id, resp.Job.State, resp.Created)
+		ids = append(ids, resp.Job.Id)
+	}
+	if *wait {
+		waitCtx, stop := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer stop()
+		for _, id := range ids {
+			job, err := jobqueuejobs.Wait(waitCtx, jobs, id)
+			if err != nil {
+				log.Fatal(err)
+			}
+			fmt.Printf("%s %s result=%v\n", job.Id, job.State, job.Result.AsMap())
+		}
 	}
 }
