@@ -1,8 +1,10 @@
-"""Enqueue a few jobs and watch them finish: `python examples/producer.py`."""
+"""Enqueue a few jobs and wait for the first to finish: `python examples/producer.py`.
+
+`wait` rides WatchJob: the server pushes the job's changes, nothing polls. Run
+`python examples/worker.py` beside it, or the wait ends after its timeout.
+"""
 
 from __future__ import annotations
-
-import time
 
 from jobqueue_grpc import Client
 from jobqueue_grpc.client import JobState
@@ -12,10 +14,5 @@ with Client("localhost:50051") as client:
     print("enqueued", r.job.id, "created" if r.created else "already there")
     client.enqueue("send_email", {"to": "nobody"})
     client.enqueue("resize_image", {"path": "/tmp/cat.png"}, max_attempts=3)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        job = client.get_job(r.job.id)
-        if job.state == JobState.Value("JOB_STATE_SUCCEEDED"):
-            print("done:", dict(job.result))
-            break
-        time.sleep(0.2)
+    job = client.wait(r.job.id, timeout=30)
+    print(JobState.Name(job.state), dict(job.result))

@@ -9,6 +9,7 @@ job = await client.wait(r.job.id)   # returns once the job is SUCCEEDED, FAILED 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -239,3 +240,30 @@ class Client:
 
     def cancel_job(self, job_id: str) -> js.CancelJobResponse:
         return self._stub.CancelJob(js.CancelJobRequest(id=job_id), metadata=self._md)
+
+    def watch(self, job_id: str) -> Iterator[Job]:
+        """The job now, then again on every change, ending with its terminal state."""
+        for resp in self._stub.WatchJob(js.WatchJobRequest(id=job_id), metadata=self._md):
+            yield resp.job
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """The job once it is SUCCEEDED, FAILED or CANCELLED; `timeout` seconds in all (then
+        grpc.RpcError DEADLINE_EXCEEDED). A stream cut short by a draining server is watched
+        again."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            last: Job | None = None
+            call = self._stub.WatchJob(
+                js.WatchJobRequest(id=job_id), metadata=self._md, timeout=left
+            )
+            try:
+                for resp in call:
+                    last = resp.job
+            except grpc.RpcError as exc:
+                if exc.code() not in _RETRY_WATCH:
+                    raise
+                time.sleep(0.5)  # back off before trying another replica
+                continue
+            if last is not None and last.state in TERMINAL:
+                return last

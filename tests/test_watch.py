@@ -11,7 +11,7 @@ import asyncpg
 import grpc
 import pytest
 
-from jobqueue_grpc import AsyncClient, JobContext, Worker
+from jobqueue_grpc import AsyncClient, Client, JobContext, Worker
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
@@ -230,3 +230,37 @@ async def test_watch_jobs_sends_changes_in_its_queue(
     assert (mine.job.id, S.JOB_STATE_QUEUED) in seen
     assert all(i != other.job.id for i, _ in seen)
     call.cancel()
+
+
+async def test_sync_client_wait(server: JobQueueServer, client: AsyncClient) -> None:
+    r = await client.enqueue("k")
+
+    def wait() -> job_pb2.Job:
+        with Client(f"127.0.0.1:{server.port}") as sync:
+            return sync.wait(r.job.id, timeout=20)
+
+    waiting = asyncio.create_task(asyncio.to_thread(wait))
+
+    async def watched() -> bool:
+        return server.engine.watches.count == 1
+
+    await wait_for(watched)
+    await client.cancel_job(r.job.id)
+    assert (await waiting).state == S.JOB_STATE_CANCELLED
+
+
+async def test_a_draining_server_ends_its_watches(
+    make_server: conftest.ServerFactory,
+) -> None:
+    srv = await make_server()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        stub = jsg.JobServiceStub(ch)
+        job = (await stub.Enqueue(js.EnqueueRequest(kind="k"))).job
+        call = stub.WatchJob(js.WatchJobRequest(id=job.id))
+        assert (await call.read()).job.state == S.JOB_STATE_QUEUED
+        stopping = asyncio.create_task(srv.stop())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(call.read(), 10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in (err.value.details() or "")
+        await stopping
