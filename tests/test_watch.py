@@ -4,6 +4,7 @@ someone watches, bounded per connection, and the SDK's `wait`."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,7 @@ import asyncpg
 import grpc
 import pytest
 
-from jobqueue_grpc import AsyncClient, Client, JobContext, Worker
+from jobqueue_grpc import AsyncClient, Client, JobContext, Worker, metrics
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
@@ -223,11 +224,12 @@ async def test_watch_jobs_sends_changes_in_its_queue(
 
     other = await client.enqueue("k", queue="elsewhere")
     mine = await client.enqueue("k", queue="live")
-    await client.cancel_job(mine.job.id)
     seen: list[tuple[str, int]] = []
+    while (mine.job.id, S.JOB_STATE_QUEUED) not in seen:
+        seen += [(j.id, j.state) for j in await next_jobs()]
+    await client.cancel_job(mine.job.id)
     while (mine.job.id, S.JOB_STATE_CANCELLED) not in seen:
         seen += [(j.id, j.state) for j in await next_jobs()]
-    assert (mine.job.id, S.JOB_STATE_QUEUED) in seen
     assert all(i != other.job.id for i, _ in seen)
     call.cancel()
 
@@ -264,3 +266,72 @@ async def test_a_draining_server_ends_its_watches(
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "shutting down" in (err.value.details() or "")
         await stopping
+
+
+async def test_a_lost_listen_link_tells_watchers_to_list_again(
+    server: JobQueueServer, client: AsyncClient, db: asyncpg.Connection
+) -> None:
+    stub = jsg.JobServiceStub(client.channel)
+    call = stub.WatchJobs(js.WatchJobsRequest(queue="relink"))
+    assert not (await asyncio.wait_for(call.read(), 10)).jobs  # watching from now on
+    await db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        "jobqueue-grpc-listener",
+    )
+    assert (await asyncio.wait_for(call.read(), 10)).resync  # changes may have gone unheard
+
+    async def listening_again() -> bool:  # a live session's row (the dead one's is pruned)
+        return (
+            await db.fetchval(
+                "SELECT count(*) FROM jobqueue.job_watchers w"
+                " JOIN pg_stat_activity a ON a.pid = w.backend"
+            )
+            == 1
+        )
+
+    await wait_for(listening_again)
+    r = await client.enqueue("k", queue="relink")
+    while True:
+        resp = await asyncio.wait_for(call.read(), 10)
+        if resp.jobs:
+            assert [j.id for j in resp.jobs] == [r.job.id]
+            break
+        assert resp.resync  # the one sent once the row was back
+    call.cancel()
+
+
+async def test_a_watch_the_client_drops_is_counted_cancelled(
+    make_server: conftest.ServerFactory,
+) -> None:
+    from tests.test_http import envelope, free_port
+
+    srv = await make_server(http_port=free_port())
+    series = metrics.RPCS.labels("/jobqueue.v1.JobService/WatchJob", "CANCELLED")
+    before = series._value.get()
+    async with AsyncClient(f"127.0.0.1:{srv.port}") as client:
+        r = await client.enqueue("k")
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-N", "-H", "Content-Type: application/connect+json",
+        f"http://127.0.0.1:{srv.http_port}/jobqueue.v1.JobService/WatchJob",
+        "--data-binary", "@-",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(envelope(0, json.dumps({"id": r.job.id}).encode()))
+    proc.stdin.close()
+    await asyncio.wait_for(proc.stdout.readexactly(5), 10)  # the first message is coming
+    proc.kill()  # the client goes away mid-stream
+    await proc.wait()
+
+    async def counted() -> bool:
+        return bool(series._value.get() == before + 1) and srv.engine.watches.count == 0
+
+    await wait_for(counted)
+
+
+def test_a_server_stream_closed_under_it_counts_as_cancelled() -> None:
+    # grpc closes a server-streaming handler's generator (GeneratorExit) when the call ends
+    # under it, e.g. at server stop: a client that left, not an UNKNOWN error to warn about
+    from jobqueue_grpc.api.interceptors import _code
+
+    assert _code(None, GeneratorExit()) == grpc.StatusCode.CANCELLED  # type: ignore[arg-type]

@@ -130,12 +130,12 @@ class Listener:
                 await conn.execute(_q("announce_listener"))
                 await within(conn.execute(_q("prune_watchers")), LISTENER_TIMEOUT)
                 while not conn.is_closed():
+                    self._watch_changed.clear()  # before syncing: a later watch() wakes us
                     await self._sync_watch(conn)
                     announced = self._announcements
                     others = await within(self._other_listeners(conn), LISTENER_TIMEOUT)
                     # an announcement heard while counting is newer than the count
                     self.peers.listening = others > 0 or self._announcements != announced
-                    self._watch_changed.clear()
                     await wait(self._watch_changed.wait(), RECOUNT_EVERY)
             except asyncio.CancelledError:
                 raise
