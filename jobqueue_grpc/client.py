@@ -3,13 +3,18 @@
 client = AsyncClient("localhost:50051")
 r = await client.enqueue("send_email", {"to": "a@example.com"}, idempotency_key="welcome-42")
 r.job.id, r.created
+job = await client.wait(r.job.id)   # returns once the job is SUCCEEDED, FAILED or CANCELLED
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
+
+import grpc
 
 from jobqueue_grpc._channel import TLS, aio_channel, metadata, sync_channel
 from jobqueue_grpc._durations import duration
@@ -22,7 +27,15 @@ JobState = job_pb2.JobState
 EnqueueResponse = js.EnqueueResponse
 CancelJobResponse = js.CancelJobResponse
 
-__all__ = ["TLS", "AsyncClient", "Client", "Job", "enqueue_request"]
+__all__ = ["TERMINAL", "TLS", "AsyncClient", "Client", "Job", "enqueue_request"]
+
+TERMINAL = frozenset(
+    {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
+)
+
+
+# A watch that ends with one of these is started again by `wait` (a replica draining, a blip).
+_RETRY_WATCH = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
 def enqueue_request(
@@ -148,6 +161,29 @@ class AsyncClient:
         )
         return resp
 
+    async def watch(self, job_id: str) -> AsyncIterator[Job]:
+        """The job now, then again on every change (state, attempt, progress, result), ending
+        with its terminal state (WatchJob: the server pushes; nothing polls)."""
+        call = self._stub.WatchJob(js.WatchJobRequest(id=job_id), metadata=self._md)
+        async for resp in call:
+            yield resp.job
+
+    async def wait(self, job_id: str) -> Job:
+        """The job once it is SUCCEEDED, FAILED or CANCELLED. A stream cut short (a server
+        draining, say) is watched again. Bound it with `asyncio.timeout(...)`."""
+        while True:
+            last: Job | None = None
+            try:
+                async for job in self.watch(job_id):
+                    last = job
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RETRY_WATCH:
+                    raise
+                await asyncio.sleep(0.5)  # back off before trying another replica
+                continue
+            if last is not None and last.state in TERMINAL:
+                return last
+
 
 class Client:
     """The blocking twin of AsyncClient, for scripts and threads."""
@@ -204,3 +240,30 @@ class Client:
 
     def cancel_job(self, job_id: str) -> js.CancelJobResponse:
         return self._stub.CancelJob(js.CancelJobRequest(id=job_id), metadata=self._md)
+
+    def watch(self, job_id: str) -> Iterator[Job]:
+        """The job now, then again on every change, ending with its terminal state."""
+        for resp in self._stub.WatchJob(js.WatchJobRequest(id=job_id), metadata=self._md):
+            yield resp.job
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """The job once it is SUCCEEDED, FAILED or CANCELLED; `timeout` seconds in all (then
+        grpc.RpcError DEADLINE_EXCEEDED). A stream cut short by a draining server is watched
+        again."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            last: Job | None = None
+            call = self._stub.WatchJob(
+                js.WatchJobRequest(id=job_id), metadata=self._md, timeout=left
+            )
+            try:
+                for resp in call:
+                    last = resp.job
+            except grpc.RpcError as exc:
+                if exc.code() not in _RETRY_WATCH:
+                    raise
+                time.sleep(0.5)  # back off before trying another replica
+                continue
+            if last is not None and last.state in TERMINAL:
+                return last

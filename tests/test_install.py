@@ -27,7 +27,15 @@ from jobqueue_grpc.server import JobQueueServer
 from tests.test_clients import run
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER_MODULES = {"asyncpg", "pgserver", "pydantic", "pydantic_settings", "prometheus_client"}
+SERVER_MODULES = {
+    "asyncpg",
+    "pgserver",
+    "pydantic",
+    "pydantic_settings",
+    "prometheus_client",
+    "connectrpc",
+    "uvicorn",
+}
 SERVER_DISTS = {
     "asyncpg",
     "pgserver",
@@ -37,6 +45,8 @@ SERVER_DISTS = {
     "prometheus-client",
     "grpcio-health-checking",
     "grpcio-reflection",
+    "connectrpc",
+    "uvicorn",
 }
 NEEDS_EXTRA = "jobqueue-grpc {} needs the server extra: pip install 'jobqueue-grpc[server]'\n"
 SDK_IMPORTS = "import jobqueue_grpc, jobqueue_grpc.client, jobqueue_grpc.worker, jobqueue_grpc.cli"

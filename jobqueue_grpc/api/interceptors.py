@@ -54,7 +54,8 @@ _LEVELS[grpc.StatusCode.INTERNAL] = _LEVELS[_UNKNOWN] = logging.WARNING
 def _code(context: Ctx, exc: BaseException | None) -> grpc.StatusCode:
     if exc is None or isinstance(exc, grpc.aio.AbortError):
         return _CODES.get(context.code(), _UNKNOWN)
-    if isinstance(exc, asyncio.CancelledError):
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        # GeneratorExit: a server stream closed because its client went away (WatchJob)
         return grpc.StatusCode.CANCELLED
     return _UNKNOWN
 

@@ -701,6 +701,204 @@ func (x *CancelJobResponse) GetOutcome() CancelOutcome {
 	return CancelOutcome_CANCEL_OUTCOME_UNSPECIFIED
 }
 
+type WatchJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in GetJob.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobRequest) Reset() {
+	*x = WatchJobRequest{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobRequest) ProtoMessage() {}
+
+func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
+func (*WatchJobRequest) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WatchJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type WatchJobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job as it is now; the last message has a terminal state.
+	Job           *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobResponse) Reset() {
+	*x = WatchJobResponse{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobResponse) ProtoMessage() {}
+
+func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobResponse.ProtoReflect.Descriptor instead.
+func (*WatchJobResponse) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *WatchJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type WatchJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty matches every queue (kind). Jobs of every state come, so that a view filtered by
+	// state sees a job leave it.
+	Queue         string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobsRequest) Reset() {
+	*x = WatchJobsRequest{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobsRequest) ProtoMessage() {}
+
+func (x *WatchJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobsRequest.ProtoReflect.Descriptor instead.
+func (*WatchJobsRequest) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WatchJobsRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *WatchJobsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+type WatchJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Jobs that were inserted or changed (as they are now) and match the filters.
+	Jobs []*Job `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// True when changes came faster than this stream could take and some were dropped: list again.
+	Resync        bool `protobuf:"varint,2,opt,name=resync,proto3" json:"resync,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobsResponse) Reset() {
+	*x = WatchJobsResponse{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobsResponse) ProtoMessage() {}
+
+func (x *WatchJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobsResponse.ProtoReflect.Descriptor instead.
+func (*WatchJobsResponse) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchJobsResponse) GetJobs() []*Job {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *WatchJobsResponse) GetResync() bool {
+	if x != nil {
+		return x.Resync
+	}
+	return false
+}
+
 var File_jobqueue_v1_job_service_proto protoreflect.FileDescriptor
 
 const file_jobqueue_v1_job_service_proto_rawDesc = "" +
@@ -744,18 +942,30 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"m\n" +
 	"\x11CancelJobResponse\x12\"\n" +
 	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\x124\n" +
-	"\aoutcome\x18\x02 \x01(\x0e2\x1a.jobqueue.v1.CancelOutcomeR\aoutcome*r\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1a.jobqueue.v1.CancelOutcomeR\aoutcome\"!\n" +
+	"\x0fWatchJobRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"6\n" +
+	"\x10WatchJobResponse\x12\"\n" +
+	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"<\n" +
+	"\x10WatchJobsRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\"Q\n" +
+	"\x11WatchJobsResponse\x12$\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x10.jobqueue.v1.JobR\x04jobs\x12\x16\n" +
+	"\x06resync\x18\x02 \x01(\bR\x06resync*r\n" +
 	"\rCancelOutcome\x12\x1e\n" +
 	"\x1aCANCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CANCEL_OUTCOME_CANCELLED\x10\x01\x12#\n" +
-	"\x1fCANCEL_OUTCOME_CANCEL_REQUESTED\x10\x022\xff\x02\n" +
+	"\x1fCANCEL_OUTCOME_CANCEL_REQUESTED\x10\x022\x98\x04\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\aEnqueue\x12\x1b.jobqueue.v1.EnqueueRequest\x1a\x1c.jobqueue.v1.EnqueueResponse\x12S\n" +
 	"\fEnqueueBatch\x12 .jobqueue.v1.EnqueueBatchRequest\x1a!.jobqueue.v1.EnqueueBatchResponse\x12A\n" +
 	"\x06GetJob\x12\x1a.jobqueue.v1.GetJobRequest\x1a\x1b.jobqueue.v1.GetJobResponse\x12G\n" +
 	"\bListJobs\x12\x1c.jobqueue.v1.ListJobsRequest\x1a\x1d.jobqueue.v1.ListJobsResponse\x12J\n" +
-	"\tCancelJob\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x1e.jobqueue.v1.CancelJobResponseBIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3"
+	"\tCancelJob\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x1e.jobqueue.v1.CancelJobResponse\x12I\n" +
+	"\bWatchJob\x12\x1c.jobqueue.v1.WatchJobRequest\x1a\x1d.jobqueue.v1.WatchJobResponse0\x01\x12L\n" +
+	"\tWatchJobs\x12\x1d.jobqueue.v1.WatchJobsRequest\x1a\x1e.jobqueue.v1.WatchJobsResponse0\x01BIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3"
 
 var (
 	file_jobqueue_v1_job_service_proto_rawDescOnce sync.Once
@@ -770,7 +980,7 @@ func file_jobqueue_v1_job_service_proto_rawDescGZIP() []byte {
 }
 
 var file_jobqueue_v1_job_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_jobqueue_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_jobqueue_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_jobqueue_v1_job_service_proto_goTypes = []any{
 	(CancelOutcome)(0),            // 0: jobqueue.v1.CancelOutcome
 	(*EnqueueRequest)(nil),        // 1: jobqueue.v1.EnqueueRequest
@@ -784,42 +994,52 @@ var file_jobqueue_v1_job_service_proto_goTypes = []any{
 	(*ListJobsResponse)(nil),      // 9: jobqueue.v1.ListJobsResponse
 	(*CancelJobRequest)(nil),      // 10: jobqueue.v1.CancelJobRequest
 	(*CancelJobResponse)(nil),     // 11: jobqueue.v1.CancelJobResponse
-	(*structpb.Struct)(nil),       // 12: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
-	(*RetryPolicy)(nil),           // 15: jobqueue.v1.RetryPolicy
-	(*Job)(nil),                   // 16: jobqueue.v1.Job
-	(JobState)(0),                 // 17: jobqueue.v1.JobState
+	(*WatchJobRequest)(nil),       // 12: jobqueue.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),      // 13: jobqueue.v1.WatchJobResponse
+	(*WatchJobsRequest)(nil),      // 14: jobqueue.v1.WatchJobsRequest
+	(*WatchJobsResponse)(nil),     // 15: jobqueue.v1.WatchJobsResponse
+	(*structpb.Struct)(nil),       // 16: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*RetryPolicy)(nil),           // 19: jobqueue.v1.RetryPolicy
+	(*Job)(nil),                   // 20: jobqueue.v1.Job
+	(JobState)(0),                 // 21: jobqueue.v1.JobState
 }
 var file_jobqueue_v1_job_service_proto_depIdxs = []int32{
-	12, // 0: jobqueue.v1.EnqueueRequest.payload:type_name -> google.protobuf.Struct
-	13, // 1: jobqueue.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
-	14, // 2: jobqueue.v1.EnqueueRequest.lease_duration:type_name -> google.protobuf.Duration
-	15, // 3: jobqueue.v1.EnqueueRequest.retry_policy:type_name -> jobqueue.v1.RetryPolicy
-	16, // 4: jobqueue.v1.EnqueueResponse.job:type_name -> jobqueue.v1.Job
+	16, // 0: jobqueue.v1.EnqueueRequest.payload:type_name -> google.protobuf.Struct
+	17, // 1: jobqueue.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
+	18, // 2: jobqueue.v1.EnqueueRequest.lease_duration:type_name -> google.protobuf.Duration
+	19, // 3: jobqueue.v1.EnqueueRequest.retry_policy:type_name -> jobqueue.v1.RetryPolicy
+	20, // 4: jobqueue.v1.EnqueueResponse.job:type_name -> jobqueue.v1.Job
 	1,  // 5: jobqueue.v1.EnqueueBatchRequest.jobs:type_name -> jobqueue.v1.EnqueueRequest
-	16, // 6: jobqueue.v1.EnqueueBatchResult.job:type_name -> jobqueue.v1.Job
+	20, // 6: jobqueue.v1.EnqueueBatchResult.job:type_name -> jobqueue.v1.Job
 	4,  // 7: jobqueue.v1.EnqueueBatchResponse.results:type_name -> jobqueue.v1.EnqueueBatchResult
-	16, // 8: jobqueue.v1.GetJobResponse.job:type_name -> jobqueue.v1.Job
-	17, // 9: jobqueue.v1.ListJobsRequest.state:type_name -> jobqueue.v1.JobState
-	16, // 10: jobqueue.v1.ListJobsResponse.jobs:type_name -> jobqueue.v1.Job
-	16, // 11: jobqueue.v1.CancelJobResponse.job:type_name -> jobqueue.v1.Job
+	20, // 8: jobqueue.v1.GetJobResponse.job:type_name -> jobqueue.v1.Job
+	21, // 9: jobqueue.v1.ListJobsRequest.state:type_name -> jobqueue.v1.JobState
+	20, // 10: jobqueue.v1.ListJobsResponse.jobs:type_name -> jobqueue.v1.Job
+	20, // 11: jobqueue.v1.CancelJobResponse.job:type_name -> jobqueue.v1.Job
 	0,  // 12: jobqueue.v1.CancelJobResponse.outcome:type_name -> jobqueue.v1.CancelOutcome
-	1,  // 13: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
-	3,  // 14: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
-	6,  // 15: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
-	8,  // 16: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
-	10, // 17: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
-	2,  // 18: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
-	5,  // 19: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
-	7,  // 20: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
-	9,  // 21: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
-	11, // 22: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
-	18, // [18:23] is the sub-list for method output_type
-	13, // [13:18] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	20, // 13: jobqueue.v1.WatchJobResponse.job:type_name -> jobqueue.v1.Job
+	20, // 14: jobqueue.v1.WatchJobsResponse.jobs:type_name -> jobqueue.v1.Job
+	1,  // 15: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
+	3,  // 16: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
+	6,  // 17: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
+	8,  // 18: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
+	10, // 19: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
+	12, // 20: jobqueue.v1.JobService.WatchJob:input_type -> jobqueue.v1.WatchJobRequest
+	14, // 21: jobqueue.v1.JobService.WatchJobs:input_type -> jobqueue.v1.WatchJobsRequest
+	2,  // 22: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
+	5,  // 23: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
+	7,  // 24: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
+	9,  // 25: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
+	11, // 26: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
+	13, // 27: jobqueue.v1.JobService.WatchJob:output_type -> jobqueue.v1.WatchJobResponse
+	15, // 28: jobqueue.v1.JobService.WatchJobs:output_type -> jobqueue.v1.WatchJobsResponse
+	22, // [22:29] is the sub-list for method output_type
+	15, // [15:22] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_jobqueue_v1_job_service_proto_init() }
@@ -834,7 +1054,7 @@ func file_jobqueue_v1_job_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobqueue_v1_job_service_proto_rawDesc), len(file_jobqueue_v1_job_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

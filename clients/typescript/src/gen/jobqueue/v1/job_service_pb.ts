@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file jobqueue/v1/job_service.proto.
  */
 export const file_jobqueue_v1_job_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1qb2JxdWV1ZS92MS9qb2Jfc2VydmljZS5wcm90bxILam9icXVldWUudjEipwIKDkVucXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGtpbmQYAiABKAkSKAoHcGF5bG9hZBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgFEioKBnJ1bl9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KDHJldHJ5X3BvbGljeRgJIAEoCzIYLmpvYnF1ZXVlLnYxLlJldHJ5UG9saWN5IkEKD0VucXVldWVSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISDwoHY3JlYXRlZBgCIAEoCCJAChNFbnF1ZXVlQmF0Y2hSZXF1ZXN0EikKBGpvYnMYASADKAsyGy5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVxdWVzdCJEChJFbnF1ZXVlQmF0Y2hSZXN1bHQSHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iEg8KB2NyZWF0ZWQYAiABKAgiSAoURW5xdWV1ZUJhdGNoUmVzcG9uc2USMAoHcmVzdWx0cxgBIAMoCzIfLmpvYnF1ZXVlLnYxLkVucXVldWVCYXRjaFJlc3VsdCIbCg1HZXRKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIi8KDkdldEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmpvYnF1ZXVlLnYxLkpvYiJ7Cg9MaXN0Sm9ic1JlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEa2luZBgCIAEoCRIkCgVzdGF0ZRgDIAEoDjIVLmpvYnF1ZXVlLnYxLkpvYlN0YXRlEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIksKEExpc3RKb2JzUmVzcG9uc2USHgoEam9icxgBIAMoCzIQLmpvYnF1ZXVlLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHgoQQ2FuY2VsSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSJfChFDYW5jZWxKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISKwoHb3V0Y29tZRgCIAEoDjIaLmpvYnF1ZXVlLnYxLkNhbmNlbE91dGNvbWUqcgoNQ2FuY2VsT3V0Y29tZRIeChpDQU5DRUxfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhwKGENBTkNFTF9PVVRDT01FX0NBTkNFTExFRBABEiMKH0NBTkNFTF9PVVRDT01FX0NBTkNFTF9SRVFVRVNURUQQAjL/AgoKSm9iU2VydmljZRJECgdFbnF1ZXVlEhsuam9icXVldWUudjEuRW5xdWV1ZVJlcXVlc3QaHC5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVzcG9uc2USUwoMRW5xdWV1ZUJhdGNoEiAuam9icXVldWUudjEuRW5xdWV1ZUJhdGNoUmVxdWVzdBohLmpvYnF1ZXVlLnYxLkVucXVldWVCYXRjaFJlc3BvbnNlEkEKBkdldEpvYhIaLmpvYnF1ZXVlLnYxLkdldEpvYlJlcXVlc3QaGy5qb2JxdWV1ZS52MS5HZXRKb2JSZXNwb25zZRJHCghMaXN0Sm9icxIcLmpvYnF1ZXVlLnYxLkxpc3RKb2JzUmVxdWVzdBodLmpvYnF1ZXVlLnYxLkxpc3RKb2JzUmVzcG9uc2USSgoJQ2FuY2VsSm9iEh0uam9icXVldWUudjEuQ2FuY2VsSm9iUmVxdWVzdBoeLmpvYnF1ZXVlLnYxLkNhbmNlbEpvYlJlc3BvbnNlQklaR2dpdGh1Yi5jb20vam9icXVldWUtZ3JwYy9qb2JxdWV1ZS1ncnBjL2NsaWVudHMvZ28vam9icXVldWV2MTtqb2JxdWV1ZXYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_jobqueue_v1_job]);
+  fileDesc("Ch1qb2JxdWV1ZS92MS9qb2Jfc2VydmljZS5wcm90bxILam9icXVldWUudjEipwIKDkVucXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGtpbmQYAiABKAkSKAoHcGF5bG9hZBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgFEioKBnJ1bl9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KDHJldHJ5X3BvbGljeRgJIAEoCzIYLmpvYnF1ZXVlLnYxLlJldHJ5UG9saWN5IkEKD0VucXVldWVSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISDwoHY3JlYXRlZBgCIAEoCCJAChNFbnF1ZXVlQmF0Y2hSZXF1ZXN0EikKBGpvYnMYASADKAsyGy5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVxdWVzdCJEChJFbnF1ZXVlQmF0Y2hSZXN1bHQSHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iEg8KB2NyZWF0ZWQYAiABKAgiSAoURW5xdWV1ZUJhdGNoUmVzcG9uc2USMAoHcmVzdWx0cxgBIAMoCzIfLmpvYnF1ZXVlLnYxLkVucXVldWVCYXRjaFJlc3VsdCIbCg1HZXRKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIi8KDkdldEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmpvYnF1ZXVlLnYxLkpvYiJ7Cg9MaXN0Sm9ic1JlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEa2luZBgCIAEoCRIkCgVzdGF0ZRgDIAEoDjIVLmpvYnF1ZXVlLnYxLkpvYlN0YXRlEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIksKEExpc3RKb2JzUmVzcG9uc2USHgoEam9icxgBIAMoCzIQLmpvYnF1ZXVlLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHgoQQ2FuY2VsSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSJfChFDYW5jZWxKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISKwoHb3V0Y29tZRgCIAEoDjIaLmpvYnF1ZXVlLnYxLkNhbmNlbE91dGNvbWUiHQoPV2F0Y2hKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIjEKEFdhdGNoSm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iIi8KEFdhdGNoSm9ic1JlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEa2luZBgCIAEoCSJDChFXYXRjaEpvYnNSZXNwb25zZRIeCgRqb2JzGAEgAygLMhAuam9icXVldWUudjEuSm9iEg4KBnJlc3luYxgCIAEoCCpyCg1DYW5jZWxPdXRjb21lEh4KGkNBTkNFTF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYQ0FOQ0VMX09VVENPTUVfQ0FOQ0VMTEVEEAESIwofQ0FOQ0VMX09VVENPTUVfQ0FOQ0VMX1JFUVVFU1RFRBACMpgECgpKb2JTZXJ2aWNlEkQKB0VucXVldWUSGy5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVxdWVzdBocLmpvYnF1ZXVlLnYxLkVucXVldWVSZXNwb25zZRJTCgxFbnF1ZXVlQmF0Y2gSIC5qb2JxdWV1ZS52MS5FbnF1ZXVlQmF0Y2hSZXF1ZXN0GiEuam9icXVldWUudjEuRW5xdWV1ZUJhdGNoUmVzcG9uc2USQQoGR2V0Sm9iEhouam9icXVldWUudjEuR2V0Sm9iUmVxdWVzdBobLmpvYnF1ZXVlLnYxLkdldEpvYlJlc3BvbnNlEkcKCExpc3RKb2JzEhwuam9icXVldWUudjEuTGlzdEpvYnNSZXF1ZXN0Gh0uam9icXVldWUudjEuTGlzdEpvYnNSZXNwb25zZRJKCglDYW5jZWxKb2ISHS5qb2JxdWV1ZS52MS5DYW5jZWxKb2JSZXF1ZXN0Gh4uam9icXVldWUudjEuQ2FuY2VsSm9iUmVzcG9uc2USSQoIV2F0Y2hKb2ISHC5qb2JxdWV1ZS52MS5XYXRjaEpvYlJlcXVlc3QaHS5qb2JxdWV1ZS52MS5XYXRjaEpvYlJlc3BvbnNlMAESTAoJV2F0Y2hKb2JzEh0uam9icXVldWUudjEuV2F0Y2hKb2JzUmVxdWVzdBoeLmpvYnF1ZXVlLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAFCSVpHZ2l0aHViLmNvbS9qb2JxdWV1ZS1ncnBjL2pvYnF1ZXVlLWdycGMvY2xpZW50cy9nby9qb2JxdWV1ZXYxO2pvYnF1ZXVldjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_jobqueue_v1_job]);
 
 /**
  * @generated from message jobqueue.v1.EnqueueRequest
@@ -312,6 +312,95 @@ export const CancelJobResponseSchema: GenMessage<CancelJobResponse> = /*@__PURE_
   messageDesc(file_jobqueue_v1_job_service, 10);
 
 /**
+ * @generated from message jobqueue.v1.WatchJobRequest
+ */
+export type WatchJobRequest = Message<"jobqueue.v1.WatchJobRequest"> & {
+  /**
+   * As in GetJob.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message jobqueue.v1.WatchJobRequest.
+ * Use `create(WatchJobRequestSchema)` to create a new message.
+ */
+export const WatchJobRequestSchema: GenMessage<WatchJobRequest> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 11);
+
+/**
+ * @generated from message jobqueue.v1.WatchJobResponse
+ */
+export type WatchJobResponse = Message<"jobqueue.v1.WatchJobResponse"> & {
+  /**
+   * The job as it is now; the last message has a terminal state.
+   *
+   * @generated from field: jobqueue.v1.Job job = 1;
+   */
+  job?: Job | undefined;
+};
+
+/**
+ * Describes the message jobqueue.v1.WatchJobResponse.
+ * Use `create(WatchJobResponseSchema)` to create a new message.
+ */
+export const WatchJobResponseSchema: GenMessage<WatchJobResponse> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 12);
+
+/**
+ * @generated from message jobqueue.v1.WatchJobsRequest
+ */
+export type WatchJobsRequest = Message<"jobqueue.v1.WatchJobsRequest"> & {
+  /**
+   * Empty matches every queue (kind). Jobs of every state come, so that a view filtered by
+   * state sees a job leave it.
+   *
+   * @generated from field: string queue = 1;
+   */
+  queue: string;
+
+  /**
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+};
+
+/**
+ * Describes the message jobqueue.v1.WatchJobsRequest.
+ * Use `create(WatchJobsRequestSchema)` to create a new message.
+ */
+export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 13);
+
+/**
+ * @generated from message jobqueue.v1.WatchJobsResponse
+ */
+export type WatchJobsResponse = Message<"jobqueue.v1.WatchJobsResponse"> & {
+  /**
+   * Jobs that were inserted or changed (as they are now) and match the filters.
+   *
+   * @generated from field: repeated jobqueue.v1.Job jobs = 1;
+   */
+  jobs: Job[];
+
+  /**
+   * True when changes came faster than this stream could take and some were dropped: list again.
+   *
+   * @generated from field: bool resync = 2;
+   */
+  resync: boolean;
+};
+
+/**
+ * Describes the message jobqueue.v1.WatchJobsResponse.
+ * Use `create(WatchJobsResponseSchema)` to create a new message.
+ */
+export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 14);
+
+/**
  * @generated from enum jobqueue.v1.CancelOutcome
  */
 export enum CancelOutcome {
@@ -395,6 +484,30 @@ export const JobService: GenService<{
     methodKind: "unary";
     input: typeof CancelJobRequestSchema;
     output: typeof CancelJobResponseSchema;
+  },
+  /**
+   * WatchJob sends the job now and again on every change (state, attempt, progress, result)
+   * until it is terminal, then ends. Changes made through any replica arrive.
+   *
+   * @generated from rpc jobqueue.v1.JobService.WatchJob
+   */
+  watchJob: {
+    methodKind: "server_streaming";
+    input: typeof WatchJobRequestSchema;
+    output: typeof WatchJobResponseSchema;
+  },
+  /**
+   * WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
+   * finished...), for a live view: start it, wait for its first message (empty: changes are
+   * being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+   * itself.
+   *
+   * @generated from rpc jobqueue.v1.JobService.WatchJobs
+   */
+  watchJobs: {
+    methodKind: "server_streaming";
+    input: typeof WatchJobsRequestSchema;
+    output: typeof WatchJobsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_jobqueue_v1_job_service, 0);
