@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file jobqueue/v1/job_service.proto.
  */
 export const file_jobqueue_v1_job_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1qb2JxdWV1ZS92MS9qb2Jfc2VydmljZS5wcm90bxILam9icXVldWUudjEipwIKDkVucXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGtpbmQYAiABKAkSKAoHcGF5bG9hZBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgFEioKBnJ1bl9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KDHJldHJ5X3BvbGljeRgJIAEoCzIYLmpvYnF1ZXVlLnYxLlJldHJ5UG9saWN5IkEKD0VucXVldWVSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISDwoHY3JlYXRlZBgCIAEoCCJAChNFbnF1ZXVlQmF0Y2hSZXF1ZXN0EikKBGpvYnMYASADKAsyGy5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVxdWVzdCJEChJFbnF1ZXVlQmF0Y2hSZXN1bHQSHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iEg8KB2NyZWF0ZWQYAiABKAgiSAoURW5xdWV1ZUJhdGNoUmVzcG9uc2USMAoHcmVzdWx0cxgBIAMoCzIfLmpvYnF1ZXVlLnYxLkVucXVldWVCYXRjaFJlc3VsdCIbCg1HZXRKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIi8KDkdldEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmpvYnF1ZXVlLnYxLkpvYiJ7Cg9MaXN0Sm9ic1JlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEa2luZBgCIAEoCRIkCgVzdGF0ZRgDIAEoDjIVLmpvYnF1ZXVlLnYxLkpvYlN0YXRlEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIksKEExpc3RKb2JzUmVzcG9uc2USHgoEam9icxgBIAMoCzIQLmpvYnF1ZXVlLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHgoQQ2FuY2VsSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSJfChFDYW5jZWxKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISKwoHb3V0Y29tZRgCIAEoDjIaLmpvYnF1ZXVlLnYxLkNhbmNlbE91dGNvbWUqcgoNQ2FuY2VsT3V0Y29tZRIeChpDQU5DRUxfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhwKGENBTkNFTF9PVVRDT01FX0NBTkNFTExFRBABEiMKH0NBTkNFTF9PVVRDT01FX0NBTkNFTF9SRVFVRVNURUQQAjL/AgoKSm9iU2VydmljZRJECgdFbnF1ZXVlEhsuam9icXVldWUudjEuRW5xdWV1ZVJlcXVlc3QaHC5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVzcG9uc2USUwoMRW5xdWV1ZUJhdGNoEiAuam9icXVldWUudjEuRW5xdWV1ZUJhdGNoUmVxdWVzdBohLmpvYnF1ZXVlLnYxLkVucXVldWVCYXRjaFJlc3BvbnNlEkEKBkdldEpvYhIaLmpvYnF1ZXVlLnYxLkdldEpvYlJlcXVlc3QaGy5qb2JxdWV1ZS52MS5HZXRKb2JSZXNwb25zZRJHCghMaXN0Sm9icxIcLmpvYnF1ZXVlLnYxLkxpc3RKb2JzUmVxdWVzdBodLmpvYnF1ZXVlLnYxLkxpc3RKb2JzUmVzcG9uc2USSgoJQ2FuY2VsSm9iEh0uam9icXVldWUudjEuQ2FuY2VsSm9iUmVxdWVzdBoeLmpvYnF1ZXVlLnYxLkNhbmNlbEpvYlJlc3BvbnNlQklaR2dpdGh1Yi5jb20vam9icXVldWUtZ3JwYy9qb2JxdWV1ZS1ncnBjL2NsaWVudHMvZ28vam9icXVldWV2MTtqb2JxdWV1ZXYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_jobqueue_v1_job]);
+  fileDesc("Ch1qb2JxdWV1ZS92MS9qb2Jfc2VydmljZS5wcm90bxILam9icXVldWUudjEivgMKDkVucXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGtpbmQYAiABKAkSKAoHcGF5bG9hZBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgFEioKBnJ1bl9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KDHJldHJ5X3BvbGljeRgJIAEoCzIYLmpvYnF1ZXVlLnYxLlJldHJ5UG9saWN5EjsKCG1ldGFkYXRhGAwgAygLMikuam9icXVldWUudjEuRW5xdWV1ZVJlcXVlc3QuTWV0YWRhdGFFbnRyeRITCgt0cmFjZXBhcmVudBgNIAEoCRISCgp0cmFjZXN0YXRlGA4gASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJBCg9FbnF1ZXVlUmVzcG9uc2USHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iEg8KB2NyZWF0ZWQYAiABKAgiQAoTRW5xdWV1ZUJhdGNoUmVxdWVzdBIpCgRqb2JzGAEgAygLMhsuam9icXVldWUudjEuRW5xdWV1ZVJlcXVlc3QiRAoSRW5xdWV1ZUJhdGNoUmVzdWx0Eh0KA2pvYhgBIAEoCzIQLmpvYnF1ZXVlLnYxLkpvYhIPCgdjcmVhdGVkGAIgASgIIkgKFEVucXVldWVCYXRjaFJlc3BvbnNlEjAKB3Jlc3VsdHMYASADKAsyHy5qb2JxdWV1ZS52MS5FbnF1ZXVlQmF0Y2hSZXN1bHQiGwoNR2V0Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCSIvCg5HZXRKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2Ii6gEKD0xpc3RKb2JzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIMCgRraW5kGAIgASgJEiQKBXN0YXRlGAMgASgOMhUuam9icXVldWUudjEuSm9iU3RhdGUSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkSPAoIbWV0YWRhdGEYByADKAsyKi5qb2JxdWV1ZS52MS5MaXN0Sm9ic1JlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSwoQTGlzdEpvYnNSZXNwb25zZRIeCgRqb2JzGAEgAygLMhAuam9icXVldWUudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIeChBDYW5jZWxKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIl8KEUNhbmNlbEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmpvYnF1ZXVlLnYxLkpvYhIrCgdvdXRjb21lGAIgASgOMhouam9icXVldWUudjEuQ2FuY2VsT3V0Y29tZSpyCg1DYW5jZWxPdXRjb21lEh4KGkNBTkNFTF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYQ0FOQ0VMX09VVENPTUVfQ0FOQ0VMTEVEEAESIwofQ0FOQ0VMX09VVENPTUVfQ0FOQ0VMX1JFUVVFU1RFRBACMv8CCgpKb2JTZXJ2aWNlEkQKB0VucXVldWUSGy5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVxdWVzdBocLmpvYnF1ZXVlLnYxLkVucXVldWVSZXNwb25zZRJTCgxFbnF1ZXVlQmF0Y2gSIC5qb2JxdWV1ZS52MS5FbnF1ZXVlQmF0Y2hSZXF1ZXN0GiEuam9icXVldWUudjEuRW5xdWV1ZUJhdGNoUmVzcG9uc2USQQoGR2V0Sm9iEhouam9icXVldWUudjEuR2V0Sm9iUmVxdWVzdBobLmpvYnF1ZXVlLnYxLkdldEpvYlJlc3BvbnNlEkcKCExpc3RKb2JzEhwuam9icXVldWUudjEuTGlzdEpvYnNSZXF1ZXN0Gh0uam9icXVldWUudjEuTGlzdEpvYnNSZXNwb25zZRJKCglDYW5jZWxKb2ISHS5qb2JxdWV1ZS52MS5DYW5jZWxKb2JSZXF1ZXN0Gh4uam9icXVldWUudjEuQ2FuY2VsSm9iUmVzcG9uc2VCSVpHZ2l0aHViLmNvbS9qb2JxdWV1ZS1ncnBjL2pvYnF1ZXVlLWdycGMvY2xpZW50cy9nby9qb2JxdWV1ZXYxO2pvYnF1ZXVldjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_jobqueue_v1_job]);
 
 /**
  * @generated from message jobqueue.v1.EnqueueRequest
@@ -82,6 +82,29 @@ export type EnqueueRequest = Message<"jobqueue.v1.EnqueueRequest"> & {
    * @generated from field: jobqueue.v1.RetryPolicy retry_policy = 9;
    */
   retryPolicy?: RetryPolicy | undefined;
+
+  /**
+   * Labels for dashboards and ListJobs filters: at most 32 pairs; keys [a-zA-Z0-9_.:/-]{1,64},
+   * values up to 512 characters.
+   *
+   * @generated from field: map<string, string> metadata = 12;
+   */
+  metadata: { [key: string]: string };
+
+  /**
+   * The producer's W3C trace context (https://www.w3.org/TR/trace-context/), stored with the job
+   * and delivered with every lease. Empty: the call's `traceparent`/`tracestate` metadata, if any.
+   *
+   * @generated from field: string traceparent = 13;
+   */
+  traceparent: string;
+
+  /**
+   * Only with traceparent; at most 512 characters.
+   *
+   * @generated from field: string tracestate = 14;
+   */
+  tracestate: string;
 };
 
 /**
@@ -239,6 +262,13 @@ export type ListJobsRequest = Message<"jobqueue.v1.ListJobsRequest"> & {
    * @generated from field: string page_token = 5;
    */
   pageToken: string;
+
+  /**
+   * Only jobs whose metadata holds every one of these pairs.
+   *
+   * @generated from field: map<string, string> metadata = 7;
+   */
+  metadata: { [key: string]: string };
 };
 
 /**
@@ -377,7 +407,7 @@ export const JobService: GenService<{
     output: typeof GetJobResponseSchema;
   },
   /**
-   * ListJobs lists jobs newest first, filtered by queue, kind and state.
+   * ListJobs lists jobs newest first, filtered by queue, kind, state and metadata.
    *
    * @generated from rpc jobqueue.v1.JobService.ListJobs
    */
