@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from jobqueue_grpc import metrics_server, tls
 from jobqueue_grpc.api import interceptors
 from jobqueue_grpc.api.dead_letters import DeadLetterService
-from jobqueue_grpc.api.jobs import JobService
+from jobqueue_grpc.api.jobs import JobService, limits_of
 from jobqueue_grpc.api.lease import WorkerService
 from jobqueue_grpc.api.queues import QueueService
 from jobqueue_grpc.config import Settings
@@ -117,12 +117,20 @@ class JobQueueServer:
             raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
         await self.server.start()
         await self.engine.start()
+        await self._publish_enqueue_defaults()
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._check_health()
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
         self.metrics = await metrics_server.start_for(self.settings, self.store)
         log.info("serving gRPC on %s:%d", self.settings.host, self.port)
         return self.port
+
+    async def _publish_enqueue_defaults(self) -> None:
+        """The SQL function jobqueue.enqueue applies this server's defaults and limits."""
+        try:
+            await self.store.jobs.publish_enqueue_defaults(limits_of(self.settings))
+        except Exception as exc:  # not migrated yet (migrate_on_start off): the function waits too
+            log.warning("could not publish enqueue defaults for jobqueue.enqueue(): %s", exc)
 
     async def _set_health(self, serving: bool) -> None:
         status = (
