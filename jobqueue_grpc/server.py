@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from jobqueue_grpc import metrics_server, tls
+from jobqueue_grpc import metrics_server, telemetry, tls
 from jobqueue_grpc.api import interceptors
 from jobqueue_grpc.api.dead_letters import DeadLetterService
 from jobqueue_grpc.api.jobs import JobService, limits_of
@@ -53,7 +53,9 @@ LIVENESS = "jobqueue.liveness"
 class JobQueueServer:
     """One replica: a gRPC server over a Store. `start`, then `stop` (graceful) when done."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, tracer_provider: Any | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.engine = Engine(store, settings)
@@ -65,7 +67,8 @@ class JobQueueServer:
         self.drain_gate = interceptors.DrainGate()
         self.server = grpc.aio.server(
             # Outermost first: observe (log + count) -> auth -> limits -> error mapping.
-            interceptors=interceptors.build(settings, self.drain_gate),
+            # (a span per call first when tracing is on: `tracer_provider`, telemetry.py)
+            interceptors=interceptors.build(settings, self.drain_gate, tracer_provider),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -188,7 +191,13 @@ async def run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     embedded: EmbeddedPostgres | None = None
+    tracer_provider = None
     try:
+        tracer_provider = telemetry.provider_from_env()  # None unless OTEL_* asks for an exporter
+        if tracer_provider is not None:
+            from opentelemetry import trace
+
+            trace.set_tracer_provider(tracer_provider)
         url = settings.database_url
         if url is None:
             embedded = EmbeddedPostgres(settings.data_dir / "pgdata")
@@ -203,7 +212,7 @@ async def run(settings: Settings) -> int:
                 await store.migrate()
             if stop.is_set():
                 return 0
-            srv = JobQueueServer(settings, store)
+            srv = JobQueueServer(settings, store, tracer_provider)
             await srv.start()
             print(f"jobqueue-grpc listening on {settings.host}:{srv.port}", flush=True)
             await stop.wait()
@@ -217,4 +226,6 @@ async def run(settings: Settings) -> int:
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+        if tracer_provider is not None:  # export what is still buffered
+            await asyncio.to_thread(tracer_provider.shutdown)
     return 0
