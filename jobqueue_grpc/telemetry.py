@@ -62,6 +62,11 @@ def provider_from_env(environ: Mapping[str, str] = os.environ) -> TracerProvider
         attributes["service.name"] = SERVICE_NAME
     provider = TracerProvider(resource=Resource.create(attributes))
     for name in names:
+        if name == "otlp":  # as the SDK's auto-configuration reads it: by the OTLP protocol
+            protocol = environ.get(
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            )
+            name = "otlp_proto_http" if protocol == "http/protobuf" else "otlp_proto_grpc"
         found = entry_points(group="opentelemetry_traces_exporter", name=name)
         if not found:
             raise RuntimeError(f"OTEL_TRACES_EXPORTER: no span exporter named {name!r} installed")
@@ -72,10 +77,33 @@ def provider_from_env(environ: Mapping[str, str] = os.environ) -> TracerProvider
 
 
 def server_interceptor(provider: TracerProvider | Any) -> grpc.aio.ServerInterceptor:
-    """The maintained grpc.aio server instrumentation, spans from `provider`, health checks out."""
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+    """The maintained grpc.aio server instrumentation, spans from `provider`, health checks out.
 
-    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
-        tracer_provider=provider, filter_=filters.negate(filters.health_check())
+    Its streaming wrapper expects an async-generator handler; WorkerService.Lease writes with
+    `context.write` and is a plain coroutine, which the instrumentation's unary wrapper (await the
+    behaviour inside the span) fits as is: the subclass picks that one for it. Pinned version:
+    the two methods it chooses between are the instrumentation's own (tests/test_tracing.py
+    runs a Lease stream through it)."""
+    import inspect
+
+    from opentelemetry.instrumentation.grpc import _aio_server, filters
+
+    class Interceptor(_aio_server.OpenTelemetryAioServerInterceptor):
+        def _intercept_aio_server_stream(self, behavior: Any, details: Any) -> Any:
+            if inspect.isasyncgenfunction(behavior):
+                return super()._intercept_aio_server_stream(behavior, details)  # type: ignore[no-untyped-call]
+            return self._intercept_aio_server_unary(behavior, details)  # type: ignore[no-untyped-call]
+
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.grpc.version import __version__
+
+    tracer = trace.get_tracer(
+        "opentelemetry.instrumentation.grpc",
+        __version__,
+        provider,
+        schema_url="https://opentelemetry.io/schemas/1.11.0",
+    )
+    interceptor: grpc.aio.ServerInterceptor = Interceptor(  # type: ignore[no-untyped-call]
+        tracer, filter_=filters.negate(filters.health_check())
     )
     return interceptor
