@@ -18,6 +18,7 @@ import grpc
 
 from jobqueue_grpc._channel import TLS, aio_channel, metadata, sync_channel
 from jobqueue_grpc._durations import duration
+from jobqueue_grpc._trace import with_trace
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
@@ -50,14 +51,23 @@ def enqueue_request(
     lease_duration: float | None = None,
     backoff_base: float | None = None,
     backoff_cap: float | None = None,
+    metadata: Mapping[str, str] | None = None,
+    traceparent: str = "",
+    tracestate: str = "",
 ) -> js.EnqueueRequest:
-    """An EnqueueRequest; `run_at` must be timezone-aware, durations are seconds."""
+    """An EnqueueRequest; `run_at` must be timezone-aware, durations are seconds. `metadata`:
+    labels (ListJobs filters on them). `traceparent`/`tracestate` set the job's W3C trace
+    context explicitly; left empty, the server takes the call's (the client sends the current
+    OpenTelemetry span's, if any)."""
     req = js.EnqueueRequest(
         kind=kind,
         queue=queue,
         priority=priority,
         max_attempts=max_attempts,
         idempotency_key=idempotency_key,
+        metadata=metadata,
+        traceparent=traceparent,
+        tracestate=tracestate,
     )
     if payload:
         req.payload.update(payload)
@@ -80,13 +90,21 @@ def _batch(jobs: Sequence[js.EnqueueRequest | Mapping[str, Any]]) -> js.EnqueueB
     )
 
 
-def _list(queue: str, kind: str, state: int, page_size: int, page_token: str) -> js.ListJobsRequest:
+def _list(
+    queue: str,
+    kind: str,
+    state: int,
+    page_size: int,
+    page_token: str,
+    metadata: Mapping[str, str] | None = None,
+) -> js.ListJobsRequest:
     return js.ListJobsRequest(
         queue=queue,
         kind=kind,
         state=state,  # type: ignore[arg-type]
         page_size=page_size,
         page_token=page_token,
+        metadata=metadata,
     )
 
 
@@ -113,16 +131,16 @@ class AsyncClient:
         self, kind: str, payload: Mapping[str, Any] | None = None, **options: Any
     ) -> js.EnqueueResponse:
         """Options: queue, priority, max_attempts, run_at, idempotency_key, lease_duration,
-        backoff_base, backoff_cap."""
+        backoff_base, backoff_cap, metadata, traceparent, tracestate."""
         req = enqueue_request(kind, payload, **options)
-        resp: js.EnqueueResponse = await self._stub.Enqueue(req, metadata=self._md)
+        resp: js.EnqueueResponse = await self._stub.Enqueue(req, metadata=with_trace(self._md))
         return resp
 
     async def enqueue_batch(
         self, jobs: Sequence[js.EnqueueRequest | Mapping[str, Any]]
     ) -> list[js.EnqueueBatchResult]:
         """All or nothing; each mapping holds enqueue() arguments (kind, payload, ...)."""
-        resp = await self._stub.EnqueueBatch(_batch(jobs), metadata=self._md)
+        resp = await self._stub.EnqueueBatch(_batch(jobs), metadata=with_trace(self._md))
         return list(resp.results)
 
     async def get_job(self, job_id: str) -> Job:
@@ -137,8 +155,9 @@ class AsyncClient:
         state: int = 0,
         page_size: int = 0,
         page_token: str = "",
+        metadata: Mapping[str, str] | None = None,
     ) -> js.ListJobsResponse:
-        req = _list(queue, kind, state, page_size, page_token)
+        req = _list(queue, kind, state, page_size, page_token, metadata)
         resp: js.ListJobsResponse = await self._stub.ListJobs(req, metadata=self._md)
         return resp
 
@@ -207,12 +226,14 @@ class Client:
     def enqueue(
         self, kind: str, payload: Mapping[str, Any] | None = None, **options: Any
     ) -> js.EnqueueResponse:
-        return self._stub.Enqueue(enqueue_request(kind, payload, **options), metadata=self._md)
+        req = enqueue_request(kind, payload, **options)
+        return self._stub.Enqueue(req, metadata=with_trace(self._md))
 
     def enqueue_batch(
         self, jobs: Sequence[js.EnqueueRequest | Mapping[str, Any]]
     ) -> list[js.EnqueueBatchResult]:
-        return list(self._stub.EnqueueBatch(_batch(jobs), metadata=self._md).results)
+        resp = self._stub.EnqueueBatch(_batch(jobs), metadata=with_trace(self._md))
+        return list(resp.results)
 
     def get_job(self, job_id: str) -> Job:
         return self._stub.GetJob(js.GetJobRequest(id=job_id), metadata=self._md).job
@@ -225,8 +246,9 @@ class Client:
         state: int = 0,
         page_size: int = 0,
         page_token: str = "",
+        metadata: Mapping[str, str] | None = None,
     ) -> js.ListJobsResponse:
-        req = _list(queue, kind, state, page_size, page_token)
+        req = _list(queue, kind, state, page_size, page_token, metadata)
         return self._stub.ListJobs(req, metadata=self._md)
 
     def iter_jobs(self, *, queue: str = "", kind: str = "", state: int = 0) -> Iterator[Job]:

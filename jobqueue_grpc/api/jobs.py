@@ -13,6 +13,7 @@ from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain import pagination
 from jobqueue_grpc.domain.errors import FieldViolation
 from jobqueue_grpc.domain.jobs import Limits
+from jobqueue_grpc.domain.metadata import from_headers, metadata_violations
 from jobqueue_grpc.domain.records import JobRecord
 from jobqueue_grpc.domain.states import CancelOutcome, JobState
 from jobqueue_grpc.domain.validation import kind_violation, parse_uuid, queue_violation, raise_if
@@ -56,7 +57,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
     async def Enqueue(
         self, request: job_service_pb2.EnqueueRequest, context: Ctx
     ) -> job_service_pb2.EnqueueResponse:
-        new = convert.new_job(request, "", self.limits)
+        new = convert.new_job(request, "", self.limits, from_headers(context.invocation_metadata()))
         row, created = await self.enqueuer.enqueue(new)
         return job_service_pb2.EnqueueResponse(job=convert.job(row), created=created)
 
@@ -69,7 +70,8 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
                 [FieldViolation("jobs", f"a batch holds 1..{self.settings.max_batch_size} jobs")],
                 "bad batch size",
             )
-        jobs = convert.new_jobs(request.jobs, self.limits)
+        trace = from_headers(context.invocation_metadata())  # for every job that sets none
+        jobs = convert.new_jobs(request.jobs, self.limits, trace)
         out = await self.enqueuer.enqueue_batch(jobs)
         return convert.enqueue_batch_response(request.jobs, jobs, out.created, out.at, out.existing)
 
@@ -85,7 +87,10 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         _check_filters(request)
         limit = page_size(request.page_size, self.settings)
         state = convert.STATE_FROM_PROTO.get(request.state)
-        filters = (request.queue, request.kind, request.state)
+        labels = convert.metadata_json(dict(sorted(request.metadata.items())))
+        filters: tuple[object, ...] = (request.queue, request.kind, request.state)
+        if labels is not None:  # tokens of unlabelled lists stay as they were
+            filters += (labels,)
         secret = await self.store.page_token_key()
         after = pagination.decode(request.page_token, filters, secret)
         rows = await self.store.jobs.list(
@@ -94,6 +99,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
             state=state,
             after=after[1] if after else None,
             limit=limit + 1,
+            metadata=labels,
         )
         token = ""
         if len(rows) > limit:
@@ -171,4 +177,6 @@ def _check_filters(
         request.state and request.state not in convert.STATE_FROM_PROTO
     ):
         violations.append(FieldViolation("state", f"unknown state {request.state}"))
+    if isinstance(request, job_service_pb2.ListJobsRequest) and request.metadata:
+        violations += metadata_violations("metadata", request.metadata)
     raise_if(violations)

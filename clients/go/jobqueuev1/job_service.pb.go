@@ -94,7 +94,15 @@ type EnqueueRequest struct {
 	// How long each lease lasts; default from server config (30 s).
 	LeaseDuration *durationpb.Duration `protobuf:"bytes,8,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
 	// Overrides the server's retry backoff for this job.
-	RetryPolicy   *RetryPolicy `protobuf:"bytes,9,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
+	RetryPolicy *RetryPolicy `protobuf:"bytes,9,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
+	// Labels for dashboards and ListJobs filters: at most 32 pairs; keys [a-zA-Z0-9_.:/-]{1,64},
+	// values up to 512 characters.
+	Metadata map[string]string `protobuf:"bytes,12,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The producer's W3C trace context (https://www.w3.org/TR/trace-context/), stored with the job
+	// and delivered with every lease. Empty: the call's `traceparent`/`tracestate` metadata, if any.
+	Traceparent string `protobuf:"bytes,13,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	// Only with traceparent; at most 512 characters.
+	Tracestate    string `protobuf:"bytes,14,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -190,6 +198,27 @@ func (x *EnqueueRequest) GetRetryPolicy() *RetryPolicy {
 		return x.RetryPolicy
 	}
 	return nil
+}
+
+func (x *EnqueueRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *EnqueueRequest) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *EnqueueRequest) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
+	}
+	return ""
 }
 
 type EnqueueResponse struct {
@@ -482,7 +511,9 @@ type ListJobsRequest struct {
 	// Default 100, at most 1,000.
 	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's next_page_token.
-	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only jobs whose metadata holds every one of these pairs.
+	Metadata      map[string]string `protobuf:"bytes,7,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -550,6 +581,13 @@ func (x *ListJobsRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListJobsRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
 }
 
 type ListJobsResponse struct {
@@ -903,7 +941,7 @@ var File_jobqueue_v1_job_service_proto protoreflect.FileDescriptor
 
 const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\x87\x03\n" +
+	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xcd\x04\n" +
 	"\x0eEnqueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x121\n" +
@@ -913,7 +951,15 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\x06run_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05runAt\x12'\n" +
 	"\x0fidempotency_key\x18\a \x01(\tR\x0eidempotencyKey\x12@\n" +
 	"\x0elease_duration\x18\b \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12;\n" +
-	"\fretry_policy\x18\t \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\"O\n" +
+	"\fretry_policy\x18\t \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\x12E\n" +
+	"\bmetadata\x18\f \x03(\v2).jobqueue.v1.EnqueueRequest.MetadataEntryR\bmetadata\x12 \n" +
+	"\vtraceparent\x18\r \x01(\tR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18\x0e \x01(\tR\n" +
+	"tracestate\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"O\n" +
 	"\x0fEnqueueResponse\x12\"\n" +
 	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\bR\acreated\"F\n" +
@@ -927,14 +973,18 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\rGetJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"4\n" +
 	"\x0eGetJobResponse\x12\"\n" +
-	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"\xa4\x01\n" +
+	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"\xa9\x02\n" +
 	"\x0fListJobsRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12+\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x15.jobqueue.v1.JobStateR\x05state\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tR\tpageToken\"`\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x12F\n" +
+	"\bmetadata\x18\a \x03(\v2*.jobqueue.v1.ListJobsRequest.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"`\n" +
 	"\x10ListJobsResponse\x12$\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x10.jobqueue.v1.JobR\x04jobs\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\"\n" +
@@ -980,7 +1030,7 @@ func file_jobqueue_v1_job_service_proto_rawDescGZIP() []byte {
 }
 
 var file_jobqueue_v1_job_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_jobqueue_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_jobqueue_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_jobqueue_v1_job_service_proto_goTypes = []any{
 	(CancelOutcome)(0),            // 0: jobqueue.v1.CancelOutcome
 	(*EnqueueRequest)(nil),        // 1: jobqueue.v1.EnqueueRequest
@@ -998,48 +1048,52 @@ var file_jobqueue_v1_job_service_proto_goTypes = []any{
 	(*WatchJobResponse)(nil),      // 13: jobqueue.v1.WatchJobResponse
 	(*WatchJobsRequest)(nil),      // 14: jobqueue.v1.WatchJobsRequest
 	(*WatchJobsResponse)(nil),     // 15: jobqueue.v1.WatchJobsResponse
-	(*structpb.Struct)(nil),       // 16: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
-	(*RetryPolicy)(nil),           // 19: jobqueue.v1.RetryPolicy
-	(*Job)(nil),                   // 20: jobqueue.v1.Job
-	(JobState)(0),                 // 21: jobqueue.v1.JobState
+	nil,                           // 16: jobqueue.v1.EnqueueRequest.MetadataEntry
+	nil,                           // 17: jobqueue.v1.ListJobsRequest.MetadataEntry
+	(*structpb.Struct)(nil),       // 18: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	(*RetryPolicy)(nil),           // 21: jobqueue.v1.RetryPolicy
+	(*Job)(nil),                   // 22: jobqueue.v1.Job
+	(JobState)(0),                 // 23: jobqueue.v1.JobState
 }
 var file_jobqueue_v1_job_service_proto_depIdxs = []int32{
-	16, // 0: jobqueue.v1.EnqueueRequest.payload:type_name -> google.protobuf.Struct
-	17, // 1: jobqueue.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
-	18, // 2: jobqueue.v1.EnqueueRequest.lease_duration:type_name -> google.protobuf.Duration
-	19, // 3: jobqueue.v1.EnqueueRequest.retry_policy:type_name -> jobqueue.v1.RetryPolicy
-	20, // 4: jobqueue.v1.EnqueueResponse.job:type_name -> jobqueue.v1.Job
-	1,  // 5: jobqueue.v1.EnqueueBatchRequest.jobs:type_name -> jobqueue.v1.EnqueueRequest
-	20, // 6: jobqueue.v1.EnqueueBatchResult.job:type_name -> jobqueue.v1.Job
-	4,  // 7: jobqueue.v1.EnqueueBatchResponse.results:type_name -> jobqueue.v1.EnqueueBatchResult
-	20, // 8: jobqueue.v1.GetJobResponse.job:type_name -> jobqueue.v1.Job
-	21, // 9: jobqueue.v1.ListJobsRequest.state:type_name -> jobqueue.v1.JobState
-	20, // 10: jobqueue.v1.ListJobsResponse.jobs:type_name -> jobqueue.v1.Job
-	20, // 11: jobqueue.v1.CancelJobResponse.job:type_name -> jobqueue.v1.Job
-	0,  // 12: jobqueue.v1.CancelJobResponse.outcome:type_name -> jobqueue.v1.CancelOutcome
-	20, // 13: jobqueue.v1.WatchJobResponse.job:type_name -> jobqueue.v1.Job
-	20, // 14: jobqueue.v1.WatchJobsResponse.jobs:type_name -> jobqueue.v1.Job
-	1,  // 15: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
-	3,  // 16: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
-	6,  // 17: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
-	8,  // 18: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
-	10, // 19: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
-	12, // 20: jobqueue.v1.JobService.WatchJob:input_type -> jobqueue.v1.WatchJobRequest
-	14, // 21: jobqueue.v1.JobService.WatchJobs:input_type -> jobqueue.v1.WatchJobsRequest
-	2,  // 22: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
-	5,  // 23: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
-	7,  // 24: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
-	9,  // 25: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
-	11, // 26: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
-	13, // 27: jobqueue.v1.JobService.WatchJob:output_type -> jobqueue.v1.WatchJobResponse
-	15, // 28: jobqueue.v1.JobService.WatchJobs:output_type -> jobqueue.v1.WatchJobsResponse
-	22, // [22:29] is the sub-list for method output_type
-	15, // [15:22] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	18, // 0: jobqueue.v1.EnqueueRequest.payload:type_name -> google.protobuf.Struct
+	19, // 1: jobqueue.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
+	20, // 2: jobqueue.v1.EnqueueRequest.lease_duration:type_name -> google.protobuf.Duration
+	21, // 3: jobqueue.v1.EnqueueRequest.retry_policy:type_name -> jobqueue.v1.RetryPolicy
+	16, // 4: jobqueue.v1.EnqueueRequest.metadata:type_name -> jobqueue.v1.EnqueueRequest.MetadataEntry
+	22, // 5: jobqueue.v1.EnqueueResponse.job:type_name -> jobqueue.v1.Job
+	1,  // 6: jobqueue.v1.EnqueueBatchRequest.jobs:type_name -> jobqueue.v1.EnqueueRequest
+	22, // 7: jobqueue.v1.EnqueueBatchResult.job:type_name -> jobqueue.v1.Job
+	4,  // 8: jobqueue.v1.EnqueueBatchResponse.results:type_name -> jobqueue.v1.EnqueueBatchResult
+	22, // 9: jobqueue.v1.GetJobResponse.job:type_name -> jobqueue.v1.Job
+	23, // 10: jobqueue.v1.ListJobsRequest.state:type_name -> jobqueue.v1.JobState
+	17, // 11: jobqueue.v1.ListJobsRequest.metadata:type_name -> jobqueue.v1.ListJobsRequest.MetadataEntry
+	22, // 12: jobqueue.v1.ListJobsResponse.jobs:type_name -> jobqueue.v1.Job
+	22, // 13: jobqueue.v1.CancelJobResponse.job:type_name -> jobqueue.v1.Job
+	0,  // 14: jobqueue.v1.CancelJobResponse.outcome:type_name -> jobqueue.v1.CancelOutcome
+	22, // 15: jobqueue.v1.WatchJobResponse.job:type_name -> jobqueue.v1.Job
+	22, // 16: jobqueue.v1.WatchJobsResponse.jobs:type_name -> jobqueue.v1.Job
+	1,  // 17: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
+	3,  // 18: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
+	6,  // 19: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
+	8,  // 20: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
+	10, // 21: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
+	12, // 22: jobqueue.v1.JobService.WatchJob:input_type -> jobqueue.v1.WatchJobRequest
+	14, // 23: jobqueue.v1.JobService.WatchJobs:input_type -> jobqueue.v1.WatchJobsRequest
+	2,  // 24: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
+	5,  // 25: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
+	7,  // 26: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
+	9,  // 27: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
+	11, // 28: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
+	13, // 29: jobqueue.v1.JobService.WatchJob:output_type -> jobqueue.v1.WatchJobResponse
+	15, // 30: jobqueue.v1.JobService.WatchJobs:output_type -> jobqueue.v1.WatchJobsResponse
+	24, // [24:31] is the sub-list for method output_type
+	17, // [17:24] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_jobqueue_v1_job_service_proto_init() }
@@ -1054,7 +1108,7 @@ func file_jobqueue_v1_job_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobqueue_v1_job_service_proto_rawDesc), len(file_jobqueue_v1_job_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

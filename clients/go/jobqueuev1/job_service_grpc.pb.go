@@ -40,7 +40,7 @@ type JobServiceClient interface {
 	// EnqueueBatch adds up to 1,000 jobs in one transaction: all or nothing.
 	EnqueueBatch(ctx context.Context, in *EnqueueBatchRequest, opts ...grpc.CallOption) (*EnqueueBatchResponse, error)
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*GetJobResponse, error)
-	// ListJobs lists jobs newest first, filtered by queue, kind and state.
+	// ListJobs lists jobs newest first, filtered by queue, kind, state and metadata.
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	// CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it.
 	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error)
@@ -162,7 +162,7 @@ type JobServiceServer interface {
 	// EnqueueBatch adds up to 1,000 jobs in one transaction: all or nothing.
 	EnqueueBatch(context.Context, *EnqueueBatchRequest) (*EnqueueBatchResponse, error)
 	GetJob(context.Context, *GetJobRequest) (*GetJobResponse, error)
-	// ListJobs lists jobs newest first, filtered by queue, kind and state.
+	// ListJobs lists jobs newest first, filtered by queue, kind, state and metadata.
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	// CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it.
 	CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error)

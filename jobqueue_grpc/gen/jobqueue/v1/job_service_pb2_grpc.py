@@ -98,7 +98,7 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """ListJobs lists jobs newest first, filtered by queue, kind and state.
+        """ListJobs lists jobs newest first, filtered by queue, kind, state and metadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,7 +41,7 @@ class JobServiceStub:
     """EnqueueBatch adds up to 1,000 jobs in one transaction: all or nothing."""
     GetJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]
-    """ListJobs lists jobs newest first, filtered by queue, kind and state."""
+    """ListJobs lists jobs newest first, filtered by queue, kind, state and metadata."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]
     """CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it."""
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]
@@ -68,7 +68,7 @@ class JobServiceAsyncStub(JobServiceStub):
     """EnqueueBatch adds up to 1,000 jobs in one transaction: all or nothing."""
     GetJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """ListJobs lists jobs newest first, filtered by queue, kind and state."""
+    """ListJobs lists jobs newest first, filtered by queue, kind, state and metadata."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]  # type: ignore[assignment]
     """CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it."""
     WatchJob: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]  # type: ignore[assignment]
@@ -116,7 +116,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.ListJobsResponse, _abc.Awaitable[_job_service_pb2.ListJobsResponse]]:
-        """ListJobs lists jobs newest first, filtered by queue, kind and state."""
+        """ListJobs lists jobs newest first, filtered by queue, kind, state and metadata."""
 
     @_abc_1.abstractmethod
     def CancelJob(
