@@ -256,6 +256,9 @@ async def test_kill_a_worker_and_a_replica_and_restart_postgres_during_a_drain(
         what=f"all {N_JOBS} jobs SUCCEEDED",
     )
 
+    survivors = [procs.procs[0], *workers[1:]]
+    assert [p.pid for p in survivors if p.poll() is not None] == [], "a survivor exited"
+
     # Completions resumed soon after PostgreSQL came back.
     first_after = await fetchval(
         url,

@@ -94,8 +94,8 @@ class Target:
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def fingerprint(self) -> tuple[Any, ...]:
-        """Row counts and a digest of the columns only API calls change: a scheduler promoting a
-        due job changes neither."""
+        """Row counts and a digest of the columns only API calls change (a due scheduled job
+        counts as queued: the scheduler promotes it meanwhile)."""
         row = self.loop.run_until_complete(self.conn.fetchrow(FINGERPRINT))
         assert row is not None
         return tuple(row)
@@ -161,7 +161,8 @@ SELECT
   (SELECT count(*) FROM jobqueue.dead_letters) AS dead_letters,
   (SELECT count(*) FROM jobqueue.queues) AS queues,
   (SELECT md5(coalesce(string_agg(concat_ws('|', id, queue, kind, payload, priority,
-                   max_attempts, idempotency_key, cancel_requested, errors, result, lease_token),
+                   max_attempts, idempotency_key, cancel_requested, errors, result, lease_token,
+                   finished_at, CASE state WHEN 'scheduled' THEN 'queued' ELSE state END),
                    ',' ORDER BY id), '')) FROM jobqueue.jobs) AS jobs_digest,
   (SELECT md5(coalesce(string_agg(d::text, ',' ORDER BY job_id), ''))
      FROM jobqueue.dead_letters d) AS dead_letters_digest,
@@ -297,14 +298,14 @@ def strings(ids: list[str], tokens: list[str]) -> st.SearchStrategy[str]:
     )
 
 
+def containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """JSON arrays and objects of `inner` (the extend step of st.recursive)."""
+    return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+
+
 def jsonish() -> st.SearchStrategy[Any]:
-    return st.recursive(
-        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
-        lambda inner: (
-            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-        ),
-        max_leaves=8,
-    )
+    scalars = st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20)
+    return st.recursive(scalars, containers, max_leaves=8)
 
 
 def b64(raw: bytes) -> str:
@@ -410,13 +411,8 @@ def structs() -> st.SearchStrategy[message.Message]:
         s.update(d)
         return s
 
-    values = st.recursive(
-        st.none() | st.booleans() | st.floats() | st.text(max_size=20),
-        lambda inner: (
-            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-        ),
-        max_leaves=10,
-    )
+    scalars = st.none() | st.booleans() | st.floats() | st.text(max_size=20)
+    values = st.recursive(scalars, containers, max_leaves=10)
     keys = st.text(max_size=10) | st.sampled_from(ODD)
     return st.one_of(
         st.dictionaries(keys, values, max_size=4),
