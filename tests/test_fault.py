@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -101,7 +102,10 @@ class OwnPostgres:
         await wait_until(gone, within=60, interval=0.05, what="the postmaster to exit")
 
     def stop(self) -> None:
-        self.pg.stop()
+        try:
+            self.pg.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _running(pid: int) -> bool:
