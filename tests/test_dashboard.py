@@ -24,8 +24,8 @@ from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2 as qs
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2_grpc as qsg
 from jobqueue_grpc.server import JobQueueServer
 from tests import conftest
+from tests.support import running, wait_until
 from tests.test_http import free_port
-from tests.test_sdk import running, wait_for
 
 CHROMIUM = os.environ.get("JOBQUEUE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = (
@@ -113,7 +113,7 @@ async def dead_letters(srv: JobQueueServer, n: int) -> list[str]:
             return all(j.state == job_pb2.JOB_STATE_FAILED for j in jobs)
 
         async with running(worker):
-            await wait_for(failed)
+            await wait_until(failed, within=15)
     return ids
 
 

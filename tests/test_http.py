@@ -21,7 +21,7 @@ from jobqueue_grpc.gen.jobqueue.v1 import (
 )
 from jobqueue_grpc.server import JobQueueServer
 from tests import conftest
-from tests.test_sdk import running, wait_for
+from tests.support import running, wait_until
 
 
 def free_port() -> int:
@@ -134,7 +134,7 @@ async def test_every_unary_rpc_over_curl_and_json(http: JobQueueServer) -> None:
             return status == 200 and out.get("total") == "3"
 
         async with running(worker):
-            await wait_for(all_dead)
+            await wait_until(all_dead, within=15)
     called.add("DeadLetterService/GetDeadLetterStats")
     stats = await ok("DeadLetterService/GetDeadLetterStats", {"filter": {"queue": "dead"}})
     assert stats["byKind"] == [{"name": "boom", "count": "3"}]
