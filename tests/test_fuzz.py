@@ -40,6 +40,7 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from jobqueue_grpc.domain import pagination
 from jobqueue_grpc.gen.jobqueue.v1 import (
     dead_letter_service_pb2,
     job_service_pb2,
@@ -57,7 +58,10 @@ SERVICES = [
     dead_letter_service_pb2.DESCRIPTOR.services_by_name["DeadLetterService"],
     queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"],
 ]
-UNARY = [m for s in SERVICES for m in s.methods if not m.client_streaming]
+# Unary RPCs; the server-streaming watches (WatchJob, WatchJobs) have tests of their own.
+UNARY = [
+    m for s in SERVICES for m in s.methods if not m.client_streaming and not m.server_streaming
+]
 LEASE = "/jobqueue.v1.WorkerService/Lease"
 LEASE_REQUEST = worker_service_pb2.LeaseRequest.DESCRIPTOR
 
@@ -316,9 +320,12 @@ def forged_tokens(tokens: list[str]) -> st.SearchStrategy[str]:
     """Page tokens: real ones with fields replaced, hand-made JSON, deep JSON, not base64."""
 
     def replace(token: str, key: str, value: Any) -> str:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        """A real token's JSON with one field changed, its MAC kept (so it must be refused)."""
+        signed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        body, mac = signed[: -pagination.MAC_BYTES], signed[-pagination.MAC_BYTES :]
+        raw = json.loads(body)
         raw[key] = value
-        return b64(json.dumps(raw).encode())
+        return b64(json.dumps(raw).encode() + mac)
 
     deep = st.sampled_from([10, 1000, 100_000]).map(lambda n: b64(b"[" * n + b"]" * n))
     return st.one_of(
@@ -420,6 +427,27 @@ def structs() -> st.SearchStrategy[message.Message]:
     ).map(build)
 
 
+def set_field(m: message.Message, f: FD, value: Any) -> None:
+    """Sets field `f` of `m` to a generated value (a map's entries come as key/value messages)."""
+    target = getattr(m, f.name)
+    if f.message_type is not None and f.message_type.GetOptions().map_entry:
+        message_values = f.message_type.fields_by_name["value"].type == FD.TYPE_MESSAGE
+        for v in value:
+            if message_values:
+                target[v.key].CopyFrom(v.value)
+            else:
+                target[v.key] = v.value
+    elif f.is_repeated and f.type == FD.TYPE_MESSAGE:
+        for v in value:
+            target.add().CopyFrom(v)
+    elif f.is_repeated:
+        target.extend(value)
+    elif f.type == FD.TYPE_MESSAGE:
+        target.CopyFrom(value)
+    else:
+        setattr(m, f.name, value)
+
+
 def messages(
     desc: Desc, ids: list[str], tokens: list[str], depth: int = 0
 ) -> st.SearchStrategy[message.Message]:
@@ -437,17 +465,7 @@ def messages(
     def build(values: dict[str, Any]) -> message.Message:
         m = cls()
         for name, value in values.items():
-            f = desc.fields_by_name[name]
-            if f.is_repeated:
-                if f.type == FD.TYPE_MESSAGE:
-                    for v in value:
-                        getattr(m, name).add().CopyFrom(v)
-                else:
-                    getattr(m, name).extend(value)
-            elif f.type == FD.TYPE_MESSAGE:
-                getattr(m, name).CopyFrom(value)
-            else:
-                setattr(m, name, value)
+            set_field(m, desc.fields_by_name[name], value)
         return m
 
     return st.fixed_dictionaries({}, optional=optional).map(build)
@@ -517,15 +535,7 @@ def one_field_off(
         m = type(base)()
         m.CopyFrom(base)
         m.ClearField(f.name)
-        if f.is_repeated and f.type == FD.TYPE_MESSAGE:
-            for v in value:
-                getattr(m, f.name).add().CopyFrom(v)
-        elif f.is_repeated:
-            getattr(m, f.name).extend(value)
-        elif f.type == FD.TYPE_MESSAGE:
-            getattr(m, f.name).CopyFrom(value)
-        else:
-            setattr(m, f.name, value)
+        set_field(m, f, value)
         return m
 
     return st.sampled_from(list(desc.fields)).flatmap(
