@@ -258,7 +258,12 @@ type Job struct {
 	Errors         []*AttemptError        `protobuf:"bytes,21,rep,name=errors,proto3" json:"errors,omitempty"`
 	LeaseExpiresAt *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=lease_expires_at,json=leaseExpiresAt,proto3" json:"lease_expires_at,omitempty"`
 	// The worker_id of the stream holding the current lease.
-	WorkerId      string `protobuf:"bytes,23,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	WorkerId string `protobuf:"bytes,23,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// The concurrency key the job was enqueued with.
+	ConcurrencyKey string `protobuf:"bytes,27,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
+	// Why a QUEUED job is held back by its queue's limits (GetJob only): "concurrency_key limit",
+	// "queue limit", "rate limit"; empty when nothing holds it.
+	HeldReason    string `protobuf:"bytes,28,opt,name=held_reason,json=heldReason,proto3" json:"held_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -454,6 +459,20 @@ func (x *Job) GetWorkerId() string {
 	return ""
 }
 
+func (x *Job) GetConcurrencyKey() string {
+	if x != nil {
+		return x.ConcurrencyKey
+	}
+	return ""
+}
+
+func (x *Job) GetHeldReason() string {
+	if x != nil {
+		return x.HeldReason
+	}
+	return ""
+}
+
 var File_jobqueue_v1_job_proto protoreflect.FileDescriptor
 
 const file_jobqueue_v1_job_proto_rawDesc = "" +
@@ -468,7 +487,7 @@ const file_jobqueue_v1_job_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x121\n" +
 	"\adetails\x18\x03 \x01(\v2\x17.google.protobuf.StructR\adetails\x127\n" +
 	"\tfailed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
-	"\x06source\x18\x05 \x01(\tR\x06source\"\xa2\b\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\"\xec\b\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x12\n" +
@@ -498,7 +517,10 @@ const file_jobqueue_v1_job_proto_rawDesc = "" +
 	"\fretry_policy\x18\x14 \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\x121\n" +
 	"\x06errors\x18\x15 \x03(\v2\x19.jobqueue.v1.AttemptErrorR\x06errors\x12D\n" +
 	"\x10lease_expires_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x12\x1b\n" +
-	"\tworker_id\x18\x17 \x01(\tR\bworkerId*\xcb\x01\n" +
+	"\tworker_id\x18\x17 \x01(\tR\bworkerId\x12'\n" +
+	"\x0fconcurrency_key\x18\x1b \x01(\tR\x0econcurrencyKey\x12\x1f\n" +
+	"\vheld_reason\x18\x1c \x01(\tR\n" +
+	"heldReason*\xcb\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_STATE_QUEUED\x10\x01\x12\x17\n" +

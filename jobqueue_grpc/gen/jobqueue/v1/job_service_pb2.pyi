@@ -57,6 +57,7 @@ class EnqueueRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     RETRY_POLICY_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
     """Default "default"; [a-z0-9_.-]{1,64}."""
     kind: _builtins.str
@@ -67,6 +68,10 @@ class EnqueueRequest(_message.Message):
     """0 means the server default (5); 1 means no retry."""
     idempotency_key: _builtins.str
     """Optional; a key that already names a job returns that job instead of inserting."""
+    concurrency_key: _builtins.str
+    """Optional; [A-Za-z0-9_.:/@-]{1,128}, e.g. a tenant id. The queue's limits per key
+    (QueueLimits.key_max_running, key_rate) apply to the jobs that share it.
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """A JSON object; at most the server's payload limit (default 1 MiB) once encoded."""
@@ -95,10 +100,11 @@ class EnqueueRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         lease_duration: _duration_pb2.Duration | None = ...,
         retry_policy: _job_pb2.RetryPolicy | None = ...,
+        concurrency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "payload", b"payload", "retry_policy", b"retry_policy", "run_at", b"run_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "kind", b"kind", "lease_duration", b"lease_duration", "max_attempts", b"max_attempts", "payload", b"payload", "priority", b"priority", "queue", b"queue", "retry_policy", b"retry_policy", "run_at", b"run_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "idempotency_key", b"idempotency_key", "kind", b"kind", "lease_duration", b"lease_duration", "max_attempts", b"max_attempts", "payload", b"payload", "priority", b"priority", "queue", b"queue", "retry_policy", b"retry_policy", "run_at", b"run_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
