@@ -124,6 +124,7 @@ def new_job(req: job_service_pb2.EnqueueRequest, prefix: str, limits: Limits) ->
         backoff_base=base,
         backoff_cap=cap,
         limits=limits,
+        concurrency_key=req.concurrency_key,
     )
     run_at = to_datetime(prefix + "run_at", req.run_at) if req.HasField("run_at") else None
     raise_if(violations)
@@ -138,6 +139,7 @@ def new_job(req: job_service_pb2.EnqueueRequest, prefix: str, limits: Limits) ->
         lease_seconds=lease if lease is not None else limits.default_lease_seconds,
         backoff_base=base,
         backoff_cap=cap,
+        concurrency_key=req.concurrency_key or None,
     )
 
 
@@ -160,7 +162,9 @@ def new_jobs(reqs: Sequence[job_service_pb2.EnqueueRequest], limits: Limits) -> 
     priorities, attempts, keys = out.priority, out.max_attempts, out.idempotency_key
     for i, req in enumerate(reqs):
         has = req.HasField
-        if not (has("run_at") or has("lease_duration") or has("retry_policy")):
+        if not (
+            has("run_at") or has("lease_duration") or has("retry_policy") or req.concurrency_key
+        ):
             queue = req.queue or DEFAULT_QUEUE
             kind = req.kind
             priority = req.priority
@@ -220,6 +224,7 @@ def _pad(out: NewJobs, default_lease: float) -> None:
         out.lease_seconds += [default_lease] * n
         out.backoff_base += [None] * n
         out.backoff_cap += [None] * n
+        out.concurrency_key += [None] * n
 
 
 def enqueue_batch_response(
@@ -287,6 +292,8 @@ def enqueue_batch_response(
         key = keys[i]
         if key is not None:
             j.idempotency_key = key
+        if (ck := jobs.concurrency_key[i]) is not None:
+            j.concurrency_key = ck
         if payloads is not None and payloads[i] != "{}":
             j.payload.CopyFrom(reqs[i].payload)
         if run_ats is not None and (run_at := run_ats[i]) is not None:
@@ -354,6 +361,7 @@ def job(r: JobRecord) -> job_pb2.Job:
         idempotency_key=r.idempotency_key or "",
         cancel_requested=r.cancel_requested,
         worker_id=r.worker_id or "",
+        concurrency_key=r.concurrency_key or "",
     )
     for text, out in ((r.payload, j.payload), (r.result, j.result), (r.progress, j.progress)):
         if text and text != "{}":

@@ -12,7 +12,7 @@ from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain import pagination
 from jobqueue_grpc.domain.errors import FieldViolation
 from jobqueue_grpc.domain.jobs import Limits
-from jobqueue_grpc.domain.states import CancelOutcome
+from jobqueue_grpc.domain.states import CancelOutcome, JobState
 from jobqueue_grpc.domain.validation import kind_violation, parse_uuid, queue_violation, raise_if
 from jobqueue_grpc.engine.enqueue import Enqueuer
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2, job_service_pb2_grpc
@@ -71,7 +71,10 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.GetJobRequest, context: Ctx
     ) -> job_service_pb2.GetJobResponse:
         row = await self.store.jobs.get(parse_uuid("id", request.id))
-        return job_service_pb2.GetJobResponse(job=convert.job(row))
+        out = convert.job(row)
+        if row.state == JobState.QUEUED:  # flow control: what holds it, if anything
+            out.held_reason = await self.store.limits.held_reason(row.queue, row.concurrency_key)
+        return job_service_pb2.GetJobResponse(job=out)
 
     async def ListJobs(
         self, request: job_service_pb2.ListJobsRequest, context: Ctx

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from jobqueue_grpc.domain.errors import FieldViolation
+from jobqueue_grpc.domain.limits import concurrency_key_violation
 from jobqueue_grpc.domain.outcomes import MAX_DELAY_SECONDS, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS
 from jobqueue_grpc.domain.validation import (
     IDEMPOTENCY_KEY_MAX,
@@ -93,6 +94,7 @@ class NewJob:
     backoff_base: float | None
     backoff_cap: float | None
     id: uuid.UUID = field(default_factory=uuid7)
+    concurrency_key: str | None = None  # flow control (domain/limits.py)
 
 
 @dataclass(slots=True)
@@ -113,6 +115,7 @@ class NewJobs:
     lease_seconds: list[float] = field(default_factory=list)
     backoff_base: list[float | None] = field(default_factory=list)
     backoff_cap: list[float | None] = field(default_factory=list)
+    concurrency_key: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -129,6 +132,7 @@ class NewJobs:
         self.lease_seconds.append(job.lease_seconds)
         self.backoff_base.append(job.backoff_base)
         self.backoff_cap.append(job.backoff_cap)
+        self.concurrency_key.append(job.concurrency_key)
 
 
 def check_new_job(
@@ -144,6 +148,7 @@ def check_new_job(
     backoff_base: float | None,
     backoff_cap: float | None,
     limits: Limits,
+    concurrency_key: str = "",
 ) -> list[FieldViolation]:
     """Every problem with one enqueue request; `prefix` names it inside a batch ("jobs[3].")."""
     out: list[FieldViolation] = []
@@ -154,6 +159,7 @@ def check_new_job(
 
     add(queue_violation(prefix + "queue", queue))
     add(kind_violation(prefix + "kind", kind))
+    add(concurrency_key_violation(prefix + "concurrency_key", concurrency_key))
     if payload_bytes > limits.payload_max_bytes:
         out.append(
             FieldViolation(

@@ -44,6 +44,7 @@ class JobRecord(NamedTuple):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    concurrency_key: str | None  # flow control (issue 14)
 
 
 class LeasedJob(NamedTuple):

@@ -22,6 +22,7 @@ from jobqueue_grpc.domain.records import (
     Settled,
 )
 from jobqueue_grpc.store.leases import Decide
+from jobqueue_grpc.store.limits import LimitedClaim
 from jobqueue_grpc.store.notify import Commits
 
 Slot = tuple[uuid.UUID, str]
@@ -60,6 +61,14 @@ class LeasePort(Protocol):
     ) -> list[Ended]: ...
 
 
+class LimitPort(Protocol):
+    async def limited_queues(self) -> frozenset[str]: ...
+
+    async def claim(
+        self, queue: str, kinds: Sequence[str] | None, slots: Sequence[Slot]
+    ) -> LimitedClaim | None: ...
+
+
 class JobPort(Protocol):
     async def insert(
         self, jobs: Sequence[NewJob], hand_off: Sequence[Slot | None] | None = None
@@ -91,6 +100,9 @@ class StorePort(Protocol):
     def retention(self) -> RetentionPort: ...
 
     @property
+    def limits(self) -> LimitPort: ...
+
+    @property
     def commits(self) -> Commits: ...
 
     def listener(
@@ -98,4 +110,5 @@ class StorePort(Protocol):
         *,
         on_jobs: Callable[[str], None],
         on_cancel: Callable[[uuid.UUID, uuid.UUID], None],
+        on_limits: Callable[[str], None] = ...,
     ) -> Runnable: ...

@@ -90,6 +90,7 @@ class JobStore:
             self.peers.listening,
             streams,
             workers,
+            [j.concurrency_key for j in jobs],
         )
         inserted = {r[0]: r for r in rows}
         leased = [_leased(r) for r in rows if r["state"] == JobState.RUNNING] if streams else []
@@ -142,8 +143,11 @@ class JobStore:
         ids = "{" + ",".join(jobs.ids) + "}"
         keyless = jobs.idempotency_key.count(None) == len(jobs)
         statement = q("insert_job_batch_without_keys" if keyless else "insert_job_batch")
+        concurrency_keys = _array_or_value(jobs.concurrency_key)  # flow control: $23, $24
         async with self.pool.acquire() as conn:
-            groups = await conn.fetch(statement, ids, *columns, self.peers.listening)
+            groups = await conn.fetch(
+                statement, ids, *columns, self.peers.listening, *concurrency_keys
+            )
             counts = {(g["queue"], g["state"]): g["n"] for g in groups}
             inserted = sum(counts.values())
             at = groups[0]["at"] if groups else None

@@ -1,7 +1,8 @@
 """LISTEN/NOTIFY, and the in-process signals of commits that made jobs claimable.
 
 Every channel name is here; the SQL statements that NOTIFY name them through placeholders
-(store/queries.py). Payloads: jobs, the queue name; cancel, "<job id> <stream id>"; replicas, empty.
+(store/queries.py). Payloads: jobs, the queue name; cancel, "<job id> <stream id>"; replicas,
+empty; limits, the queue name.
 
 Two ways a commit wakes dispatch:
 - in this process, `Commits`: every engine on the store hears it at once (their listeners ignore
@@ -28,11 +29,13 @@ log = logging.getLogger(__name__)
 JOBS_CHANNEL = "jobqueue_jobs"  # jobs became claimable in a queue
 CANCEL_CHANNEL = "jobqueue_cancel"  # a running job's cancel was requested
 REPLICAS_CHANNEL = "jobqueue_replicas"  # a replica started listening
+LIMITS_CHANNEL = "jobqueue_limits"  # a queue's flow control changed (payload: the queue)
 # The placeholders by which store/sql/*.sql names them ('{jobs_channel}', ...).
 CHANNELS = {
     "jobs_channel": JOBS_CHANNEL,
     "cancel_channel": CANCEL_CHANNEL,
     "replicas_channel": REPLICAS_CHANNEL,
+    "limits_channel": LIMITS_CHANNEL,
 }
 
 # The application_name of a replica's LISTEN connection: how replicas find one another.
@@ -88,8 +91,10 @@ class Listener:
         *,
         on_jobs: Callable[[str], None],
         on_cancel: Callable[[uuid.UUID, uuid.UUID], None],
+        on_limits: Callable[[str], None] = lambda _queue: None,
     ) -> None:
         self.url = url
+        self.on_limits = on_limits
         self.peers = peers
         self.own_backends = own_backends  # NOTIFYs from these were heard in-process already
         self.on_jobs = on_jobs
@@ -107,6 +112,7 @@ class Listener:
                 await conn.add_listener(JOBS_CHANNEL, self._heard_jobs)
                 await conn.add_listener(CANCEL_CHANNEL, self._heard_cancel)
                 await conn.add_listener(REPLICAS_CHANNEL, self._heard_replica)
+                await conn.add_listener(LIMITS_CHANNEL, self._heard_limits)
                 await conn.execute(_q("announce_listener"))
                 while not conn.is_closed():
                     announced = self._announcements
@@ -145,6 +151,9 @@ class Listener:
         job_id, _, stream_id = str(payload).partition(" ")
         with contextlib.suppress(ValueError):
             self.on_cancel(uuid.UUID(job_id), uuid.UUID(stream_id))
+
+    def _heard_limits(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        self.on_limits(str(payload))  # this process's own too: its other engines must hear it
 
     def _heard_replica(self, _conn: object, pid: int, _channel: str, _payload: object) -> None:
         own = self._conn.get_server_pid() if self._conn is not None else None

@@ -22,6 +22,7 @@ CREATE TABLE jobqueue.queue_limits (
     burst            double precision CHECK (burst >= 1),
     key_rate         double precision CHECK (key_rate > 0), -- starts per second, per key
     key_burst        double precision CHECK (key_burst >= 1),
+    fair_share       boolean NOT NULL DEFAULT false,
     tokens           double precision NOT NULL DEFAULT 0,   -- the queue's bucket ...
     refilled_at      timestamptz NOT NULL DEFAULT now(),    -- ... as of this time
     key_cursor       text,                                   -- where the next fair-share walk starts
