@@ -24,6 +24,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2 as qs
@@ -199,14 +200,7 @@ async def test_never_more_than_n_running_per_key_across_replicas(
     keys = [f"t{i % 4}" for i in range(80)] + [None] * 10  # keyless jobs are not capped per key
     async with sampler(db_url, "tenants") as seen, fleet(reps, "tenants") as f:
         await f.enqueue(ch, "tenants", keys)
-        try:
-            await all_done(f, len(keys), within=8)
-        except AssertionError:
-            print(await db.fetch("SELECT state, concurrency_key, count(*), min(attempt), max(attempt) FROM jobqueue.jobs GROUP BY 1,2 ORDER BY 1,2"))
-            print(await db.fetch("SELECT * FROM jobqueue.running_counts"))
-            print(await db.fetch("SELECT * FROM jobqueue.queue_limits"))
-            print(dict(f.holding), len(f.done))
-            raise
+        await all_done(f, len(keys))
     assert seen["samples"] > 0
     assert max(f.most[f"t{i}"] for i in range(4)) <= 2  # what the workers held at once
     assert max(seen["by_key"][f"t{i}"] for i in range(4)) <= 2  # what PostgreSQL held
@@ -322,8 +316,6 @@ async def test_limits_changed_while_running_take_effect_within_a_second(
         await set_limits(reps[1][2], "live", key_max_running=2)
         f.hold.set()
         await all_done(f, 10)
-    # after the change to 2 took effect, never more than 2 at once: the last 6 starts
-    # overlapped at most pairwise in PostgreSQL's records
     await eventually(lambda: counters(db, "live"), lambda c: c == {}, what="counters at 0")
 
 
@@ -331,40 +323,41 @@ async def test_a_dead_worker_releases_its_limited_jobs(
     replicas: Callable[..., Awaitable[list[Replica]]], db: asyncpg.Connection
 ) -> None:
     """Stream closed (the worker process died) and lease expired (it hung): either way the
-    counter comes back down and the job runs again elsewhere, nothing lost or stuck."""
+    key's counter comes back down and its jobs run elsewhere, nothing lost or stuck."""
     reps = await replicas(3, reaper_interval=0.2)
-    a, b = reps[0][2], reps[1][2]
+    a, b, c = (r[2] for r in reps)
     await set_limits(a, "fragile", key_max_running=1)
     stub = jsg.JobServiceStub(a)
-    first = (
-        await stub.Enqueue(
-            js.EnqueueRequest(queue="fragile", kind="work", concurrency_key="solo")
-        )
-    ).job.id
-    second = (
-        await stub.Enqueue(
-            js.EnqueueRequest(
-                queue="fragile",
-                kind="work",
-                concurrency_key="solo",
-                lease_duration={"seconds": 1},
-                priority=1,
+    quick = job_pb2.RetryPolicy(
+        backoff_base={"nanos": 50_000_000}, backoff_cap={"nanos": 100_000_000}
+    )
+    ids = [
+        (
+            await stub.Enqueue(
+                js.EnqueueRequest(
+                    queue="fragile",
+                    kind="work",
+                    concurrency_key="solo",
+                    lease_duration={"seconds": 1},
+                    retry_policy=quick,
+                    priority=p,
+                )
             )
-        )
-    ).job.id
-
+        ).job.id
+        for p in (0, 1)
+    ]
     dying = await RawWorker(a).open(queues=("fragile",))
-    got = await dying.next_job()
-    assert got.job.id == first
+    assert (await dying.next_job()).job.id == ids[0]
     assert await counters(db, "fragile") == {"": 1, "solo": 1}
-    dying.call.cancel()  # the stream ends with a job held
+    dying.call.cancel()  # dies holding it: the stream's end releases the lease and the counter
 
-    hung = await RawWorker(b).open(queues=("fragile",))
-    again = await hung.next_job()  # the first job, released to the retry path, or the second
-    assert again.job.id in (first, second)
-    # this worker never answers: whatever it holds expires (1 s lease for the second job), and
-    # both jobs still end up done by a healthy worker
-    healthy = await RawWorker(reps[2][2]).open(queues=("fragile",))
+    hung = await RawWorker(b).open(queues=("fragile",), max_in_flight=1)
+    held = await hung.next_job()  # on another replica, at once: the key was not left full
+    assert held.job.id in ids
+    assert await counters(db, "fragile") == {"": 1, "solo": 1}
+    # `hung` never answers: its lease expires after 1 s (the reaper ends it and the counter
+    # goes down), and a healthy worker runs both jobs
+    healthy = await RawWorker(c).open(queues=("fragile",))
     done: set[str] = set()
 
     async def finish() -> set[str]:
@@ -374,9 +367,7 @@ async def test_a_dead_worker_releases_its_limited_jobs(
             done.add(lj.job.id)
         return done
 
-    if again.job.id == first:  # make the hung worker give the first one back by failing it
-        await hung.fail(again, retry_after=0)
-    await eventually(finish, lambda d: {first, second} <= d, within=30, what="both jobs done")
+    await eventually(finish, lambda d: set(ids) <= d, within=30, what="both jobs done")
     await eventually(lambda: counters(db, "fragile"), lambda c: c == {}, what="counters at 0")
     for wk in (hung, healthy):
         wk.call.cancel()
@@ -398,20 +389,20 @@ async def test_get_job_says_why_a_job_waits(
     wk = await RawWorker(ch).open(queues=("held",))
     running = await wk.next_job()
     waiting = next(i for i in ids if i != running.job.id)
-    assert await reason(waiting) == (js.job__pb2.JOB_STATE_QUEUED, "concurrency_key limit")
+    assert await reason(waiting) == (job_pb2.JOB_STATE_QUEUED, "concurrency_key limit")
     assert (await stub.GetJob(js.GetJobRequest(id=waiting))).job.concurrency_key == "k"
 
     await set_limits(ch, "held", max_running=1)
-    assert await reason(waiting) == (js.job__pb2.JOB_STATE_QUEUED, "queue limit")
+    assert await reason(waiting) == (job_pb2.JOB_STATE_QUEUED, "queue limit")
 
     await set_limits(ch, "held", rate=0.001, burst=1)  # the one token is spent below
     await wk.complete(running)
     nxt = await wk.next_job()
     assert nxt.job.id == waiting
     (third,) = await enqueue(ch, "held", [None])
-    assert await reason(third) == (js.job__pb2.JOB_STATE_QUEUED, "rate limit")
+    assert await reason(third) == (job_pb2.JOB_STATE_QUEUED, "rate limit")
     await set_limits(ch, "held")  # cleared
-    assert await reason(third) == (js.job__pb2.JOB_STATE_QUEUED, "")
+    assert await reason(third) == (job_pb2.JOB_STATE_QUEUED, "")
     wk.call.cancel()
 
 
@@ -468,5 +459,7 @@ async def test_without_limits_nothing_is_counted(
         await f.enqueue(rep[2], "free", ["k"] * 5 + [None] * 5)
         await all_done(f, 10)
     assert await db.fetchval("SELECT count(*) FROM jobqueue.running_counts") == 0
-    assert await db.fetchval("SELECT count(*) FROM jobqueue.jobs WHERE limit_token IS NOT NULL") == 0
+    assert (
+        await db.fetchval("SELECT count(*) FROM jobqueue.jobs WHERE limit_token IS NOT NULL") == 0
+    )
     assert f.most["k"] > 1  # nothing capped it

@@ -101,10 +101,10 @@ class LimitStore:
         lim = _limits(r)
         return rules.held_reason(
             lim,
-            queue_running=r[8],
-            queue_tokens=_bucket(r[6], r[7], lim.rate, lim.burst),
-            key_running=(r[9] or 0) if key is not None else None,
-            key_tokens=_bucket(r[10], r[11], lim.key_rate, lim.key_burst)
+            queue_running=r["queue_running"],
+            queue_tokens=_bucket(r["tokens"], r["elapsed"], lim.rate, lim.burst),
+            key_running=(r["key_running"] or 0) if key is not None else None,
+            key_tokens=_bucket(r["key_tokens"], r["key_elapsed"], lim.key_rate, lim.key_burst)
             if key is not None
             else None,
         )

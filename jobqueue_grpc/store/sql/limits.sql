@@ -207,10 +207,11 @@ SELECT * FROM leased;
 -- What GetJob needs to say why a waiting job of queue $1 (key $2) is held: the limits, the
 -- counters and the buckets as stored (seconds since refilled).
 SELECT l.max_running, l.key_max_running, l.rate, l.burst, l.key_rate, l.key_burst,
-       l.fair_share, l.tokens, date_part('epoch', now() - l.refilled_at),
-       coalesce((SELECT running FROM jobqueue.running_counts WHERE queue = $1 AND key = ''), 0),
-       (SELECT running FROM jobqueue.running_counts WHERE queue = $1 AND key = $2),
-       b.tokens, date_part('epoch', now() - b.refilled_at)
+       l.fair_share, l.tokens, date_part('epoch', now() - l.refilled_at) AS elapsed,
+       coalesce((SELECT running FROM jobqueue.running_counts WHERE queue = $1 AND key = ''), 0)
+           AS queue_running,
+       (SELECT running FROM jobqueue.running_counts WHERE queue = $1 AND key = $2) AS key_running,
+       b.tokens AS key_tokens, date_part('epoch', now() - b.refilled_at) AS key_elapsed
 FROM jobqueue.queue_limits l
 LEFT JOIN jobqueue.key_buckets b ON b.queue = $1 AND b.key = $2
 WHERE l.queue = $1;
