@@ -36,6 +36,12 @@ tools: ## build the pinned Go tools (protoc plugins, grpcurl, grpc-health-probe)
 $(TS_DEPS): clients/typescript/package-lock.json
 	cd clients/typescript && npm ci --no-audit --no-fund
 
+DASH_DEPS := dashboard/node_modules/.package-lock.json
+DASHBOARD := jobqueue_grpc/dashboard
+
+$(DASH_DEPS): dashboard/package-lock.json
+	cd dashboard && npm ci --no-audit --no-fund
+
 generate: $(STAMP) tools $(TS_DEPS) ## regenerate the Python, Go and TypeScript stubs (buf.gen.yaml)
 	PYTHON=$(BIN)/python scripts/generate.sh
 
@@ -46,6 +52,13 @@ check-generated: generate ## fail if the committed stubs are stale
 	git diff --exit-code -- $(GENERATED)
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --porcelain -- $(GENERATED); exit 1; }
 
+dashboard: $(DASH_DEPS) ## rebuild the web dashboard (dashboard/ -> jobqueue_grpc/dashboard, shipped)
+	cd dashboard && npm run build
+
+check-dashboard: dashboard ## fail if the committed dashboard bundle is stale
+	git diff --exit-code -- $(DASHBOARD)
+	@test -z "$$(git status --porcelain -- $(DASHBOARD))" || { git status --porcelain -- $(DASHBOARD); exit 1; }
+
 lint: $(STAMP) ## buf lint, ruff, mypy --strict
 	$(BIN)/buf lint
 	$(BIN)/ruff check jobqueue_grpc tests bench examples
@@ -55,4 +68,4 @@ lint: $(STAMP) ## buf lint, ruff, mypy --strict
 bench: $(STAMP) ## run the benchmarks; prints JSON and a table
 	$(BIN)/python bench/run.py
 
-.PHONY: help install serve test tools generate breaking check-generated lint bench
+.PHONY: help install serve test tools generate breaking check-generated dashboard check-dashboard lint bench

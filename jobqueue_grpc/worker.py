@@ -17,6 +17,7 @@ a thread pool and can watch `ctx.cancel_requested`. Raise `DoNotRetry` to dead-l
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import os
@@ -33,6 +34,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from jobqueue_grpc import _trace
 from jobqueue_grpc._aio import spawn, wait
 from jobqueue_grpc._channel import TLS, aio_channel, metadata
 from jobqueue_grpc._durations import duration, seconds
@@ -106,6 +108,11 @@ class JobContext:
     @property
     def attempt(self) -> int:
         return self.job.attempt
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The labels the job was enqueued with."""
+        return dict(self.job.metadata)
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -237,6 +244,7 @@ class Worker:
         shutdown_timeout: float = 30.0,
         reconnect_min: float = 0.1,
         reconnect_max: float = 5.0,
+        tracer_provider: Any | None = None,
     ) -> None:
         self.address = address
         self.queues = list(queues)
@@ -248,6 +256,10 @@ class Worker:
         self.shutdown_timeout = shutdown_timeout
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
+        # OpenTelemetry: each handler runs in a span, a child of the job's producer, when an SDK
+        # is configured (this provider, else the global one); otherwise no span (_trace.py).
+        self.tracer_provider = tracer_provider
+        self._tracer: Any | None = None
         self.handlers: dict[str, Handler] = {}
         self._async: set[str] = set()  # kinds whose handler is a coroutine function
         self._threads: ThreadPoolExecutor | None = None
@@ -318,6 +330,7 @@ class Worker:
 
     async def _run_session(self) -> None:
         assert self._stop is not None
+        self._tracer = _trace.job_tracer(self.tracer_provider)  # a global SDK set up by now
         async with aio_channel(self.address, self.tls) as channel:
             call = wsg.WorkerServiceStub(channel).Lease(metadata=metadata(self.token))
             s = _Session(self, call)
@@ -445,6 +458,21 @@ class Worker:
         elif which == "heartbeat" and s.draining:
             s.drained.set()
 
+    async def _call(self, fn: Handler, ctx: JobContext) -> Any:
+        if ctx.kind in self._async:
+            return await fn(ctx)
+        assert self._threads is not None
+        loop = asyncio.get_running_loop()
+        if self._tracer is not None:  # the thread runs in this task's context: the job's span
+            result = await loop.run_in_executor(
+                self._threads, contextvars.copy_context().run, fn, ctx
+            )
+        else:
+            result = await loop.run_in_executor(self._threads, fn, ctx)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
     async def _execute(self, s: _Session, ctx: JobContext) -> None:
         fn = self.handlers.get(ctx.kind)
         started = time.monotonic()
@@ -462,13 +490,11 @@ class Worker:
         try:
             if fn is None:
                 raise DoNotRetry(f"this worker has no handler for kind {ctx.kind!r}")
-            if ctx.kind in self._async:
-                result = await fn(ctx)
+            if self._tracer is None:
+                result = await self._call(fn, ctx)
             else:
-                assert self._threads is not None
-                result = await asyncio.get_running_loop().run_in_executor(self._threads, fn, ctx)
-                if inspect.isawaitable(result):
-                    result = await result
+                with _trace.job_span(self._tracer, ctx.job):
+                    result = await self._call(fn, ctx)
         except asyncio.CancelledError:
             if ctx.lost:
                 outcome("abandoned: its lease is gone")

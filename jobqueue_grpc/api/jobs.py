@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -12,9 +13,12 @@ from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain import pagination
 from jobqueue_grpc.domain.errors import FieldViolation
 from jobqueue_grpc.domain.jobs import Limits
+from jobqueue_grpc.domain.metadata import from_headers, metadata_violations
+from jobqueue_grpc.domain.records import JobRecord
 from jobqueue_grpc.domain.states import CancelOutcome, JobState
 from jobqueue_grpc.domain.validation import kind_violation, parse_uuid, queue_violation, raise_if
 from jobqueue_grpc.engine.enqueue import Enqueuer
+from jobqueue_grpc.engine.watches import Watches
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2, job_service_pb2_grpc
 from jobqueue_grpc.store import Store
 
@@ -41,16 +45,19 @@ def page_size(requested: int, settings: Settings) -> int:
 
 
 class JobService(job_service_pb2_grpc.JobServiceServicer):
-    def __init__(self, store: Store, enqueuer: Enqueuer, settings: Settings) -> None:
+    def __init__(
+        self, store: Store, enqueuer: Enqueuer, settings: Settings, watches: Watches
+    ) -> None:
         self.store = store
         self.enqueuer = enqueuer
+        self.watches = watches
         self.settings = settings
         self.limits = limits_of(settings)
 
     async def Enqueue(
         self, request: job_service_pb2.EnqueueRequest, context: Ctx
     ) -> job_service_pb2.EnqueueResponse:
-        new = convert.new_job(request, "", self.limits)
+        new = convert.new_job(request, "", self.limits, from_headers(context.invocation_metadata()))
         row, created = await self.enqueuer.enqueue(new)
         return job_service_pb2.EnqueueResponse(job=convert.job(row), created=created)
 
@@ -63,7 +70,8 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
                 [FieldViolation("jobs", f"a batch holds 1..{self.settings.max_batch_size} jobs")],
                 "bad batch size",
             )
-        jobs = convert.new_jobs(request.jobs, self.limits)
+        trace = from_headers(context.invocation_metadata())  # for every job that sets none
+        jobs = convert.new_jobs(request.jobs, self.limits, trace)
         out = await self.enqueuer.enqueue_batch(jobs)
         return convert.enqueue_batch_response(request.jobs, jobs, out.created, out.at, out.existing)
 
@@ -79,20 +87,13 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
     async def ListJobs(
         self, request: job_service_pb2.ListJobsRequest, context: Ctx
     ) -> job_service_pb2.ListJobsResponse:
-        violations = [
-            v
-            for v in (
-                request.queue and queue_violation("queue", request.queue),
-                request.kind and kind_violation("kind", request.kind),
-            )
-            if v
-        ]
-        if request.state and request.state not in convert.STATE_FROM_PROTO:
-            violations.append(FieldViolation("state", f"unknown state {request.state}"))
-        raise_if(violations)
+        _check_filters(request)
         limit = page_size(request.page_size, self.settings)
         state = convert.STATE_FROM_PROTO.get(request.state)
-        filters = (request.queue, request.kind, request.state)
+        labels = convert.metadata_json(dict(sorted(request.metadata.items())))
+        filters: tuple[object, ...] = (request.queue, request.kind, request.state)
+        if labels is not None:  # tokens of unlabelled lists stay as they were
+            filters += (labels,)
         secret = await self.store.page_token_key()
         after = pagination.decode(request.page_token, filters, secret)
         rows = await self.store.jobs.list(
@@ -101,6 +102,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
             state=state,
             after=after[1] if after else None,
             limit=limit + 1,
+            metadata=labels,
         )
         token = ""
         if len(rows) > limit:
@@ -117,3 +119,67 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         if outcome is CancelOutcome.CANCELLED:  # committed; CANCEL_REQUESTED ends in the engine
             metrics.cancelled(row.queue, row.kind)
         return job_service_pb2.CancelJobResponse(job=convert.job(row), outcome=_OUTCOME[outcome])
+
+    async def WatchJob(
+        self, request: job_service_pb2.WatchJobRequest, context: Ctx
+    ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
+        job_id = parse_uuid("id", request.id)
+        row = await self.store.jobs.get(job_id)
+        if JobState(row.state).terminal:
+            yield job_service_pb2.WatchJobResponse(job=convert.job(row))
+            return
+        async with self.watches.watch(context.peer(), frozenset({job_id})) as w:
+            row = await self.store.jobs.get(job_id)  # read again: now changes are announced
+            yield job_service_pb2.WatchJobResponse(job=convert.job(row))
+            while not JobState(row.state).terminal:
+                await w.next()
+                new = await self.store.jobs.get(job_id)
+                if _seen(new) != _seen(row):
+                    yield job_service_pb2.WatchJobResponse(job=convert.job(new))
+                row = new
+
+    async def WatchJobs(
+        self, request: job_service_pb2.WatchJobsRequest, context: Ctx
+    ) -> AsyncIterator[job_service_pb2.WatchJobsResponse]:
+        _check_filters(request)
+        queue, kind = request.queue, request.kind
+        async with self.watches.watch(context.peer(), None) as w:
+            yield job_service_pb2.WatchJobsResponse()  # watching from now on: list now
+            while True:
+                ids, everything = await w.next()
+                if everything:
+                    yield job_service_pb2.WatchJobsResponse(resync=True)
+                    continue
+                rows = await self.store.watch.jobs(ids)
+                jobs = [
+                    convert.job(r)
+                    for r in sorted(rows, key=lambda r: r.id)
+                    if (not queue or r.queue == queue) and (not kind or r.kind == kind)
+                ]
+                if jobs:
+                    yield job_service_pb2.WatchJobsResponse(jobs=jobs)
+
+
+def _seen(row: JobRecord) -> tuple[Any, ...]:
+    """What a watcher of one job is shown a change of."""
+    return (row.state, row.attempt, row.progress, row.result, row.cancel_requested, row.errors)
+
+
+def _check_filters(
+    request: job_service_pb2.ListJobsRequest | job_service_pb2.WatchJobsRequest,
+) -> None:
+    violations = [
+        v
+        for v in (
+            request.queue and queue_violation("queue", request.queue),
+            request.kind and kind_violation("kind", request.kind),
+        )
+        if v
+    ]
+    if isinstance(request, job_service_pb2.ListJobsRequest) and (
+        request.state and request.state not in convert.STATE_FROM_PROTO
+    ):
+        violations.append(FieldViolation("state", f"unknown state {request.state}"))
+    if isinstance(request, job_service_pb2.ListJobsRequest) and request.metadata:
+        violations += metadata_violations("metadata", request.metadata)
+    raise_if(violations)

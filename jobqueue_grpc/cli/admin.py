@@ -11,7 +11,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -73,7 +73,7 @@ def state_name(state: int) -> str:
 # -- jobs -----------------------------------------------------------------------------------------
 def _job_rows(jobs: list[job_pb2.Job]) -> None:
     output.table(
-        ["ID", "QUEUE", "KIND", "STATE", "ATTEMPT", "PRIORITY", "CREATED"],
+        ["ID", "QUEUE", "KIND", "STATE", "ATTEMPT", "PRIORITY", "CREATED", "METADATA"],
         [
             [
                 j.id,
@@ -83,6 +83,7 @@ def _job_rows(jobs: list[job_pb2.Job]) -> None:
                 j.attempt,
                 j.priority,
                 output.when(j.created_at, j.HasField("created_at")),
+                _labels(j.metadata),
             ]
             for j in jobs
         ],
@@ -100,6 +101,8 @@ def _job_detail(j: job_pb2.Job) -> None:
             ("priority", j.priority),
             ("idempotency key", j.idempotency_key or "-"),
             ("payload", json.dumps(output.as_dict(j.payload))),
+            ("metadata", _labels(j.metadata)),
+            ("traceparent", j.traceparent or "-"),
             ("run at", output.when(j.run_at, j.HasField("run_at"))),
             ("created", output.when(j.created_at, j.HasField("created_at"))),
             ("started", output.when(j.started_at, j.HasField("started_at"))),
@@ -112,6 +115,17 @@ def _job_detail(j: job_pb2.Job) -> None:
         print(f"result: {json.dumps(output.as_dict(j.result))}")
 
 
+def _labels(metadata: Mapping[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(metadata.items())) or "-"
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
 def jobs_enqueue(args: argparse.Namespace, ch: grpc.Channel) -> int:
     req = js.EnqueueRequest(
         queue=args.queue,
@@ -119,6 +133,7 @@ def jobs_enqueue(args: argparse.Namespace, ch: grpc.Channel) -> int:
         priority=args.priority,
         max_attempts=args.max_attempts,
         idempotency_key=args.idempotency_key,
+        metadata=dict(args.label or []),
     )
     try:
         payload = json.loads(args.payload)
@@ -160,6 +175,7 @@ def jobs_list(args: argparse.Namespace, ch: grpc.Channel) -> int:
                 state=state,
                 page_size=min(1000, args.limit - len(jobs)),
                 page_token=token,
+                metadata=dict(args.label or []),
             ),
             timeout=TIMEOUT,
         )
@@ -536,11 +552,21 @@ def register(sub: Any) -> None:
     p.add_argument("--max-attempts", type=int, default=0, help="0: the server's default")
     p.add_argument("--run-at", type=parse_time, help="not before this ISO 8601 time")
     p.add_argument("--idempotency-key", default="")
+    p.add_argument(
+        "--label", type=parse_label, action="append", metavar="KEY=VALUE", help="metadata (repeat)"
+    )
     leaf(g, "get", jobs_get, "show one job").add_argument("id")
     p = leaf(g, "list", jobs_list, "list jobs, newest first")
     p.add_argument("--queue", default="")
     p.add_argument("--kind", default="")
     p.add_argument("--state", choices=STATES)
+    p.add_argument(
+        "--label",
+        type=parse_label,
+        action="append",
+        metavar="KEY=VALUE",
+        help="only jobs whose metadata holds this pair (repeat: all of them)",
+    )
     p.add_argument("--limit", type=int, default=100, help="show at most this many (100)")
     leaf(g, "cancel", jobs_cancel, "cancel a job").add_argument("id")
 

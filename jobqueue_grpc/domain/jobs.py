@@ -95,6 +95,10 @@ class NewJob:
     backoff_cap: float | None
     id: uuid.UUID = field(default_factory=uuid7)
     concurrency_key: str | None = None  # flow control (domain/limits.py)
+    # issue 16: labels (a JSON object of strings; None when none) and the producer's trace context
+    metadata_json: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(slots=True)
@@ -116,6 +120,10 @@ class NewJobs:
     backoff_base: list[float | None] = field(default_factory=list)
     backoff_cap: list[float | None] = field(default_factory=list)
     concurrency_key: list[str | None] = field(default_factory=list)
+    # issue 16 (see NewJob)
+    metadata_json: list[str | None] = field(default_factory=list)
+    traceparent: list[str | None] = field(default_factory=list)
+    tracestate: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -133,6 +141,9 @@ class NewJobs:
         self.backoff_base.append(job.backoff_base)
         self.backoff_cap.append(job.backoff_cap)
         self.concurrency_key.append(job.concurrency_key)
+        self.metadata_json.append(job.metadata_json)
+        self.traceparent.append(job.traceparent)
+        self.tracestate.append(job.tracestate)
 
 
 def check_new_job(

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from jobqueue_grpc.domain.errors import FailedPrecondition, job_not_found
-from jobqueue_grpc.domain.jobs import NewJob, NewJobs
+from jobqueue_grpc.domain.jobs import Limits, NewJob, NewJobs
 from jobqueue_grpc.domain.records import BatchInserted, Inserted, JobRecord, LeasedJob
 from jobqueue_grpc.domain.states import CancelOutcome, JobState, cancel_outcome
 from jobqueue_grpc.store.errors import conflict, translated
@@ -90,6 +90,9 @@ class JobStore:
             self.peers.listening,
             streams,
             workers,
+            [j.metadata_json for j in jobs],
+            [j.traceparent for j in jobs],
+            [j.tracestate for j in jobs],
             [j.concurrency_key for j in jobs],
         )
         inserted = {r[0]: r for r in rows}
@@ -143,11 +146,12 @@ class JobStore:
         ids = "{" + ",".join(jobs.ids) + "}"
         keyless = jobs.idempotency_key.count(None) == len(jobs)
         statement = q("insert_job_batch_without_keys" if keyless else "insert_job_batch")
-        concurrency_keys = _array_or_value(jobs.concurrency_key)  # flow control: $23, $24
         async with self.pool.acquire() as conn:
-            groups = await conn.fetch(
-                statement, ids, *columns, self.peers.listening, *concurrency_keys
-            )
+            extra: list[Any] = []  # after $22: issue 16's columns, then the concurrency key
+            for values in (jobs.metadata_json, jobs.traceparent, jobs.tracestate):
+                extra += _array_or_value(values)
+            extra += _array_or_value(jobs.concurrency_key)  # flow control: $29, $30
+            groups = await conn.fetch(statement, ids, *columns, self.peers.listening, *extra)
             counts = {(g["queue"], g["state"]): g["n"] for g in groups}
             inserted = sum(counts.values())
             at = groups[0]["at"] if groups else None
@@ -168,6 +172,16 @@ class JobStore:
             raise conflict()
         return BatchInserted(created, at, existing, counts)
 
+    async def publish_enqueue_defaults(self, limits: Limits) -> None:
+        """Writes this server's enqueue defaults and limits where the SQL function
+        jobqueue.enqueue reads them, so a transactional enqueue applies what Enqueue does."""
+        await self.pool.execute(
+            q("publish_enqueue_defaults"),
+            limits.payload_max_bytes,
+            limits.default_max_attempts,
+            limits.default_lease_seconds,
+        )
+
     async def get(self, job_id: uuid.UUID) -> JobRecord:
         row = await self.pool.fetchrow(q("get_job"), job_id)
         if row is None:
@@ -182,11 +196,15 @@ class JobStore:
         state: JobState | None,
         after: uuid.UUID | None,
         limit: int,
+        metadata: str | None = None,
     ) -> list[JobRecord]:
-        """Newest first; `after` is the last id of the previous page."""
+        """Newest first; `after` is the last id of the previous page; `metadata`, a JSON object
+        every listed job's metadata holds."""
         last_id = after or FIRST_PAGE_AFTER
         state_value = state.value if state else None
-        rows = await self.pool.fetch(q("list_jobs"), queue, kind, state_value, last_id, limit)
+        rows = await self.pool.fetch(
+            q("list_jobs"), queue, kind, state_value, last_id, limit, metadata
+        )
         return list(map(_JOB, rows))
 
     async def cancel(self, job_id: uuid.UUID) -> tuple[JobRecord, CancelOutcome]:

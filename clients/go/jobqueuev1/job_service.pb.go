@@ -98,8 +98,16 @@ type EnqueueRequest struct {
 	// Optional; [A-Za-z0-9_.:/@-]{1,128}, e.g. a tenant id. The queue's limits per key
 	// (QueueLimits.key_max_running, key_rate) apply to the jobs that share it.
 	ConcurrencyKey string `protobuf:"bytes,11,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Labels for dashboards and ListJobs filters: at most 32 pairs; keys [a-zA-Z0-9_.:/-]{1,64},
+	// values up to 512 characters.
+	Metadata map[string]string `protobuf:"bytes,12,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The producer's W3C trace context (https://www.w3.org/TR/trace-context/), stored with the job
+	// and delivered with every lease. Empty: the call's `traceparent`/`tracestate` metadata, if any.
+	Traceparent string `protobuf:"bytes,13,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	// Only with traceparent; at most 512 characters.
+	Tracestate    string `protobuf:"bytes,14,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EnqueueRequest) Reset() {
@@ -198,6 +206,27 @@ func (x *EnqueueRequest) GetRetryPolicy() *RetryPolicy {
 func (x *EnqueueRequest) GetConcurrencyKey() string {
 	if x != nil {
 		return x.ConcurrencyKey
+	}
+	return ""
+}
+
+func (x *EnqueueRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *EnqueueRequest) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *EnqueueRequest) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
 	}
 	return ""
 }
@@ -492,7 +521,9 @@ type ListJobsRequest struct {
 	// Default 100, at most 1,000.
 	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's next_page_token.
-	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only jobs whose metadata holds every one of these pairs.
+	Metadata      map[string]string `protobuf:"bytes,7,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -560,6 +591,13 @@ func (x *ListJobsRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListJobsRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
 }
 
 type ListJobsResponse struct {
@@ -711,11 +749,209 @@ func (x *CancelJobResponse) GetOutcome() CancelOutcome {
 	return CancelOutcome_CANCEL_OUTCOME_UNSPECIFIED
 }
 
+type WatchJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in GetJob.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobRequest) Reset() {
+	*x = WatchJobRequest{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobRequest) ProtoMessage() {}
+
+func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
+func (*WatchJobRequest) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WatchJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type WatchJobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job as it is now; the last message has a terminal state.
+	Job           *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobResponse) Reset() {
+	*x = WatchJobResponse{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobResponse) ProtoMessage() {}
+
+func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobResponse.ProtoReflect.Descriptor instead.
+func (*WatchJobResponse) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *WatchJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type WatchJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty matches every queue (kind). Jobs of every state come, so that a view filtered by
+	// state sees a job leave it.
+	Queue         string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobsRequest) Reset() {
+	*x = WatchJobsRequest{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobsRequest) ProtoMessage() {}
+
+func (x *WatchJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobsRequest.ProtoReflect.Descriptor instead.
+func (*WatchJobsRequest) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WatchJobsRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *WatchJobsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+type WatchJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Jobs that were inserted or changed (as they are now) and match the filters.
+	Jobs []*Job `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// True when changes came faster than this stream could take and some were dropped: list again.
+	Resync        bool `protobuf:"varint,2,opt,name=resync,proto3" json:"resync,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobsResponse) Reset() {
+	*x = WatchJobsResponse{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobsResponse) ProtoMessage() {}
+
+func (x *WatchJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobsResponse.ProtoReflect.Descriptor instead.
+func (*WatchJobsResponse) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchJobsResponse) GetJobs() []*Job {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *WatchJobsResponse) GetResync() bool {
+	if x != nil {
+		return x.Resync
+	}
+	return false
+}
+
 var File_jobqueue_v1_job_service_proto protoreflect.FileDescriptor
 
 const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xb0\x03\n" +
+	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xf6\x04\n" +
 	"\x0eEnqueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x121\n" +
@@ -726,7 +962,15 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\a \x01(\tR\x0eidempotencyKey\x12@\n" +
 	"\x0elease_duration\x18\b \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12;\n" +
 	"\fretry_policy\x18\t \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\x12'\n" +
-	"\x0fconcurrency_key\x18\v \x01(\tR\x0econcurrencyKey\"O\n" +
+	"\x0fconcurrency_key\x18\v \x01(\tR\x0econcurrencyKey\x12E\n" +
+	"\bmetadata\x18\f \x03(\v2).jobqueue.v1.EnqueueRequest.MetadataEntryR\bmetadata\x12 \n" +
+	"\vtraceparent\x18\r \x01(\tR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18\x0e \x01(\tR\n" +
+	"tracestate\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"O\n" +
 	"\x0fEnqueueResponse\x12\"\n" +
 	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\bR\acreated\"F\n" +
@@ -740,14 +984,18 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\rGetJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"4\n" +
 	"\x0eGetJobResponse\x12\"\n" +
-	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"\xa4\x01\n" +
+	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"\xa9\x02\n" +
 	"\x0fListJobsRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12+\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x15.jobqueue.v1.JobStateR\x05state\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tR\tpageToken\"`\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x12F\n" +
+	"\bmetadata\x18\a \x03(\v2*.jobqueue.v1.ListJobsRequest.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"`\n" +
 	"\x10ListJobsResponse\x12$\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x10.jobqueue.v1.JobR\x04jobs\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\"\n" +
@@ -755,18 +1003,30 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"m\n" +
 	"\x11CancelJobResponse\x12\"\n" +
 	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\x124\n" +
-	"\aoutcome\x18\x02 \x01(\x0e2\x1a.jobqueue.v1.CancelOutcomeR\aoutcome*r\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1a.jobqueue.v1.CancelOutcomeR\aoutcome\"!\n" +
+	"\x0fWatchJobRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"6\n" +
+	"\x10WatchJobResponse\x12\"\n" +
+	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"<\n" +
+	"\x10WatchJobsRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\"Q\n" +
+	"\x11WatchJobsResponse\x12$\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x10.jobqueue.v1.JobR\x04jobs\x12\x16\n" +
+	"\x06resync\x18\x02 \x01(\bR\x06resync*r\n" +
 	"\rCancelOutcome\x12\x1e\n" +
 	"\x1aCANCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CANCEL_OUTCOME_CANCELLED\x10\x01\x12#\n" +
-	"\x1fCANCEL_OUTCOME_CANCEL_REQUESTED\x10\x022\xff\x02\n" +
+	"\x1fCANCEL_OUTCOME_CANCEL_REQUESTED\x10\x022\x98\x04\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\aEnqueue\x12\x1b.jobqueue.v1.EnqueueRequest\x1a\x1c.jobqueue.v1.EnqueueResponse\x12S\n" +
 	"\fEnqueueBatch\x12 .jobqueue.v1.EnqueueBatchRequest\x1a!.jobqueue.v1.EnqueueBatchResponse\x12A\n" +
 	"\x06GetJob\x12\x1a.jobqueue.v1.GetJobRequest\x1a\x1b.jobqueue.v1.GetJobResponse\x12G\n" +
 	"\bListJobs\x12\x1c.jobqueue.v1.ListJobsRequest\x1a\x1d.jobqueue.v1.ListJobsResponse\x12J\n" +
-	"\tCancelJob\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x1e.jobqueue.v1.CancelJobResponseBIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3"
+	"\tCancelJob\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x1e.jobqueue.v1.CancelJobResponse\x12I\n" +
+	"\bWatchJob\x12\x1c.jobqueue.v1.WatchJobRequest\x1a\x1d.jobqueue.v1.WatchJobResponse0\x01\x12L\n" +
+	"\tWatchJobs\x12\x1d.jobqueue.v1.WatchJobsRequest\x1a\x1e.jobqueue.v1.WatchJobsResponse0\x01BIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3"
 
 var (
 	file_jobqueue_v1_job_service_proto_rawDescOnce sync.Once
@@ -781,7 +1041,7 @@ func file_jobqueue_v1_job_service_proto_rawDescGZIP() []byte {
 }
 
 var file_jobqueue_v1_job_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_jobqueue_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_jobqueue_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_jobqueue_v1_job_service_proto_goTypes = []any{
 	(CancelOutcome)(0),            // 0: jobqueue.v1.CancelOutcome
 	(*EnqueueRequest)(nil),        // 1: jobqueue.v1.EnqueueRequest
@@ -795,42 +1055,56 @@ var file_jobqueue_v1_job_service_proto_goTypes = []any{
 	(*ListJobsResponse)(nil),      // 9: jobqueue.v1.ListJobsResponse
 	(*CancelJobRequest)(nil),      // 10: jobqueue.v1.CancelJobRequest
 	(*CancelJobResponse)(nil),     // 11: jobqueue.v1.CancelJobResponse
-	(*structpb.Struct)(nil),       // 12: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
-	(*RetryPolicy)(nil),           // 15: jobqueue.v1.RetryPolicy
-	(*Job)(nil),                   // 16: jobqueue.v1.Job
-	(JobState)(0),                 // 17: jobqueue.v1.JobState
+	(*WatchJobRequest)(nil),       // 12: jobqueue.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),      // 13: jobqueue.v1.WatchJobResponse
+	(*WatchJobsRequest)(nil),      // 14: jobqueue.v1.WatchJobsRequest
+	(*WatchJobsResponse)(nil),     // 15: jobqueue.v1.WatchJobsResponse
+	nil,                           // 16: jobqueue.v1.EnqueueRequest.MetadataEntry
+	nil,                           // 17: jobqueue.v1.ListJobsRequest.MetadataEntry
+	(*structpb.Struct)(nil),       // 18: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	(*RetryPolicy)(nil),           // 21: jobqueue.v1.RetryPolicy
+	(*Job)(nil),                   // 22: jobqueue.v1.Job
+	(JobState)(0),                 // 23: jobqueue.v1.JobState
 }
 var file_jobqueue_v1_job_service_proto_depIdxs = []int32{
-	12, // 0: jobqueue.v1.EnqueueRequest.payload:type_name -> google.protobuf.Struct
-	13, // 1: jobqueue.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
-	14, // 2: jobqueue.v1.EnqueueRequest.lease_duration:type_name -> google.protobuf.Duration
-	15, // 3: jobqueue.v1.EnqueueRequest.retry_policy:type_name -> jobqueue.v1.RetryPolicy
-	16, // 4: jobqueue.v1.EnqueueResponse.job:type_name -> jobqueue.v1.Job
-	1,  // 5: jobqueue.v1.EnqueueBatchRequest.jobs:type_name -> jobqueue.v1.EnqueueRequest
-	16, // 6: jobqueue.v1.EnqueueBatchResult.job:type_name -> jobqueue.v1.Job
-	4,  // 7: jobqueue.v1.EnqueueBatchResponse.results:type_name -> jobqueue.v1.EnqueueBatchResult
-	16, // 8: jobqueue.v1.GetJobResponse.job:type_name -> jobqueue.v1.Job
-	17, // 9: jobqueue.v1.ListJobsRequest.state:type_name -> jobqueue.v1.JobState
-	16, // 10: jobqueue.v1.ListJobsResponse.jobs:type_name -> jobqueue.v1.Job
-	16, // 11: jobqueue.v1.CancelJobResponse.job:type_name -> jobqueue.v1.Job
-	0,  // 12: jobqueue.v1.CancelJobResponse.outcome:type_name -> jobqueue.v1.CancelOutcome
-	1,  // 13: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
-	3,  // 14: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
-	6,  // 15: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
-	8,  // 16: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
-	10, // 17: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
-	2,  // 18: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
-	5,  // 19: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
-	7,  // 20: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
-	9,  // 21: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
-	11, // 22: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
-	18, // [18:23] is the sub-list for method output_type
-	13, // [13:18] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	18, // 0: jobqueue.v1.EnqueueRequest.payload:type_name -> google.protobuf.Struct
+	19, // 1: jobqueue.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
+	20, // 2: jobqueue.v1.EnqueueRequest.lease_duration:type_name -> google.protobuf.Duration
+	21, // 3: jobqueue.v1.EnqueueRequest.retry_policy:type_name -> jobqueue.v1.RetryPolicy
+	16, // 4: jobqueue.v1.EnqueueRequest.metadata:type_name -> jobqueue.v1.EnqueueRequest.MetadataEntry
+	22, // 5: jobqueue.v1.EnqueueResponse.job:type_name -> jobqueue.v1.Job
+	1,  // 6: jobqueue.v1.EnqueueBatchRequest.jobs:type_name -> jobqueue.v1.EnqueueRequest
+	22, // 7: jobqueue.v1.EnqueueBatchResult.job:type_name -> jobqueue.v1.Job
+	4,  // 8: jobqueue.v1.EnqueueBatchResponse.results:type_name -> jobqueue.v1.EnqueueBatchResult
+	22, // 9: jobqueue.v1.GetJobResponse.job:type_name -> jobqueue.v1.Job
+	23, // 10: jobqueue.v1.ListJobsRequest.state:type_name -> jobqueue.v1.JobState
+	17, // 11: jobqueue.v1.ListJobsRequest.metadata:type_name -> jobqueue.v1.ListJobsRequest.MetadataEntry
+	22, // 12: jobqueue.v1.ListJobsResponse.jobs:type_name -> jobqueue.v1.Job
+	22, // 13: jobqueue.v1.CancelJobResponse.job:type_name -> jobqueue.v1.Job
+	0,  // 14: jobqueue.v1.CancelJobResponse.outcome:type_name -> jobqueue.v1.CancelOutcome
+	22, // 15: jobqueue.v1.WatchJobResponse.job:type_name -> jobqueue.v1.Job
+	22, // 16: jobqueue.v1.WatchJobsResponse.jobs:type_name -> jobqueue.v1.Job
+	1,  // 17: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
+	3,  // 18: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
+	6,  // 19: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
+	8,  // 20: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
+	10, // 21: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
+	12, // 22: jobqueue.v1.JobService.WatchJob:input_type -> jobqueue.v1.WatchJobRequest
+	14, // 23: jobqueue.v1.JobService.WatchJobs:input_type -> jobqueue.v1.WatchJobsRequest
+	2,  // 24: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
+	5,  // 25: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
+	7,  // 26: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
+	9,  // 27: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
+	11, // 28: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
+	13, // 29: jobqueue.v1.JobService.WatchJob:output_type -> jobqueue.v1.WatchJobResponse
+	15, // 30: jobqueue.v1.JobService.WatchJobs:output_type -> jobqueue.v1.WatchJobsResponse
+	24, // [24:31] is the sub-list for method output_type
+	17, // [17:24] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_jobqueue_v1_job_service_proto_init() }
@@ -845,7 +1119,7 @@ func file_jobqueue_v1_job_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobqueue_v1_job_service_proto_rawDesc), len(file_jobqueue_v1_job_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

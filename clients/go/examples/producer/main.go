@@ -2,6 +2,7 @@
 //
 // Each run uses fresh idempotency keys (go-producer-<run>-<i>); pass the same -run again to
 // see the idempotency keys at work: the same jobs come back, created=false.
+// With -wait it then waits for each to finish (jobs.Wait: the server pushes, nothing polls).
 package main
 
 import (
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	jobqueuev1 "github.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1"
+	jobqueuejobs "github.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobs"
 )
 
 func main() {
@@ -25,6 +27,7 @@ func main() {
 	n := flag.Int("n", 3, "how many jobs")
 	run := flag.String("run", strconv.FormatInt(time.Now().UnixNano(), 36),
 		"idempotency key prefix (unique per run by default; repeat one to get the same jobs back)")
+	wait := flag.Bool("wait", false, "wait for every job to end (run a worker too)")
 	flag.Parse()
 
 	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -35,6 +38,7 @@ func main() {
 	jobs := jobqueuev1.NewJobServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	var ids []string
 
 	for i := range *n {
 		payload, _ := structpb.NewStruct(map[string]any{"to": fmt.Sprintf("user%d@example.com", i)})
@@ -46,5 +50,17 @@ func main() {
 			log.Fatal(err)
 		}
 		fmt.Printf("%s %s created=%v\n", resp.Job.Id, resp.Job.State, resp.Created)
+		ids = append(ids, resp.Job.Id)
+	}
+	if *wait {
+		waitCtx, stop := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer stop()
+		for _, id := range ids {
+			job, err := jobqueuejobs.Wait(waitCtx, jobs, id)
+			if err != nil {
+				log.Fatal(err)
+			}
+			fmt.Printf("%s %s result=%v\n", job.Id, job.State, job.Result.AsMap())
+		}
 	}
 }

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2 as jobqueue_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djobqueue/v1/job_service.proto\x12\x0bjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xc0\x02\n\x0e\x45nqueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12*\n\x06run_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x31\n\x0elease_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0cretry_policy\x18\t \x01(\x0b\x32\x18.jobqueue.v1.RetryPolicy\x12\x17\n\x0f\x63oncurrency_key\x18\x0b \x01(\t\"A\n\x0f\x45nqueueResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"@\n\x13\x45nqueueBatchRequest\x12)\n\x04jobs\x18\x01 \x03(\x0b\x32\x1b.jobqueue.v1.EnqueueRequest\"D\n\x12\x45nqueueBatchResult\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"H\n\x14\x45nqueueBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.jobqueue.v1.EnqueueBatchResult\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\"{\n\x0fListJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.jobqueue.v1.JobState\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.jobqueue.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"_\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.jobqueue.v1.CancelOutcome*r\n\rCancelOutcome\x12\x1e\n\x1a\x43\x41NCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41NCEL_OUTCOME_CANCELLED\x10\x01\x12#\n\x1f\x43\x41NCEL_OUTCOME_CANCEL_REQUESTED\x10\x02\x32\xff\x02\n\nJobService\x12\x44\n\x07\x45nqueue\x12\x1b.jobqueue.v1.EnqueueRequest\x1a\x1c.jobqueue.v1.EnqueueResponse\x12S\n\x0c\x45nqueueBatch\x12 .jobqueue.v1.EnqueueBatchRequest\x1a!.jobqueue.v1.EnqueueBatchResponse\x12\x41\n\x06GetJob\x12\x1a.jobqueue.v1.GetJobRequest\x1a\x1b.jobqueue.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.jobqueue.v1.ListJobsRequest\x1a\x1d.jobqueue.v1.ListJobsResponse\x12J\n\tCancelJob\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x1e.jobqueue.v1.CancelJobResponseBIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djobqueue/v1/job_service.proto\x12\x0bjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xd7\x03\n\x0e\x45nqueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12*\n\x06run_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x31\n\x0elease_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0cretry_policy\x18\t \x01(\x0b\x32\x18.jobqueue.v1.RetryPolicy\x12\x17\n\x0f\x63oncurrency_key\x18\x0b \x01(\t\x12;\n\x08metadata\x18\x0c \x03(\x0b\x32).jobqueue.v1.EnqueueRequest.MetadataEntry\x12\x13\n\x0btraceparent\x18\r \x01(\t\x12\x12\n\ntracestate\x18\x0e \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x0f\x45nqueueResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"@\n\x13\x45nqueueBatchRequest\x12)\n\x04jobs\x18\x01 \x03(\x0b\x32\x1b.jobqueue.v1.EnqueueRequest\"D\n\x12\x45nqueueBatchResult\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"H\n\x14\x45nqueueBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.jobqueue.v1.EnqueueBatchResult\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\"\xea\x01\n\x0fListJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.jobqueue.v1.JobState\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12<\n\x08metadata\x18\x07 \x03(\x0b\x32*.jobqueue.v1.ListJobsRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.jobqueue.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"_\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.jobqueue.v1.CancelOutcome\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"1\n\x10WatchJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\"/\n\x10WatchJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"C\n\x11WatchJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.jobqueue.v1.Job\x12\x0e\n\x06resync\x18\x02 \x01(\x08*r\n\rCancelOutcome\x12\x1e\n\x1a\x43\x41NCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41NCEL_OUTCOME_CANCELLED\x10\x01\x12#\n\x1f\x43\x41NCEL_OUTCOME_CANCEL_REQUESTED\x10\x02\x32\x98\x04\n\nJobService\x12\x44\n\x07\x45nqueue\x12\x1b.jobqueue.v1.EnqueueRequest\x1a\x1c.jobqueue.v1.EnqueueResponse\x12S\n\x0c\x45nqueueBatch\x12 .jobqueue.v1.EnqueueBatchRequest\x1a!.jobqueue.v1.EnqueueBatchResponse\x12\x41\n\x06GetJob\x12\x1a.jobqueue.v1.GetJobRequest\x1a\x1b.jobqueue.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.jobqueue.v1.ListJobsRequest\x1a\x1d.jobqueue.v1.ListJobsResponse\x12J\n\tCancelJob\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x1e.jobqueue.v1.CancelJobResponse\x12I\n\x08WatchJob\x12\x1c.jobqueue.v1.WatchJobRequest\x1a\x1d.jobqueue.v1.WatchJobResponse0\x01\x12L\n\tWatchJobs\x12\x1d.jobqueue.v1.WatchJobsRequest\x1a\x1e.jobqueue.v1.WatchJobsResponse0\x01\x42IZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,30 +36,46 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jobqueue_grpc.gen.jobqueue.
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1'
-  _globals['_CANCELOUTCOME']._serialized_start=1173
-  _globals['_CANCELOUTCOME']._serialized_end=1287
+  _globals['_ENQUEUEREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_ENQUEUEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_LISTJOBSREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_CANCELOUTCOME']._serialized_start=1636
+  _globals['_CANCELOUTCOME']._serialized_end=1750
   _globals['_ENQUEUEREQUEST']._serialized_start=165
-  _globals['_ENQUEUEREQUEST']._serialized_end=485
-  _globals['_ENQUEUERESPONSE']._serialized_start=487
-  _globals['_ENQUEUERESPONSE']._serialized_end=552
-  _globals['_ENQUEUEBATCHREQUEST']._serialized_start=554
-  _globals['_ENQUEUEBATCHREQUEST']._serialized_end=618
-  _globals['_ENQUEUEBATCHRESULT']._serialized_start=620
-  _globals['_ENQUEUEBATCHRESULT']._serialized_end=688
-  _globals['_ENQUEUEBATCHRESPONSE']._serialized_start=690
-  _globals['_ENQUEUEBATCHRESPONSE']._serialized_end=762
-  _globals['_GETJOBREQUEST']._serialized_start=764
-  _globals['_GETJOBREQUEST']._serialized_end=791
-  _globals['_GETJOBRESPONSE']._serialized_start=793
-  _globals['_GETJOBRESPONSE']._serialized_end=840
-  _globals['_LISTJOBSREQUEST']._serialized_start=842
-  _globals['_LISTJOBSREQUEST']._serialized_end=965
-  _globals['_LISTJOBSRESPONSE']._serialized_start=967
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1042
-  _globals['_CANCELJOBREQUEST']._serialized_start=1044
-  _globals['_CANCELJOBREQUEST']._serialized_end=1074
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1076
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1171
-  _globals['_JOBSERVICE']._serialized_start=1290
-  _globals['_JOBSERVICE']._serialized_end=1673
+  _globals['_ENQUEUEREQUEST']._serialized_end=636
+  _globals['_ENQUEUEREQUEST_METADATAENTRY']._serialized_start=589
+  _globals['_ENQUEUEREQUEST_METADATAENTRY']._serialized_end=636
+  _globals['_ENQUEUERESPONSE']._serialized_start=638
+  _globals['_ENQUEUERESPONSE']._serialized_end=703
+  _globals['_ENQUEUEBATCHREQUEST']._serialized_start=705
+  _globals['_ENQUEUEBATCHREQUEST']._serialized_end=769
+  _globals['_ENQUEUEBATCHRESULT']._serialized_start=771
+  _globals['_ENQUEUEBATCHRESULT']._serialized_end=839
+  _globals['_ENQUEUEBATCHRESPONSE']._serialized_start=841
+  _globals['_ENQUEUEBATCHRESPONSE']._serialized_end=913
+  _globals['_GETJOBREQUEST']._serialized_start=915
+  _globals['_GETJOBREQUEST']._serialized_end=942
+  _globals['_GETJOBRESPONSE']._serialized_start=944
+  _globals['_GETJOBRESPONSE']._serialized_end=991
+  _globals['_LISTJOBSREQUEST']._serialized_start=994
+  _globals['_LISTJOBSREQUEST']._serialized_end=1228
+  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_start=589
+  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_end=636
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1230
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1305
+  _globals['_CANCELJOBREQUEST']._serialized_start=1307
+  _globals['_CANCELJOBREQUEST']._serialized_end=1337
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1339
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1434
+  _globals['_WATCHJOBREQUEST']._serialized_start=1436
+  _globals['_WATCHJOBREQUEST']._serialized_end=1465
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1467
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1516
+  _globals['_WATCHJOBSREQUEST']._serialized_start=1518
+  _globals['_WATCHJOBSREQUEST']._serialized_end=1565
+  _globals['_WATCHJOBSRESPONSE']._serialized_start=1567
+  _globals['_WATCHJOBSRESPONSE']._serialized_end=1634
+  _globals['_JOBSERVICE']._serialized_start=1753
+  _globals['_JOBSERVICE']._serialized_end=2289
 # @@protoc_insertion_point(module_scope)
