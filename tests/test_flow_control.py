@@ -386,7 +386,8 @@ async def test_get_job_says_why_a_job_waits(
 
     await set_limits(ch, "held", key_max_running=1)
     ids = await enqueue(ch, "held", ["k", "k"])
-    wk = await RawWorker(ch).open(queues=("held",))
+    # one job at a time: once the limits are cleared, nothing may take the third job
+    wk = await RawWorker(ch).open(queues=("held",), max_in_flight=1)
     running = await wk.next_job()
     waiting = next(i for i in ids if i != running.job.id)
     assert await reason(waiting) == (job_pb2.JOB_STATE_QUEUED, "concurrency_key limit")
