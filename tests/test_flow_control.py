@@ -89,7 +89,7 @@ class Fleet:
     enqueued: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def enqueue(self, ch: grpc.aio.Channel, queue: str, keys: list[str | None]) -> list[str]:
-        """Enqueues and records each job's key (a lease does not carry it)."""
+        """Enqueues and records each job's key as enqueued (what the workers count by)."""
         ids = await enqueue(ch, queue, keys)
         self.ids_keys.update(zip(ids, (k or "" for k in keys), strict=True))
         self.enqueued.set()
@@ -464,3 +464,48 @@ async def test_without_limits_nothing_is_counted(
         await db.fetchval("SELECT count(*) FROM jobqueue.jobs WHERE limit_token IS NOT NULL") == 0
     )
     assert f.most["k"] > 1  # nothing capped it
+
+
+async def test_leased_jobs_carry_their_concurrency_key(
+    replicas: Callable[..., Awaitable[list[Replica]]],
+) -> None:
+    """Every lease path gives the worker the job's key: the plain claim, the flow-controlled
+    claim, and the hand-off of a job enqueued while a stream waits."""
+    (rep,) = await replicas(1)
+    ch = rep[2]
+    await set_limits(ch, "keyed", key_max_running=5)
+    waiting = await enqueue(ch, "plain", ["p", None]) + await enqueue(ch, "keyed", ["l", None])
+    wk = await RawWorker(ch).open(queues=("plain", "keyed"))
+    got = {j.job.id: j.job.concurrency_key for j in await wk.next_jobs(4)}
+    late = await enqueue(ch, "plain", ["h"])  # to the idle stream
+    got.update((j.job.id, j.job.concurrency_key) for j in await wk.next_jobs(1))
+    assert got == dict(zip(waiting + late, ["p", "", "l", "", "h"], strict=True))
+    wk.call.cancel()
+
+
+async def test_watched_limited_jobs_settle_and_come_off_the_counters(
+    replicas: Callable[..., Awaitable[list[Replica]]], db: asyncpg.Connection
+) -> None:
+    """With a watcher, the job-change triggers (migration 0050) fire on the flow-controlled
+    claim and on the settle statements that also uncount the lease: WatchJob sees each step,
+    and the counters still come back to 0."""
+    (rep,) = await replicas(1)
+    ch = rep[2]
+    stub = jsg.JobServiceStub(ch)
+    await set_limits(ch, "watched", key_max_running=1)
+    ok_id, bad_id = await enqueue(ch, "watched", ["k", "j"])
+    calls = {i: stub.WatchJob(js.WatchJobRequest(id=i)) for i in (ok_id, bad_id)}
+
+    async def states() -> dict[str, int]:
+        return {i: (await asyncio.wait_for(c.read(), 10)).job.state for i, c in calls.items()}
+
+    assert set((await states()).values()) == {job_pb2.JOB_STATE_QUEUED}
+    wk = await RawWorker(ch).open(queues=("watched",))
+    leased = {j.job.id: j for j in await wk.next_jobs(2)}
+    assert set((await states()).values()) == {job_pb2.JOB_STATE_RUNNING}
+    assert await counters(db, "watched") == {"": 2, "k": 1, "j": 1}
+    await wk.complete(leased[ok_id])
+    await wk.fail(leased[bad_id], failure_class=w.FAILURE_CLASS_DO_NOT_RETRY)
+    assert await states() == {ok_id: job_pb2.JOB_STATE_SUCCEEDED, bad_id: job_pb2.JOB_STATE_FAILED}
+    await eventually(lambda: counters(db, "watched"), lambda c: c == {}, what="counters at 0")
+    wk.call.cancel()

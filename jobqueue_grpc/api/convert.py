@@ -482,3 +482,5 @@ def fill_leased_job(j: job_pb2.Job, r: LeasedJob) -> None:
     _fill_common(j, r.lease_seconds, r.backoff_base, r.backoff_cap, r.errors)
     if r.metadata is not None or r.traceparent is not None:
         _fill_labels(j, r.metadata, r.traceparent, r.tracestate)
+    if r.concurrency_key is not None:
+        j.concurrency_key = r.concurrency_key

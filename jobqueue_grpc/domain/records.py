@@ -81,6 +81,7 @@ class LeasedJob(NamedTuple):
     metadata: str | None
     traceparent: str | None
     tracestate: str | None
+    concurrency_key: str | None  # flow control (issue 14): the worker sees the key too
 
 
 # LeasedJob's epoch fields: the store reads them as date_part('epoch', <column>).
