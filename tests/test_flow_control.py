@@ -24,6 +24,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from jobqueue_grpc.gen.jobqueue.v1 import dead_letter_service_pb2 as ds
+from jobqueue_grpc.gen.jobqueue.v1 import dead_letter_service_pb2_grpc as dsg
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
@@ -509,3 +511,28 @@ async def test_watched_limited_jobs_settle_and_come_off_the_counters(
     assert await states() == {ok_id: job_pb2.JOB_STATE_SUCCEEDED, bad_id: job_pb2.JOB_STATE_FAILED}
     await eventually(lambda: counters(db, "watched"), lambda c: c == {}, what="counters at 0")
     wk.call.cancel()
+
+
+async def test_a_requeued_dead_letter_keeps_its_concurrency_key(
+    replicas: Callable[..., Awaitable[list[Replica]]], db: asyncpg.Connection
+) -> None:
+    """Even when the failed job's row was pruned first: the dead letter holds the key."""
+    (rep,) = await replicas(1)
+    ch = rep[2]
+    dead = dsg.DeadLetterServiceStub(ch)
+    kept, pruned = await enqueue(ch, "dlq", ["tenant-1", "tenant-2"])
+    wk = await RawWorker(ch).open(queues=("dlq",))
+    await wk.fail(*await wk.next_jobs(2), failure_class=w.FAILURE_CLASS_DO_NOT_RETRY)
+
+    async def dead_letters() -> int:
+        return int(await db.fetchval("SELECT count(*) FROM jobqueue.dead_letters"))
+
+    await eventually(dead_letters, lambda n: n == 2, what="two dead letters")
+    wk.call.cancel()
+    # what retention's prune_jobs does to a failed job's row
+    await db.execute("DELETE FROM jobqueue.jobs WHERE id = $1::uuid", pruned)
+    for job_id in (kept, pruned):
+        job = (await dead.RequeueDeadLetter(ds.RequeueDeadLetterRequest(job_id=job_id))).job
+        assert job.state == job_pb2.JOB_STATE_QUEUED
+    got = await db.fetch("SELECT id::text, concurrency_key FROM jobqueue.jobs ORDER BY id")
+    assert [tuple(r) for r in got] == [(kept, "tenant-1"), (pruned, "tenant-2")]

@@ -151,9 +151,10 @@ WITH t AS (
 ), dead AS (
     INSERT INTO jobqueue.dead_letters (job_id, queue, kind, payload, priority, attempts,
                                        max_attempts, errors, idempotency_key, lease_seconds,
-                                       backoff_base, backoff_cap, created_at, failed_at)
+                                       backoff_base, backoff_cap, created_at, failed_at,
+                                       concurrency_key)
     SELECT id, queue, kind, payload, priority, attempt, max_attempts, errors, idempotency_key,
-           lease_seconds, backoff_base, backoff_cap, created_at, now()
+           lease_seconds, backoff_base, backoff_cap, created_at, now(), concurrency_key
     FROM upd WHERE upd.state = 'failed'
     ON CONFLICT (job_id) DO UPDATE
     SET attempts = excluded.attempts, errors = excluded.errors, failed_at = excluded.failed_at
