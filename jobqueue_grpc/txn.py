@@ -48,6 +48,7 @@ _ARGS = (
     "metadata",
     "traceparent",
     "tracestate",
+    "concurrency_key",
 )
 _CASTS = {
     "kind": "text",
@@ -63,6 +64,7 @@ _CASTS = {
     "metadata": "jsonb",
     "traceparent": "text",
     "tracestate": "text",
+    "concurrency_key": "text",
 }
 _SECONDS = {"lease_duration", "backoff_base", "backoff_cap"}  # seconds in, interval to SQL
 
@@ -104,6 +106,7 @@ def _values(
     metadata: Mapping[str, str] | None,
     traceparent: str | None,
     tracestate: str | None,
+    concurrency_key: str | None,
 ) -> list[Any]:
     if traceparent is None:
         current, state = current_traceparent()
@@ -122,6 +125,7 @@ def _values(
         json.dumps(dict(metadata)) if metadata else None,
         traceparent,
         tracestate,
+        concurrency_key,
     ]
 
 
@@ -148,12 +152,15 @@ async def enqueue(
     metadata: Mapping[str, str] | None = None,
     traceparent: str | None = None,
     tracestate: str | None = None,
+    concurrency_key: str | None = None,
 ) -> Enqueued:
     """jobqueue.enqueue() on `conn` (asyncpg Connection or psycopg AsyncConnection), in whatever
-    transaction it is in. Durations are seconds; `run_at` timezone-aware."""
+    transaction it is in. Durations are seconds; `run_at` timezone-aware; `concurrency_key` is
+    the key the queue's flow control limits per key (as EnqueueRequest.concurrency_key)."""
     values = _values(
         kind, payload, queue, priority, max_attempts, run_at, idempotency_key,
         lease_duration, backoff_base, backoff_cap, metadata, traceparent, tracestate,
+        concurrency_key,
     )  # fmt: skip
     if hasattr(conn, "fetchrow"):  # asyncpg
         return _enqueued(await conn.fetchrow(ASYNCPG_SQL, *values))
@@ -177,10 +184,12 @@ def enqueue_sync(
     metadata: Mapping[str, str] | None = None,
     traceparent: str | None = None,
     tracestate: str | None = None,
+    concurrency_key: str | None = None,
 ) -> Enqueued:
     """enqueue() for a psycopg (3) Connection."""
     values = _values(
         kind, payload, queue, priority, max_attempts, run_at, idempotency_key,
         lease_duration, backoff_base, backoff_cap, metadata, traceparent, tracestate,
+        concurrency_key,
     )  # fmt: skip
     return _enqueued(conn.execute(PSYCOPG_SQL, values).fetchone())

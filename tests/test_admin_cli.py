@@ -225,3 +225,20 @@ async def test_queues_list_show_pause_resume(cli: Cli, db: asyncpg.Connection) -
     assert await db.fetchval("SELECT paused FROM jobqueue.queues WHERE name = 'mail'") is False
     code, out, _ = await cli("queues", "show", "billing")
     assert code == 0 and "failed:" in out and "paused:" in out and "no" in out
+
+
+async def test_queues_limit_sets_shows_and_clears(cli: Cli, db: asyncpg.Connection) -> None:
+    code, out, _ = await cli("queues", "limit", "exports", "--key-max-running", "3", "--rate", "50")
+    assert code == 0 and out.startswith("limits of exports set")
+    assert "max 3 running per key, 50/s (burst 50)" in out
+    row = await db.fetchrow("SELECT * FROM jobqueue.queue_limits WHERE queue = 'exports'")
+    assert (row["key_max_running"], row["rate"], row["burst"]) == (3, 50.0, 50.0)
+    shown = await cli.json("queues", "show", "exports", "--by-key")
+    assert {k: v for k, v in shown["limits"].items() if v} == {
+        "key_max_running": 3, "rate": 50.0, "burst": 50.0
+    }  # fmt: skip
+    code, _, err = await cli("queues", "limit", "exports", "--burst", "5")  # burst needs a rate
+    assert code != 0 and "burst" in err
+    code, out, _ = await cli("queues", "limit", "exports", "--clear")
+    assert code == 0 and out.startswith("limits of exports cleared")
+    assert await db.fetchval("SELECT count(*) FROM jobqueue.queue_limits") == 0

@@ -118,6 +118,9 @@ async def test_every_unary_rpc_over_curl_and_json(http: JobQueueServer) -> None:
     assert (await ok("QueueService/GetQueue", {"name": "web"}))["queue"]["name"] == "web"
     assert (await ok("QueueService/PauseQueue", {"name": "dead"}))["queue"]["paused"] is True
     assert "paused" not in (await ok("QueueService/ResumeQueue", {"name": "dead"}))["queue"]
+    limited = await ok("QueueService/SetQueueLimits", {"name": "web", "limits": {"maxRunning": 2}})
+    assert limited["queue"]["limits"] == {"maxRunning": 2}
+    assert "limits" not in (await ok("QueueService/SetQueueLimits", {"name": "web"}))["queue"]
 
     # two dead letters, made by a real worker
     worker = Worker(f"127.0.0.1:{http.port}", queues=["dead"])

@@ -27,14 +27,15 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TIMESTAMPS = {"id", "run_at", "created_at", "updated_at", "started_at", "finished_at"}
 
 
-def migration() -> str:
-    [path] = sorted(Path(MIGRATIONS_DIR).glob("0030_*.sql"))
+def migration(version: str) -> str:
+    [path] = sorted(Path(MIGRATIONS_DIR).glob(f"{version}_*.sql"))
     return path.read_text()
 
 
-def test_the_function_notifies_on_the_channel_the_servers_listen_on() -> None:
+@pytest.mark.parametrize("version", ["0030", "0041"])  # 0041 replaces 0030's function
+def test_the_function_notifies_on_the_channel_the_servers_listen_on(version: str) -> None:
     # The migration cannot use store/notify.py's placeholder: it writes the name as a literal.
-    assert re.findall(r"pg_notify\('([a-z_]+)'", migration()) == [JOBS_CHANNEL]
+    assert re.findall(r"pg_notify\('([a-z_]+)'", migration(version)) == [JOBS_CHANNEL]
 
 
 class Heard:
@@ -145,6 +146,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("metadata", {"metadata": '{"n": 1}'}, "metadata[n] must be a string"),
     ("traceparent", {"traceparent": "00-abc"}, "W3C traceparent"),
     ("tracestate", {"tracestate": "a=1"}, "tracestate needs a traceparent"),
+    ("concurrency_key", {"concurrency_key": "a b"}, "must match [A-Za-z0-9_.:/@-]{1,128}"),
+    ("concurrency_key", {"concurrency_key": "k" * 129}, "must match"),
 ]
 
 
@@ -209,6 +212,7 @@ async def test_the_function_and_the_rpc_store_the_same_row(
             "metadata": {"tenant": "t1", "region": "eu"},
             "traceparent": TRACEPARENT,
             "tracestate": "vendor=1",
+            "concurrency_key": "tenant-1",
         }
         if full
         else {}
@@ -225,6 +229,7 @@ async def test_the_function_and_the_rpc_store_the_same_row(
     assert sql_row == rpc_row
     assert sql_row["max_attempts"] == (4 if full else 7)
     assert sql_row["lease_seconds"] == (90.5 if full else 45)
+    assert sql_row["concurrency_key"] == ("tenant-1" if full else None)
     assert by_sql.state == ("scheduled" if full else "queued")
 
 

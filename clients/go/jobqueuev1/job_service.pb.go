@@ -95,6 +95,9 @@ type EnqueueRequest struct {
 	LeaseDuration *durationpb.Duration `protobuf:"bytes,8,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
 	// Overrides the server's retry backoff for this job.
 	RetryPolicy *RetryPolicy `protobuf:"bytes,9,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
+	// Optional; [A-Za-z0-9_.:/@-]{1,128}, e.g. a tenant id. The queue's limits per key
+	// (QueueLimits.key_max_running, key_rate) apply to the jobs that share it.
+	ConcurrencyKey string `protobuf:"bytes,11,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
 	// Labels for dashboards and ListJobs filters: at most 32 pairs; keys [a-zA-Z0-9_.:/-]{1,64},
 	// values up to 512 characters.
 	Metadata map[string]string `protobuf:"bytes,12,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
@@ -198,6 +201,13 @@ func (x *EnqueueRequest) GetRetryPolicy() *RetryPolicy {
 		return x.RetryPolicy
 	}
 	return nil
+}
+
+func (x *EnqueueRequest) GetConcurrencyKey() string {
+	if x != nil {
+		return x.ConcurrencyKey
+	}
+	return ""
 }
 
 func (x *EnqueueRequest) GetMetadata() map[string]string {
@@ -941,7 +951,7 @@ var File_jobqueue_v1_job_service_proto protoreflect.FileDescriptor
 
 const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xcd\x04\n" +
+	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xf6\x04\n" +
 	"\x0eEnqueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x121\n" +
@@ -951,7 +961,8 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\x06run_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05runAt\x12'\n" +
 	"\x0fidempotency_key\x18\a \x01(\tR\x0eidempotencyKey\x12@\n" +
 	"\x0elease_duration\x18\b \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12;\n" +
-	"\fretry_policy\x18\t \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\x12E\n" +
+	"\fretry_policy\x18\t \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\x12'\n" +
+	"\x0fconcurrency_key\x18\v \x01(\tR\x0econcurrencyKey\x12E\n" +
 	"\bmetadata\x18\f \x03(\v2).jobqueue.v1.EnqueueRequest.MetadataEntryR\bmetadata\x12 \n" +
 	"\vtraceparent\x18\r \x01(\tR\vtraceparent\x12\x1e\n" +
 	"\n" +
