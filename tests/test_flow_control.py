@@ -35,7 +35,8 @@ from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2 as w
 from jobqueue_grpc.server import JobQueueServer
 from jobqueue_grpc.store import Store
 from tests import conftest
-from tests.lease_helpers import RawWorker, eventually
+from tests.lease_helpers import RawWorker
+from tests.support import wait_for_value
 
 Replica = tuple[JobQueueServer, Store, grpc.aio.Channel]
 WORK = 0.01  # seconds a worker holds each job (the load)
@@ -190,7 +191,7 @@ async def all_done(f: Fleet, n: int, within: float = 30) -> None:
     async def probe() -> int:
         return len(f.done)
 
-    await eventually(probe, lambda d: d >= n, within=within, what=f"{n} jobs done")
+    await wait_for_value(probe, lambda d: d >= n, within=within, what=f"{n} jobs done")
 
 
 async def test_never_more_than_n_running_per_key_across_replicas(
@@ -207,7 +208,7 @@ async def test_never_more_than_n_running_per_key_across_replicas(
     assert max(f.most[f"t{i}"] for i in range(4)) <= 2  # what the workers held at once
     assert max(seen["by_key"][f"t{i}"] for i in range(4)) <= 2  # what PostgreSQL held
     assert f.most["t0"] == 2  # the cap was reached, not just respected by a slow claim
-    await eventually(lambda: counters(db, "tenants"), lambda c: c == {}, what="counters at 0")
+    await wait_for_value(lambda: counters(db, "tenants"), lambda c: c == {}, what="counters at 0")
 
 
 async def test_never_more_than_n_running_in_the_queue(
@@ -222,7 +223,7 @@ async def test_never_more_than_n_running_in_the_queue(
     assert f.total_most <= 3
     assert seen["total"] <= 3
     assert f.total_most == 3
-    await eventually(lambda: counters(db, "capped"), lambda c: c == {}, what="counters at 0")
+    await wait_for_value(lambda: counters(db, "capped"), lambda c: c == {}, what="counters at 0")
 
 
 async def test_starts_stay_within_the_rate(
@@ -309,16 +310,16 @@ async def test_limits_changed_while_running_take_effect_within_a_second(
         async def holding() -> int:
             return f.holding["k"]
 
-        await eventually(holding, lambda n: n == 1, what="one job of k running")
+        await wait_for_value(holding, lambda n: n == 1, what="one job of k running")
         # another replica raises the cap: every replica claims the room within a second
         queue = await set_limits(reps[2][2], "live", key_max_running=4)
         assert queue.limits.key_max_running == 4
-        await eventually(holding, lambda n: n == 4, within=1.0, what="four jobs of k running")
+        await wait_for_value(holding, lambda n: n == 4, within=1.0, what="four jobs of k running")
         # and lowering it holds new starts back until the running ones end
         await set_limits(reps[1][2], "live", key_max_running=2)
         f.hold.set()
         await all_done(f, 10)
-    await eventually(lambda: counters(db, "live"), lambda c: c == {}, what="counters at 0")
+    await wait_for_value(lambda: counters(db, "live"), lambda c: c == {}, what="counters at 0")
 
 
 async def test_a_dead_worker_releases_its_limited_jobs(
@@ -369,8 +370,8 @@ async def test_a_dead_worker_releases_its_limited_jobs(
             done.add(lj.job.id)
         return done
 
-    await eventually(finish, lambda d: set(ids) <= d, within=30, what="both jobs done")
-    await eventually(lambda: counters(db, "fragile"), lambda c: c == {}, what="counters at 0")
+    await wait_for_value(finish, lambda d: set(ids) <= d, within=30, what="both jobs done")
+    await wait_for_value(lambda: counters(db, "fragile"), lambda c: c == {}, what="counters at 0")
     for wk in (hung, healthy):
         wk.call.cancel()
 
@@ -509,7 +510,7 @@ async def test_watched_limited_jobs_settle_and_come_off_the_counters(
     await wk.complete(leased[ok_id])
     await wk.fail(leased[bad_id], failure_class=w.FAILURE_CLASS_DO_NOT_RETRY)
     assert await states() == {ok_id: job_pb2.JOB_STATE_SUCCEEDED, bad_id: job_pb2.JOB_STATE_FAILED}
-    await eventually(lambda: counters(db, "watched"), lambda c: c == {}, what="counters at 0")
+    await wait_for_value(lambda: counters(db, "watched"), lambda c: c == {}, what="counters at 0")
     wk.call.cancel()
 
 
@@ -527,7 +528,7 @@ async def test_a_requeued_dead_letter_keeps_its_concurrency_key(
     async def dead_letters() -> int:
         return int(await db.fetchval("SELECT count(*) FROM jobqueue.dead_letters"))
 
-    await eventually(dead_letters, lambda n: n == 2, what="two dead letters")
+    await wait_for_value(dead_letters, lambda n: n == 2, what="two dead letters")
     wk.call.cancel()
     # what retention's prune_jobs does to a failed job's row
     await db.execute("DELETE FROM jobqueue.jobs WHERE id = $1::uuid", pruned)
