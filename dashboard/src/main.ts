@@ -136,8 +136,15 @@ function matches(j: Job): boolean {
   return (!f.queue || j.queue === f.queue) && (!f.kind || j.kind === f.kind) && (!f.state || j.state === f.state);
 }
 
+// Bumped by every change this page makes to the queues: a ListQueues that started before it
+// may answer after it with the old state, and must not overwrite the newer one.
+let queuesVersion = 0;
+
 async function loadQueues(): Promise<void> {
-  ui.queues = (await rpc(() => queuesApi.listQueues({}))).queues;
+  const version = queuesVersion;
+  const queues = (await rpc(() => queuesApi.listQueues({}))).queues;
+  if (version !== queuesVersion) return; // a pause or resume since: its own reload follows
+  ui.queues = queues;
   if (ui.view === "queues") render();
 }
 
@@ -289,9 +296,12 @@ function queuesView(): HTMLElement {
 }
 
 async function setPaused(name: string, paused: boolean): Promise<void> {
+  queuesVersion++;
   const r = paused ? await rpc(() => queuesApi.pauseQueue({ name })) : await rpc(() => queuesApi.resumeQueue({ name }));
+  queuesVersion++; // a ListQueues that started while the change ran may hold the old state
   ui.queues = ui.queues.map((q) => (q.name === name && r.queue ? r.queue : q));
   render();
+  await loadQueues();
 }
 
 function filterJobsBy(queue: string): void {
