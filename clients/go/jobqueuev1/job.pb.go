@@ -258,7 +258,11 @@ type Job struct {
 	Errors         []*AttemptError        `protobuf:"bytes,21,rep,name=errors,proto3" json:"errors,omitempty"`
 	LeaseExpiresAt *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=lease_expires_at,json=leaseExpiresAt,proto3" json:"lease_expires_at,omitempty"`
 	// The worker_id of the stream holding the current lease.
-	WorkerId      string `protobuf:"bytes,23,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	WorkerId string `protobuf:"bytes,23,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// The key the job was enqueued unique by (EnqueueRequest.unique): the given key, or
+	// "derived:<sha256>" of its queue, kind and payload, then "@<window start, epoch seconds>" when
+	// it has a period. Empty for a job enqueued without `unique`.
+	UniqueKey     string `protobuf:"bytes,24,opt,name=unique_key,json=uniqueKey,proto3" json:"unique_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -454,6 +458,13 @@ func (x *Job) GetWorkerId() string {
 	return ""
 }
 
+func (x *Job) GetUniqueKey() string {
+	if x != nil {
+		return x.UniqueKey
+	}
+	return ""
+}
+
 var File_jobqueue_v1_job_proto protoreflect.FileDescriptor
 
 const file_jobqueue_v1_job_proto_rawDesc = "" +
@@ -468,7 +479,7 @@ const file_jobqueue_v1_job_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x121\n" +
 	"\adetails\x18\x03 \x01(\v2\x17.google.protobuf.StructR\adetails\x127\n" +
 	"\tfailed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
-	"\x06source\x18\x05 \x01(\tR\x06source\"\xa2\b\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\"\xc1\b\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x12\n" +
@@ -498,7 +509,9 @@ const file_jobqueue_v1_job_proto_rawDesc = "" +
 	"\fretry_policy\x18\x14 \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\x121\n" +
 	"\x06errors\x18\x15 \x03(\v2\x19.jobqueue.v1.AttemptErrorR\x06errors\x12D\n" +
 	"\x10lease_expires_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x12\x1b\n" +
-	"\tworker_id\x18\x17 \x01(\tR\bworkerId*\xcb\x01\n" +
+	"\tworker_id\x18\x17 \x01(\tR\bworkerId\x12\x1d\n" +
+	"\n" +
+	"unique_key\x18\x18 \x01(\tR\tuniqueKey*\xcb\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_STATE_QUEUED\x10\x01\x12\x17\n" +

@@ -94,7 +94,10 @@ type EnqueueRequest struct {
 	// How long each lease lasts; default from server config (30 s).
 	LeaseDuration *durationpb.Duration `protobuf:"bytes,8,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
 	// Overrides the server's retry backoff for this job.
-	RetryPolicy   *RetryPolicy `protobuf:"bytes,9,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
+	RetryPolicy *RetryPolicy `protobuf:"bytes,9,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
+	// Optional: refuse a duplicate while a job with the same unique key exists in one of the
+	// states given. A duplicate inserts nothing and returns the existing job with created = false.
+	Unique        *UniqueOptions `protobuf:"bytes,10,opt,name=unique,proto3" json:"unique,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,6 +195,81 @@ func (x *EnqueueRequest) GetRetryPolicy() *RetryPolicy {
 	return nil
 }
 
+func (x *EnqueueRequest) GetUnique() *UniqueOptions {
+	if x != nil {
+		return x.Unique
+	}
+	return nil
+}
+
+// UniqueOptions makes a job unique by key, in some states, optionally per time window.
+type UniqueOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key; empty derives one from the job's queue, kind and payload. At most 255 characters.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The states in which an existing job refuses a duplicate. They always include every
+	// unfinished state (QUEUED, SCHEDULED, RUNNING, RETRYING); list finished ones to refuse
+	// duplicates of finished jobs too. Empty: the unfinished states, or with a period every state.
+	States []JobState `protobuf:"varint,2,rep,packed,name=states,proto3,enum=jobqueue.v1.JobState" json:"states,omitempty"`
+	// One job per key per window of this length (windows start at multiples of it since the Unix
+	// epoch, and a job falls in the window of its run_at, or of its enqueue when it has none).
+	// At least 1 s.
+	Period        *durationpb.Duration `protobuf:"bytes,3,opt,name=period,proto3" json:"period,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UniqueOptions) Reset() {
+	*x = UniqueOptions{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UniqueOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UniqueOptions) ProtoMessage() {}
+
+func (x *UniqueOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UniqueOptions.ProtoReflect.Descriptor instead.
+func (*UniqueOptions) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *UniqueOptions) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *UniqueOptions) GetStates() []JobState {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+func (x *UniqueOptions) GetPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.Period
+	}
+	return nil
+}
+
 type EnqueueResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Job   *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -203,7 +281,7 @@ type EnqueueResponse struct {
 
 func (x *EnqueueResponse) Reset() {
 	*x = EnqueueResponse{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[1]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -215,7 +293,7 @@ func (x *EnqueueResponse) String() string {
 func (*EnqueueResponse) ProtoMessage() {}
 
 func (x *EnqueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[1]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -228,7 +306,7 @@ func (x *EnqueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueResponse.ProtoReflect.Descriptor instead.
 func (*EnqueueResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{1}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *EnqueueResponse) GetJob() *Job {
@@ -254,7 +332,7 @@ type EnqueueBatchRequest struct {
 
 func (x *EnqueueBatchRequest) Reset() {
 	*x = EnqueueBatchRequest{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[2]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -266,7 +344,7 @@ func (x *EnqueueBatchRequest) String() string {
 func (*EnqueueBatchRequest) ProtoMessage() {}
 
 func (x *EnqueueBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[2]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -279,7 +357,7 @@ func (x *EnqueueBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueBatchRequest.ProtoReflect.Descriptor instead.
 func (*EnqueueBatchRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{2}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *EnqueueBatchRequest) GetJobs() []*EnqueueRequest {
@@ -299,7 +377,7 @@ type EnqueueBatchResult struct {
 
 func (x *EnqueueBatchResult) Reset() {
 	*x = EnqueueBatchResult{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[3]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -311,7 +389,7 @@ func (x *EnqueueBatchResult) String() string {
 func (*EnqueueBatchResult) ProtoMessage() {}
 
 func (x *EnqueueBatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[3]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -324,7 +402,7 @@ func (x *EnqueueBatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueBatchResult.ProtoReflect.Descriptor instead.
 func (*EnqueueBatchResult) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{3}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EnqueueBatchResult) GetJob() *Job {
@@ -351,7 +429,7 @@ type EnqueueBatchResponse struct {
 
 func (x *EnqueueBatchResponse) Reset() {
 	*x = EnqueueBatchResponse{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[4]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -363,7 +441,7 @@ func (x *EnqueueBatchResponse) String() string {
 func (*EnqueueBatchResponse) ProtoMessage() {}
 
 func (x *EnqueueBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[4]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -376,7 +454,7 @@ func (x *EnqueueBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueBatchResponse.ProtoReflect.Descriptor instead.
 func (*EnqueueBatchResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{4}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *EnqueueBatchResponse) GetResults() []*EnqueueBatchResult {
@@ -395,7 +473,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[5]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +485,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[5]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +498,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{5}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -439,7 +517,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[6]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +529,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[6]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +542,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{6}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -482,14 +560,16 @@ type ListJobsRequest struct {
 	// Default 100, at most 1,000.
 	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's next_page_token.
-	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only jobs created before this time.
+	CreatedBefore *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_before,json=createdBefore,proto3" json:"created_before,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[7]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +581,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[7]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +594,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{7}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListJobsRequest) GetQueue() string {
@@ -552,6 +632,13 @@ func (x *ListJobsRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListJobsRequest) GetCreatedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedBefore
+	}
+	return nil
+}
+
 type ListJobsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Jobs  []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
@@ -563,7 +650,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[8]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +662,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[8]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +675,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{8}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -614,7 +701,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[9]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +713,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[9]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +726,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{9}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelJobRequest) GetId() string {
@@ -659,7 +746,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[10]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -671,7 +758,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[10]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -684,7 +771,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{10}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CancelJobResponse) GetJob() *Job {
@@ -701,11 +788,152 @@ func (x *CancelJobResponse) GetOutcome() CancelOutcome {
 	return CancelOutcome_CANCEL_OUTCOME_UNSPECIFIED
 }
 
+type CancelJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The filters of ListJobs; at least one is required.
+	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	State         JobState               `protobuf:"varint,3,opt,name=state,proto3,enum=jobqueue.v1.JobState" json:"state,omitempty"`
+	CreatedBefore *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_before,json=createdBefore,proto3" json:"created_before,omitempty"`
+	// Count what would be cancelled; change nothing.
+	DryRun        bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobsRequest) Reset() {
+	*x = CancelJobsRequest{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobsRequest) ProtoMessage() {}
+
+func (x *CancelJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobsRequest.ProtoReflect.Descriptor instead.
+func (*CancelJobsRequest) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CancelJobsRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *CancelJobsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *CancelJobsRequest) GetState() JobState {
+	if x != nil {
+		return x.State
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *CancelJobsRequest) GetCreatedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedBefore
+	}
+	return nil
+}
+
+func (x *CancelJobsRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type CancelJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Jobs that matched and could be cancelled (with dry_run: would have been).
+	Matched int64 `protobuf:"varint,1,opt,name=matched,proto3" json:"matched,omitempty"`
+	// Waiting jobs now CANCELLED.
+	Cancelled int64 `protobuf:"varint,2,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
+	// RUNNING jobs whose workers were told to stop them.
+	CancelRequested int64 `protobuf:"varint,3,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *CancelJobsResponse) Reset() {
+	*x = CancelJobsResponse{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobsResponse) ProtoMessage() {}
+
+func (x *CancelJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobsResponse.ProtoReflect.Descriptor instead.
+func (*CancelJobsResponse) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CancelJobsResponse) GetMatched() int64 {
+	if x != nil {
+		return x.Matched
+	}
+	return 0
+}
+
+func (x *CancelJobsResponse) GetCancelled() int64 {
+	if x != nil {
+		return x.Cancelled
+	}
+	return 0
+}
+
+func (x *CancelJobsResponse) GetCancelRequested() int64 {
+	if x != nil {
+		return x.CancelRequested
+	}
+	return 0
+}
+
 var File_jobqueue_v1_job_service_proto protoreflect.FileDescriptor
 
 const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\x87\x03\n" +
+	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xbb\x03\n" +
 	"\x0eEnqueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x121\n" +
@@ -715,7 +943,13 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\x06run_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05runAt\x12'\n" +
 	"\x0fidempotency_key\x18\a \x01(\tR\x0eidempotencyKey\x12@\n" +
 	"\x0elease_duration\x18\b \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12;\n" +
-	"\fretry_policy\x18\t \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\"O\n" +
+	"\fretry_policy\x18\t \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\x122\n" +
+	"\x06unique\x18\n" +
+	" \x01(\v2\x1a.jobqueue.v1.UniqueOptionsR\x06unique\"\x83\x01\n" +
+	"\rUniqueOptions\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
+	"\x06states\x18\x02 \x03(\x0e2\x15.jobqueue.v1.JobStateR\x06states\x121\n" +
+	"\x06period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06period\"O\n" +
 	"\x0fEnqueueResponse\x12\"\n" +
 	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\bR\acreated\"F\n" +
@@ -729,14 +963,15 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\rGetJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"4\n" +
 	"\x0eGetJobResponse\x12\"\n" +
-	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"\xa4\x01\n" +
+	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"\xe7\x01\n" +
 	"\x0fListJobsRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12+\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x15.jobqueue.v1.JobStateR\x05state\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tR\tpageToken\"`\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x12A\n" +
+	"\x0ecreated_before\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rcreatedBefore\"`\n" +
 	"\x10ListJobsResponse\x12$\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x10.jobqueue.v1.JobR\x04jobs\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\"\n" +
@@ -744,18 +979,30 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"m\n" +
 	"\x11CancelJobResponse\x12\"\n" +
 	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\x124\n" +
-	"\aoutcome\x18\x02 \x01(\x0e2\x1a.jobqueue.v1.CancelOutcomeR\aoutcome*r\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1a.jobqueue.v1.CancelOutcomeR\aoutcome\"\xc6\x01\n" +
+	"\x11CancelJobsRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12+\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x15.jobqueue.v1.JobStateR\x05state\x12A\n" +
+	"\x0ecreated_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\rcreatedBefore\x12\x17\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"w\n" +
+	"\x12CancelJobsResponse\x12\x18\n" +
+	"\amatched\x18\x01 \x01(\x03R\amatched\x12\x1c\n" +
+	"\tcancelled\x18\x02 \x01(\x03R\tcancelled\x12)\n" +
+	"\x10cancel_requested\x18\x03 \x01(\x03R\x0fcancelRequested*r\n" +
 	"\rCancelOutcome\x12\x1e\n" +
 	"\x1aCANCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CANCEL_OUTCOME_CANCELLED\x10\x01\x12#\n" +
-	"\x1fCANCEL_OUTCOME_CANCEL_REQUESTED\x10\x022\xff\x02\n" +
+	"\x1fCANCEL_OUTCOME_CANCEL_REQUESTED\x10\x022\xce\x03\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\aEnqueue\x12\x1b.jobqueue.v1.EnqueueRequest\x1a\x1c.jobqueue.v1.EnqueueResponse\x12S\n" +
 	"\fEnqueueBatch\x12 .jobqueue.v1.EnqueueBatchRequest\x1a!.jobqueue.v1.EnqueueBatchResponse\x12A\n" +
 	"\x06GetJob\x12\x1a.jobqueue.v1.GetJobRequest\x1a\x1b.jobqueue.v1.GetJobResponse\x12G\n" +
 	"\bListJobs\x12\x1c.jobqueue.v1.ListJobsRequest\x1a\x1d.jobqueue.v1.ListJobsResponse\x12J\n" +
-	"\tCancelJob\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x1e.jobqueue.v1.CancelJobResponseBIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3"
+	"\tCancelJob\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x1e.jobqueue.v1.CancelJobResponse\x12M\n" +
+	"\n" +
+	"CancelJobs\x12\x1e.jobqueue.v1.CancelJobsRequest\x1a\x1f.jobqueue.v1.CancelJobsResponseBIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3"
 
 var (
 	file_jobqueue_v1_job_service_proto_rawDescOnce sync.Once
@@ -770,56 +1017,67 @@ func file_jobqueue_v1_job_service_proto_rawDescGZIP() []byte {
 }
 
 var file_jobqueue_v1_job_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_jobqueue_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_jobqueue_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_jobqueue_v1_job_service_proto_goTypes = []any{
 	(CancelOutcome)(0),            // 0: jobqueue.v1.CancelOutcome
 	(*EnqueueRequest)(nil),        // 1: jobqueue.v1.EnqueueRequest
-	(*EnqueueResponse)(nil),       // 2: jobqueue.v1.EnqueueResponse
-	(*EnqueueBatchRequest)(nil),   // 3: jobqueue.v1.EnqueueBatchRequest
-	(*EnqueueBatchResult)(nil),    // 4: jobqueue.v1.EnqueueBatchResult
-	(*EnqueueBatchResponse)(nil),  // 5: jobqueue.v1.EnqueueBatchResponse
-	(*GetJobRequest)(nil),         // 6: jobqueue.v1.GetJobRequest
-	(*GetJobResponse)(nil),        // 7: jobqueue.v1.GetJobResponse
-	(*ListJobsRequest)(nil),       // 8: jobqueue.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 9: jobqueue.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),      // 10: jobqueue.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),     // 11: jobqueue.v1.CancelJobResponse
-	(*structpb.Struct)(nil),       // 12: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
-	(*RetryPolicy)(nil),           // 15: jobqueue.v1.RetryPolicy
-	(*Job)(nil),                   // 16: jobqueue.v1.Job
-	(JobState)(0),                 // 17: jobqueue.v1.JobState
+	(*UniqueOptions)(nil),         // 2: jobqueue.v1.UniqueOptions
+	(*EnqueueResponse)(nil),       // 3: jobqueue.v1.EnqueueResponse
+	(*EnqueueBatchRequest)(nil),   // 4: jobqueue.v1.EnqueueBatchRequest
+	(*EnqueueBatchResult)(nil),    // 5: jobqueue.v1.EnqueueBatchResult
+	(*EnqueueBatchResponse)(nil),  // 6: jobqueue.v1.EnqueueBatchResponse
+	(*GetJobRequest)(nil),         // 7: jobqueue.v1.GetJobRequest
+	(*GetJobResponse)(nil),        // 8: jobqueue.v1.GetJobResponse
+	(*ListJobsRequest)(nil),       // 9: jobqueue.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),      // 10: jobqueue.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),      // 11: jobqueue.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),     // 12: jobqueue.v1.CancelJobResponse
+	(*CancelJobsRequest)(nil),     // 13: jobqueue.v1.CancelJobsRequest
+	(*CancelJobsResponse)(nil),    // 14: jobqueue.v1.CancelJobsResponse
+	(*structpb.Struct)(nil),       // 15: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(*RetryPolicy)(nil),           // 18: jobqueue.v1.RetryPolicy
+	(JobState)(0),                 // 19: jobqueue.v1.JobState
+	(*Job)(nil),                   // 20: jobqueue.v1.Job
 }
 var file_jobqueue_v1_job_service_proto_depIdxs = []int32{
-	12, // 0: jobqueue.v1.EnqueueRequest.payload:type_name -> google.protobuf.Struct
-	13, // 1: jobqueue.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
-	14, // 2: jobqueue.v1.EnqueueRequest.lease_duration:type_name -> google.protobuf.Duration
-	15, // 3: jobqueue.v1.EnqueueRequest.retry_policy:type_name -> jobqueue.v1.RetryPolicy
-	16, // 4: jobqueue.v1.EnqueueResponse.job:type_name -> jobqueue.v1.Job
-	1,  // 5: jobqueue.v1.EnqueueBatchRequest.jobs:type_name -> jobqueue.v1.EnqueueRequest
-	16, // 6: jobqueue.v1.EnqueueBatchResult.job:type_name -> jobqueue.v1.Job
-	4,  // 7: jobqueue.v1.EnqueueBatchResponse.results:type_name -> jobqueue.v1.EnqueueBatchResult
-	16, // 8: jobqueue.v1.GetJobResponse.job:type_name -> jobqueue.v1.Job
-	17, // 9: jobqueue.v1.ListJobsRequest.state:type_name -> jobqueue.v1.JobState
-	16, // 10: jobqueue.v1.ListJobsResponse.jobs:type_name -> jobqueue.v1.Job
-	16, // 11: jobqueue.v1.CancelJobResponse.job:type_name -> jobqueue.v1.Job
-	0,  // 12: jobqueue.v1.CancelJobResponse.outcome:type_name -> jobqueue.v1.CancelOutcome
-	1,  // 13: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
-	3,  // 14: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
-	6,  // 15: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
-	8,  // 16: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
-	10, // 17: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
-	2,  // 18: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
-	5,  // 19: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
-	7,  // 20: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
-	9,  // 21: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
-	11, // 22: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
-	18, // [18:23] is the sub-list for method output_type
-	13, // [13:18] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	15, // 0: jobqueue.v1.EnqueueRequest.payload:type_name -> google.protobuf.Struct
+	16, // 1: jobqueue.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
+	17, // 2: jobqueue.v1.EnqueueRequest.lease_duration:type_name -> google.protobuf.Duration
+	18, // 3: jobqueue.v1.EnqueueRequest.retry_policy:type_name -> jobqueue.v1.RetryPolicy
+	2,  // 4: jobqueue.v1.EnqueueRequest.unique:type_name -> jobqueue.v1.UniqueOptions
+	19, // 5: jobqueue.v1.UniqueOptions.states:type_name -> jobqueue.v1.JobState
+	17, // 6: jobqueue.v1.UniqueOptions.period:type_name -> google.protobuf.Duration
+	20, // 7: jobqueue.v1.EnqueueResponse.job:type_name -> jobqueue.v1.Job
+	1,  // 8: jobqueue.v1.EnqueueBatchRequest.jobs:type_name -> jobqueue.v1.EnqueueRequest
+	20, // 9: jobqueue.v1.EnqueueBatchResult.job:type_name -> jobqueue.v1.Job
+	5,  // 10: jobqueue.v1.EnqueueBatchResponse.results:type_name -> jobqueue.v1.EnqueueBatchResult
+	20, // 11: jobqueue.v1.GetJobResponse.job:type_name -> jobqueue.v1.Job
+	19, // 12: jobqueue.v1.ListJobsRequest.state:type_name -> jobqueue.v1.JobState
+	16, // 13: jobqueue.v1.ListJobsRequest.created_before:type_name -> google.protobuf.Timestamp
+	20, // 14: jobqueue.v1.ListJobsResponse.jobs:type_name -> jobqueue.v1.Job
+	20, // 15: jobqueue.v1.CancelJobResponse.job:type_name -> jobqueue.v1.Job
+	0,  // 16: jobqueue.v1.CancelJobResponse.outcome:type_name -> jobqueue.v1.CancelOutcome
+	19, // 17: jobqueue.v1.CancelJobsRequest.state:type_name -> jobqueue.v1.JobState
+	16, // 18: jobqueue.v1.CancelJobsRequest.created_before:type_name -> google.protobuf.Timestamp
+	1,  // 19: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
+	4,  // 20: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
+	7,  // 21: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
+	9,  // 22: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
+	11, // 23: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
+	13, // 24: jobqueue.v1.JobService.CancelJobs:input_type -> jobqueue.v1.CancelJobsRequest
+	3,  // 25: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
+	6,  // 26: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
+	8,  // 27: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
+	10, // 28: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
+	12, // 29: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
+	14, // 30: jobqueue.v1.JobService.CancelJobs:output_type -> jobqueue.v1.CancelJobsResponse
+	25, // [25:31] is the sub-list for method output_type
+	19, // [19:25] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_jobqueue_v1_job_service_proto_init() }
@@ -834,7 +1092,7 @@ func file_jobqueue_v1_job_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobqueue_v1_job_service_proto_rawDesc), len(file_jobqueue_v1_job_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	JobService_GetJob_FullMethodName       = "/jobqueue.v1.JobService/GetJob"
 	JobService_ListJobs_FullMethodName     = "/jobqueue.v1.JobService/ListJobs"
 	JobService_CancelJob_FullMethodName    = "/jobqueue.v1.JobService/CancelJob"
+	JobService_CancelJobs_FullMethodName   = "/jobqueue.v1.JobService/CancelJobs"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -42,6 +43,11 @@ type JobServiceClient interface {
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	// CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it.
 	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error)
+	// CancelJobs cancels every job that matches ListJobs' filters (at least one is required), as
+	// CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
+	// works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
+	// nothing and counts what it would cancel.
+	CancelJobs(ctx context.Context, in *CancelJobsRequest, opts ...grpc.CallOption) (*CancelJobsResponse, error)
 }
 
 type jobServiceClient struct {
@@ -102,6 +108,16 @@ func (c *jobServiceClient) CancelJob(ctx context.Context, in *CancelJobRequest, 
 	return out, nil
 }
 
+func (c *jobServiceClient) CancelJobs(ctx context.Context, in *CancelJobsRequest, opts ...grpc.CallOption) (*CancelJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelJobsResponse)
+	err := c.cc.Invoke(ctx, JobService_CancelJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -118,6 +134,11 @@ type JobServiceServer interface {
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	// CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it.
 	CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error)
+	// CancelJobs cancels every job that matches ListJobs' filters (at least one is required), as
+	// CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
+	// works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
+	// nothing and counts what it would cancel.
+	CancelJobs(context.Context, *CancelJobsRequest) (*CancelJobsResponse, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -142,6 +163,9 @@ func (UnimplementedJobServiceServer) ListJobs(context.Context, *ListJobsRequest)
 }
 func (UnimplementedJobServiceServer) CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelJob not implemented")
+}
+func (UnimplementedJobServiceServer) CancelJobs(context.Context, *CancelJobsRequest) (*CancelJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelJobs not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -254,6 +278,24 @@ func _JobService_CancelJob_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_CancelJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).CancelJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_CancelJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).CancelJobs(ctx, req.(*CancelJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -280,6 +322,10 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelJob",
 			Handler:    _JobService_CancelJob_Handler,
+		},
+		{
+			MethodName: "CancelJobs",
+			Handler:    _JobService_CancelJobs_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

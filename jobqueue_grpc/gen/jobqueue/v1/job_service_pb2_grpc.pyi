@@ -44,6 +44,12 @@ class JobServiceStub:
     """ListJobs lists jobs newest first, filtered by queue, kind and state."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]
     """CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it."""
+    CancelJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobsRequest, _job_service_pb2.CancelJobsResponse]
+    """CancelJobs cancels every job that matches ListJobs' filters (at least one is required), as
+    CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
+    works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
+    nothing and counts what it would cancel.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -61,6 +67,12 @@ class JobServiceAsyncStub(JobServiceStub):
     """ListJobs lists jobs newest first, filtered by queue, kind and state."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]  # type: ignore[assignment]
     """CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it."""
+    CancelJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobsRequest, _job_service_pb2.CancelJobsResponse]  # type: ignore[assignment]
+    """CancelJobs cancels every job that matches ListJobs' filters (at least one is required), as
+    CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
+    works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
+    nothing and counts what it would cancel.
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService is how producers enqueue, inspect and cancel jobs."""
@@ -105,5 +117,17 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.CancelJobResponse, _abc.Awaitable[_job_service_pb2.CancelJobResponse]]:
         """CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it."""
+
+    @_abc_1.abstractmethod
+    def CancelJobs(
+        self,
+        request: _job_service_pb2.CancelJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.CancelJobsResponse, _abc.Awaitable[_job_service_pb2.CancelJobsResponse]]:
+        """CancelJobs cancels every job that matches ListJobs' filters (at least one is required), as
+        CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
+        works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
+        nothing and counts what it would cancel.
+        """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file jobqueue/v1/job_service.proto.
  */
 export const file_jobqueue_v1_job_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1qb2JxdWV1ZS92MS9qb2Jfc2VydmljZS5wcm90bxILam9icXVldWUudjEipwIKDkVucXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGtpbmQYAiABKAkSKAoHcGF5bG9hZBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgFEioKBnJ1bl9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KDHJldHJ5X3BvbGljeRgJIAEoCzIYLmpvYnF1ZXVlLnYxLlJldHJ5UG9saWN5IkEKD0VucXVldWVSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISDwoHY3JlYXRlZBgCIAEoCCJAChNFbnF1ZXVlQmF0Y2hSZXF1ZXN0EikKBGpvYnMYASADKAsyGy5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVxdWVzdCJEChJFbnF1ZXVlQmF0Y2hSZXN1bHQSHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iEg8KB2NyZWF0ZWQYAiABKAgiSAoURW5xdWV1ZUJhdGNoUmVzcG9uc2USMAoHcmVzdWx0cxgBIAMoCzIfLmpvYnF1ZXVlLnYxLkVucXVldWVCYXRjaFJlc3VsdCIbCg1HZXRKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIi8KDkdldEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmpvYnF1ZXVlLnYxLkpvYiJ7Cg9MaXN0Sm9ic1JlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEa2luZBgCIAEoCRIkCgVzdGF0ZRgDIAEoDjIVLmpvYnF1ZXVlLnYxLkpvYlN0YXRlEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIksKEExpc3RKb2JzUmVzcG9uc2USHgoEam9icxgBIAMoCzIQLmpvYnF1ZXVlLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHgoQQ2FuY2VsSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSJfChFDYW5jZWxKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISKwoHb3V0Y29tZRgCIAEoDjIaLmpvYnF1ZXVlLnYxLkNhbmNlbE91dGNvbWUqcgoNQ2FuY2VsT3V0Y29tZRIeChpDQU5DRUxfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhwKGENBTkNFTF9PVVRDT01FX0NBTkNFTExFRBABEiMKH0NBTkNFTF9PVVRDT01FX0NBTkNFTF9SRVFVRVNURUQQAjL/AgoKSm9iU2VydmljZRJECgdFbnF1ZXVlEhsuam9icXVldWUudjEuRW5xdWV1ZVJlcXVlc3QaHC5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVzcG9uc2USUwoMRW5xdWV1ZUJhdGNoEiAuam9icXVldWUudjEuRW5xdWV1ZUJhdGNoUmVxdWVzdBohLmpvYnF1ZXVlLnYxLkVucXVldWVCYXRjaFJlc3BvbnNlEkEKBkdldEpvYhIaLmpvYnF1ZXVlLnYxLkdldEpvYlJlcXVlc3QaGy5qb2JxdWV1ZS52MS5HZXRKb2JSZXNwb25zZRJHCghMaXN0Sm9icxIcLmpvYnF1ZXVlLnYxLkxpc3RKb2JzUmVxdWVzdBodLmpvYnF1ZXVlLnYxLkxpc3RKb2JzUmVzcG9uc2USSgoJQ2FuY2VsSm9iEh0uam9icXVldWUudjEuQ2FuY2VsSm9iUmVxdWVzdBoeLmpvYnF1ZXVlLnYxLkNhbmNlbEpvYlJlc3BvbnNlQklaR2dpdGh1Yi5jb20vam9icXVldWUtZ3JwYy9qb2JxdWV1ZS1ncnBjL2NsaWVudHMvZ28vam9icXVldWV2MTtqb2JxdWV1ZXYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_jobqueue_v1_job]);
+  fileDesc("Ch1qb2JxdWV1ZS92MS9qb2Jfc2VydmljZS5wcm90bxILam9icXVldWUudjEi0wIKDkVucXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGtpbmQYAiABKAkSKAoHcGF5bG9hZBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgFEioKBnJ1bl9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KDHJldHJ5X3BvbGljeRgJIAEoCzIYLmpvYnF1ZXVlLnYxLlJldHJ5UG9saWN5EioKBnVuaXF1ZRgKIAEoCzIaLmpvYnF1ZXVlLnYxLlVuaXF1ZU9wdGlvbnMibgoNVW5pcXVlT3B0aW9ucxILCgNrZXkYASABKAkSJQoGc3RhdGVzGAIgAygOMhUuam9icXVldWUudjEuSm9iU3RhdGUSKQoGcGVyaW9kGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkEKD0VucXVldWVSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISDwoHY3JlYXRlZBgCIAEoCCJAChNFbnF1ZXVlQmF0Y2hSZXF1ZXN0EikKBGpvYnMYASADKAsyGy5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVxdWVzdCJEChJFbnF1ZXVlQmF0Y2hSZXN1bHQSHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iEg8KB2NyZWF0ZWQYAiABKAgiSAoURW5xdWV1ZUJhdGNoUmVzcG9uc2USMAoHcmVzdWx0cxgBIAMoCzIfLmpvYnF1ZXVlLnYxLkVucXVldWVCYXRjaFJlc3VsdCIbCg1HZXRKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIi8KDkdldEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmpvYnF1ZXVlLnYxLkpvYiKvAQoPTGlzdEpvYnNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGtpbmQYAiABKAkSJAoFc3RhdGUYAyABKA4yFS5qb2JxdWV1ZS52MS5Kb2JTdGF0ZRIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCRIyCg5jcmVhdGVkX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSwoQTGlzdEpvYnNSZXNwb25zZRIeCgRqb2JzGAEgAygLMhAuam9icXVldWUudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIeChBDYW5jZWxKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIl8KEUNhbmNlbEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmpvYnF1ZXVlLnYxLkpvYhIrCgdvdXRjb21lGAIgASgOMhouam9icXVldWUudjEuQ2FuY2VsT3V0Y29tZSKbAQoRQ2FuY2VsSm9ic1JlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEa2luZBgCIAEoCRIkCgVzdGF0ZRgDIAEoDjIVLmpvYnF1ZXVlLnYxLkpvYlN0YXRlEjIKDmNyZWF0ZWRfYmVmb3JlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdkcnlfcnVuGAUgASgIIlIKEkNhbmNlbEpvYnNSZXNwb25zZRIPCgdtYXRjaGVkGAEgASgDEhEKCWNhbmNlbGxlZBgCIAEoAxIYChBjYW5jZWxfcmVxdWVzdGVkGAMgASgDKnIKDUNhbmNlbE91dGNvbWUSHgoaQ0FOQ0VMX09VVENPTUVfVU5TUEVDSUZJRUQQABIcChhDQU5DRUxfT1VUQ09NRV9DQU5DRUxMRUQQARIjCh9DQU5DRUxfT1VUQ09NRV9DQU5DRUxfUkVRVUVTVEVEEAIyzgMKCkpvYlNlcnZpY2USRAoHRW5xdWV1ZRIbLmpvYnF1ZXVlLnYxLkVucXVldWVSZXF1ZXN0Ghwuam9icXVldWUudjEuRW5xdWV1ZVJlc3BvbnNlElMKDEVucXVldWVCYXRjaBIgLmpvYnF1ZXVlLnYxLkVucXVldWVCYXRjaFJlcXVlc3QaIS5qb2JxdWV1ZS52MS5FbnF1ZXVlQmF0Y2hSZXNwb25zZRJBCgZHZXRKb2ISGi5qb2JxdWV1ZS52MS5HZXRKb2JSZXF1ZXN0Ghsuam9icXVldWUudjEuR2V0Sm9iUmVzcG9uc2USRwoITGlzdEpvYnMSHC5qb2JxdWV1ZS52MS5MaXN0Sm9ic1JlcXVlc3QaHS5qb2JxdWV1ZS52MS5MaXN0Sm9ic1Jlc3BvbnNlEkoKCUNhbmNlbEpvYhIdLmpvYnF1ZXVlLnYxLkNhbmNlbEpvYlJlcXVlc3QaHi5qb2JxdWV1ZS52MS5DYW5jZWxKb2JSZXNwb25zZRJNCgpDYW5jZWxKb2JzEh4uam9icXVldWUudjEuQ2FuY2VsSm9ic1JlcXVlc3QaHy5qb2JxdWV1ZS52MS5DYW5jZWxKb2JzUmVzcG9uc2VCSVpHZ2l0aHViLmNvbS9qb2JxdWV1ZS1ncnBjL2pvYnF1ZXVlLWdycGMvY2xpZW50cy9nby9qb2JxdWV1ZXYxO2pvYnF1ZXVldjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_jobqueue_v1_job]);
 
 /**
  * @generated from message jobqueue.v1.EnqueueRequest
@@ -82,6 +82,14 @@ export type EnqueueRequest = Message<"jobqueue.v1.EnqueueRequest"> & {
    * @generated from field: jobqueue.v1.RetryPolicy retry_policy = 9;
    */
   retryPolicy?: RetryPolicy | undefined;
+
+  /**
+   * Optional: refuse a duplicate while a job with the same unique key exists in one of the
+   * states given. A duplicate inserts nothing and returns the existing job with created = false.
+   *
+   * @generated from field: jobqueue.v1.UniqueOptions unique = 10;
+   */
+  unique?: UniqueOptions | undefined;
 };
 
 /**
@@ -90,6 +98,45 @@ export type EnqueueRequest = Message<"jobqueue.v1.EnqueueRequest"> & {
  */
 export const EnqueueRequestSchema: GenMessage<EnqueueRequest> = /*@__PURE__*/
   messageDesc(file_jobqueue_v1_job_service, 0);
+
+/**
+ * UniqueOptions makes a job unique by key, in some states, optionally per time window.
+ *
+ * @generated from message jobqueue.v1.UniqueOptions
+ */
+export type UniqueOptions = Message<"jobqueue.v1.UniqueOptions"> & {
+  /**
+   * The key; empty derives one from the job's queue, kind and payload. At most 255 characters.
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * The states in which an existing job refuses a duplicate. They always include every
+   * unfinished state (QUEUED, SCHEDULED, RUNNING, RETRYING); list finished ones to refuse
+   * duplicates of finished jobs too. Empty: the unfinished states, or with a period every state.
+   *
+   * @generated from field: repeated jobqueue.v1.JobState states = 2;
+   */
+  states: JobState[];
+
+  /**
+   * One job per key per window of this length (windows start at multiples of it since the Unix
+   * epoch, and a job falls in the window of its run_at, or of its enqueue when it has none).
+   * At least 1 s.
+   *
+   * @generated from field: google.protobuf.Duration period = 3;
+   */
+  period?: Duration | undefined;
+};
+
+/**
+ * Describes the message jobqueue.v1.UniqueOptions.
+ * Use `create(UniqueOptionsSchema)` to create a new message.
+ */
+export const UniqueOptionsSchema: GenMessage<UniqueOptions> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 1);
 
 /**
  * @generated from message jobqueue.v1.EnqueueResponse
@@ -113,7 +160,7 @@ export type EnqueueResponse = Message<"jobqueue.v1.EnqueueResponse"> & {
  * Use `create(EnqueueResponseSchema)` to create a new message.
  */
 export const EnqueueResponseSchema: GenMessage<EnqueueResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 1);
+  messageDesc(file_jobqueue_v1_job_service, 2);
 
 /**
  * @generated from message jobqueue.v1.EnqueueBatchRequest
@@ -130,7 +177,7 @@ export type EnqueueBatchRequest = Message<"jobqueue.v1.EnqueueBatchRequest"> & {
  * Use `create(EnqueueBatchRequestSchema)` to create a new message.
  */
 export const EnqueueBatchRequestSchema: GenMessage<EnqueueBatchRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 2);
+  messageDesc(file_jobqueue_v1_job_service, 3);
 
 /**
  * @generated from message jobqueue.v1.EnqueueBatchResult
@@ -152,7 +199,7 @@ export type EnqueueBatchResult = Message<"jobqueue.v1.EnqueueBatchResult"> & {
  * Use `create(EnqueueBatchResultSchema)` to create a new message.
  */
 export const EnqueueBatchResultSchema: GenMessage<EnqueueBatchResult> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 3);
+  messageDesc(file_jobqueue_v1_job_service, 4);
 
 /**
  * @generated from message jobqueue.v1.EnqueueBatchResponse
@@ -171,7 +218,7 @@ export type EnqueueBatchResponse = Message<"jobqueue.v1.EnqueueBatchResponse"> &
  * Use `create(EnqueueBatchResponseSchema)` to create a new message.
  */
 export const EnqueueBatchResponseSchema: GenMessage<EnqueueBatchResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 4);
+  messageDesc(file_jobqueue_v1_job_service, 5);
 
 /**
  * @generated from message jobqueue.v1.GetJobRequest
@@ -188,7 +235,7 @@ export type GetJobRequest = Message<"jobqueue.v1.GetJobRequest"> & {
  * Use `create(GetJobRequestSchema)` to create a new message.
  */
 export const GetJobRequestSchema: GenMessage<GetJobRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 5);
+  messageDesc(file_jobqueue_v1_job_service, 6);
 
 /**
  * @generated from message jobqueue.v1.GetJobResponse
@@ -205,7 +252,7 @@ export type GetJobResponse = Message<"jobqueue.v1.GetJobResponse"> & {
  * Use `create(GetJobResponseSchema)` to create a new message.
  */
 export const GetJobResponseSchema: GenMessage<GetJobResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 6);
+  messageDesc(file_jobqueue_v1_job_service, 7);
 
 /**
  * @generated from message jobqueue.v1.ListJobsRequest
@@ -239,6 +286,13 @@ export type ListJobsRequest = Message<"jobqueue.v1.ListJobsRequest"> & {
    * @generated from field: string page_token = 5;
    */
   pageToken: string;
+
+  /**
+   * Only jobs created before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp created_before = 6;
+   */
+  createdBefore?: Timestamp | undefined;
 };
 
 /**
@@ -246,7 +300,7 @@ export type ListJobsRequest = Message<"jobqueue.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 7);
+  messageDesc(file_jobqueue_v1_job_service, 8);
 
 /**
  * @generated from message jobqueue.v1.ListJobsResponse
@@ -270,7 +324,7 @@ export type ListJobsResponse = Message<"jobqueue.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 8);
+  messageDesc(file_jobqueue_v1_job_service, 9);
 
 /**
  * @generated from message jobqueue.v1.CancelJobRequest
@@ -287,7 +341,7 @@ export type CancelJobRequest = Message<"jobqueue.v1.CancelJobRequest"> & {
  * Use `create(CancelJobRequestSchema)` to create a new message.
  */
 export const CancelJobRequestSchema: GenMessage<CancelJobRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 9);
+  messageDesc(file_jobqueue_v1_job_service, 10);
 
 /**
  * @generated from message jobqueue.v1.CancelJobResponse
@@ -309,7 +363,81 @@ export type CancelJobResponse = Message<"jobqueue.v1.CancelJobResponse"> & {
  * Use `create(CancelJobResponseSchema)` to create a new message.
  */
 export const CancelJobResponseSchema: GenMessage<CancelJobResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 10);
+  messageDesc(file_jobqueue_v1_job_service, 11);
+
+/**
+ * @generated from message jobqueue.v1.CancelJobsRequest
+ */
+export type CancelJobsRequest = Message<"jobqueue.v1.CancelJobsRequest"> & {
+  /**
+   * The filters of ListJobs; at least one is required.
+   *
+   * @generated from field: string queue = 1;
+   */
+  queue: string;
+
+  /**
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * @generated from field: jobqueue.v1.JobState state = 3;
+   */
+  state: JobState;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_before = 4;
+   */
+  createdBefore?: Timestamp | undefined;
+
+  /**
+   * Count what would be cancelled; change nothing.
+   *
+   * @generated from field: bool dry_run = 5;
+   */
+  dryRun: boolean;
+};
+
+/**
+ * Describes the message jobqueue.v1.CancelJobsRequest.
+ * Use `create(CancelJobsRequestSchema)` to create a new message.
+ */
+export const CancelJobsRequestSchema: GenMessage<CancelJobsRequest> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 12);
+
+/**
+ * @generated from message jobqueue.v1.CancelJobsResponse
+ */
+export type CancelJobsResponse = Message<"jobqueue.v1.CancelJobsResponse"> & {
+  /**
+   * Jobs that matched and could be cancelled (with dry_run: would have been).
+   *
+   * @generated from field: int64 matched = 1;
+   */
+  matched: bigint;
+
+  /**
+   * Waiting jobs now CANCELLED.
+   *
+   * @generated from field: int64 cancelled = 2;
+   */
+  cancelled: bigint;
+
+  /**
+   * RUNNING jobs whose workers were told to stop them.
+   *
+   * @generated from field: int64 cancel_requested = 3;
+   */
+  cancelRequested: bigint;
+};
+
+/**
+ * Describes the message jobqueue.v1.CancelJobsResponse.
+ * Use `create(CancelJobsResponseSchema)` to create a new message.
+ */
+export const CancelJobsResponseSchema: GenMessage<CancelJobsResponse> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 13);
 
 /**
  * @generated from enum jobqueue.v1.CancelOutcome
@@ -395,6 +523,19 @@ export const JobService: GenService<{
     methodKind: "unary";
     input: typeof CancelJobRequestSchema;
     output: typeof CancelJobResponseSchema;
+  },
+  /**
+   * CancelJobs cancels every job that matches ListJobs' filters (at least one is required), as
+   * CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
+   * works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
+   * nothing and counts what it would cancel.
+   *
+   * @generated from rpc jobqueue.v1.JobService.CancelJobs
+   */
+  cancelJobs: {
+    methodKind: "unary";
+    input: typeof CancelJobsRequestSchema;
+    output: typeof CancelJobsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_jobqueue_v1_job_service, 0);
