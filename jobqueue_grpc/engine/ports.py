@@ -17,6 +17,7 @@ from jobqueue_grpc.domain.records import (
     BatchInserted,
     Ended,
     Extended,
+    Fired,
     Inserted,
     LeasedJob,
     Settled,
@@ -68,6 +69,12 @@ class JobPort(Protocol):
     async def insert_batch(self, jobs: NewJobs) -> BatchInserted: ...
 
 
+class SchedulePort(Protocol):
+    async def fire_due(self, limit: int, grace: float) -> list[Fired]: ...
+
+    async def seconds_to_next(self) -> float | None: ...
+
+
 class RetentionPort(Protocol):
     async def prune_jobs(self, state: Any, older_than: float, batch: int) -> int: ...
 
@@ -89,6 +96,9 @@ class StorePort(Protocol):
 
     @property
     def retention(self) -> RetentionPort: ...
+
+    @property
+    def schedules(self) -> SchedulePort: ...
 
     @property
     def commits(self) -> Commits: ...
