@@ -19,6 +19,7 @@ from jobqueue_grpc.api.dead_letters import DeadLetterService
 from jobqueue_grpc.api.jobs import JobService
 from jobqueue_grpc.api.lease import WorkerService
 from jobqueue_grpc.api.queues import QueueService
+from jobqueue_grpc.api.schedules import ScheduleService
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.embedded import EmbeddedPostgres
 from jobqueue_grpc.engine.engine import Engine
@@ -29,6 +30,8 @@ from jobqueue_grpc.gen.jobqueue.v1 import (
     job_service_pb2_grpc,
     queue_service_pb2,
     queue_service_pb2_grpc,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
@@ -41,6 +44,7 @@ SERVICE_NAMES = [
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     dead_letter_service_pb2.DESCRIPTOR.services_by_name["DeadLetterService"].full_name,
     queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
+    schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
 ]
 HEALTH_INTERVAL = 2.0
 # The health "service" a liveness probe asks for: SERVING while this process answers at all, and
@@ -95,6 +99,9 @@ class JobQueueServer:
             DeadLetterService(store, settings), self.server
         )
         queue_service_pb2_grpc.add_QueueServiceServicer_to_server(QueueService(store), self.server)
+        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
+            ScheduleService(store, settings, self.engine.bus.schedules_changed), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.reflection:
             reflection.enable_server_reflection(

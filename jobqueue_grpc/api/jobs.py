@@ -10,9 +10,9 @@ from jobqueue_grpc import metrics
 from jobqueue_grpc.api import convert
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain import pagination
-from jobqueue_grpc.domain.errors import FieldViolation
-from jobqueue_grpc.domain.jobs import Limits
-from jobqueue_grpc.domain.states import CancelOutcome
+from jobqueue_grpc.domain.errors import FieldViolation, InvalidArgument
+from jobqueue_grpc.domain.jobs import Limits, NewJob
+from jobqueue_grpc.domain.states import CancelOutcome, cancellable_states
 from jobqueue_grpc.domain.validation import kind_violation, parse_uuid, queue_violation, raise_if
 from jobqueue_grpc.engine.enqueue import Enqueuer
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2, job_service_pb2_grpc
@@ -51,7 +51,10 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.EnqueueRequest, context: Ctx
     ) -> job_service_pb2.EnqueueResponse:
         new = convert.new_job(request, "", self.limits)
-        row, created = await self.enqueuer.enqueue(new)
+        if new.unique is not None:
+            [(row, created)] = await self.enqueuer.enqueue_unique([new])
+        else:
+            row, created = await self.enqueuer.enqueue(new)
         return job_service_pb2.EnqueueResponse(job=convert.job(row), created=created)
 
     async def EnqueueBatch(
@@ -63,9 +66,31 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
                 [FieldViolation("jobs", f"a batch holds 1..{self.settings.max_batch_size} jobs")],
                 "bad batch size",
             )
+        if convert.has_unique(request.jobs):
+            return await self._enqueue_unique_batch(request)
         jobs = convert.new_jobs(request.jobs, self.limits)
         out = await self.enqueuer.enqueue_batch(jobs)
         return convert.enqueue_batch_response(request.jobs, jobs, out.created, out.at, out.existing)
+
+    async def _enqueue_unique_batch(
+        self, request: job_service_pb2.EnqueueBatchRequest
+    ) -> job_service_pb2.EnqueueBatchResponse:
+        """A batch with unique jobs: all or nothing too, in one transaction (insert_unique)."""
+        jobs: list[NewJob] = []
+        violations: list[FieldViolation] = []
+        for i, req in enumerate(request.jobs):
+            try:
+                jobs.append(convert.new_job(req, f"jobs[{i}].", self.limits))
+            except InvalidArgument as err:
+                violations.extend(err.violations)
+        raise_if(violations, "batch rejected, nothing enqueued")
+        out = await self.enqueuer.enqueue_unique(jobs)
+        return job_service_pb2.EnqueueBatchResponse(
+            results=[
+                job_service_pb2.EnqueueBatchResult(job=convert.job(row), created=created)
+                for row, created in out
+            ]
+        )
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Ctx
@@ -87,9 +112,14 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         if request.state and request.state not in convert.STATE_FROM_PROTO:
             violations.append(FieldViolation("state", f"unknown state {request.state}"))
         raise_if(violations)
+        before = None
+        if request.HasField("created_before"):
+            before = convert.to_datetime("created_before", request.created_before)
         limit = page_size(request.page_size, self.settings)
         state = convert.STATE_FROM_PROTO.get(request.state)
-        filters = (request.queue, request.kind, request.state)
+        filters: tuple[object, ...] = (request.queue, request.kind, request.state)
+        if before is not None:  # a token is good for the filters it was made with only
+            filters += (before.isoformat(),)
         secret = await self.store.page_token_key()
         after = pagination.decode(request.page_token, filters, secret)
         rows = await self.store.jobs.list(
@@ -98,6 +128,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
             state=state,
             after=after,
             limit=limit + 1,
+            created_before=before,
         )
         token = ""
         if len(rows) > limit:
@@ -114,3 +145,42 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         if outcome is CancelOutcome.CANCELLED:  # committed; CANCEL_REQUESTED ends in the engine
             metrics.cancelled(row.queue, row.kind)
         return job_service_pb2.CancelJobResponse(job=convert.job(row), outcome=_OUTCOME[outcome])
+
+    async def CancelJobs(
+        self, request: job_service_pb2.CancelJobsRequest, context: Ctx
+    ) -> job_service_pb2.CancelJobsResponse:
+        violations = [
+            v
+            for v in (
+                request.queue and queue_violation("queue", request.queue),
+                request.kind and kind_violation("kind", request.kind),
+            )
+            if v
+        ]
+        if request.state and request.state not in convert.STATE_FROM_PROTO:
+            violations.append(FieldViolation("state", f"unknown state {request.state}"))
+        before = None
+        if request.HasField("created_before"):
+            before = convert.to_datetime("created_before", request.created_before)
+        if not (request.queue or request.kind or request.state or before):
+            violations.append(
+                FieldViolation(
+                    "queue", "name at least one filter: queue, kind, state or created_before"
+                )
+            )
+        raise_if(violations)
+        state = convert.STATE_FROM_PROTO.get(request.state)
+        counts = await self.store.jobs.cancel_many(
+            queue=request.queue or None,
+            kind=request.kind or None,
+            states=cancellable_states(state),
+            created_before=before,
+            dry_run=request.dry_run,
+        )
+        for (queue, kind), n in counts.by_queue_kind.items():
+            metrics.cancelled(queue, kind, n)
+        return job_service_pb2.CancelJobsResponse(
+            matched=counts.matched,
+            cancelled=counts.cancelled,
+            cancel_requested=counts.cancel_requested,
+        )

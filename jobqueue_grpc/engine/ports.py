@@ -19,6 +19,7 @@ from jobqueue_grpc.domain.records import (
     Extended,
     Fired,
     Inserted,
+    JobRecord,
     LeasedJob,
     Settled,
 )
@@ -67,6 +68,8 @@ class JobPort(Protocol):
     ) -> Inserted: ...
 
     async def insert_batch(self, jobs: NewJobs) -> BatchInserted: ...
+
+    async def insert_unique(self, jobs: Sequence[NewJob]) -> list[tuple[JobRecord, bool]]: ...
 
 
 class SchedulePort(Protocol):

@@ -1,9 +1,6 @@
 -- ScheduleService queries, and the schedule loop's (engine/maintenance/schedules.py).
 -- `{schedule_columns}` is the column list a ScheduleRecord is read with.
 
--- name: db_now
-SELECT now();
-
 -- name: insert_schedule
 -- Nothing (no row) when the id is taken.
 INSERT INTO jobqueue.schedules (id, cron, every_seconds, timezone, template, paused, missed,
