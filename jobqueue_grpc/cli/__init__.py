@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from jobqueue_grpc.cli import admin, serve, worker
+from jobqueue_grpc.cli import admin, schedules, serve, worker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(sub)
     worker.register(sub)
     admin.register(sub)
+    schedules.register(sub)
     return p
 
 
