@@ -12,13 +12,16 @@ import asyncpg
 import grpc
 import pytest
 
+from jobqueue_grpc.gen.jobqueue.v1 import dead_letter_service_pb2 as dl
+from jobqueue_grpc.gen.jobqueue.v1 import dead_letter_service_pb2_grpc as dl_grpc
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
+from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2 as w
 from jobqueue_grpc.server import JobQueueServer
 from jobqueue_grpc.store import Store
 from tests import conftest
-from tests.lease_helpers import RawWorker, duration
+from tests.lease_helpers import RawWorker, duration, job_in_state
 from tests.test_job_service import fails
 
 UNFINISHED = [
@@ -160,3 +163,22 @@ async def test_twenty_concurrent_enqueues_across_two_replicas_make_one_job(
     finally:
         for ch in channels:
             await ch.close()
+
+
+async def test_a_requeue_that_meets_its_duplicate_is_failed_precondition(
+    channel: grpc.aio.Channel,
+) -> None:
+    stub = jsg.JobServiceStub(channel)
+    first = await stub.Enqueue(req(key="requeue-me"))
+    worker = await RawWorker(channel).open(queues=("u",))
+    try:
+        leased = await worker.next_job()
+        await worker.fail(leased, message="boom", failure_class=w.FAILURE_CLASS_DO_NOT_RETRY)
+        await job_in_state(channel, first.job.id, job_pb2.JOB_STATE_FAILED)
+    finally:
+        worker.cancel()
+    second = await stub.Enqueue(req(key="requeue-me"))  # failed is not a refusing state
+    assert second.created
+    dead = dl_grpc.DeadLetterServiceStub(channel)
+    err = await fails(dead.RequeueDeadLetter(dl.RequeueDeadLetterRequest(job_id=first.job.id)))
+    assert (err.code, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "UNIQUE_CONFLICT")
