@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY jobqueue_grpc ./jobqueue_grpc
 # The server extra: the base install is only the SDK (client, worker, admin CLI).
 RUN pip install '.[server]' && rm -rf /src

@@ -155,6 +155,8 @@ class Bench:
                 str(self.port),
                 "--metrics-port",
                 "0",
+                "--http-port",
+                "0",
                 "--grace-period",
                 "2",
             ],

@@ -3,16 +3,22 @@
 client = AsyncClient("localhost:50051")
 r = await client.enqueue("send_email", {"to": "a@example.com"}, idempotency_key="welcome-42")
 r.job.id, r.created
+job = await client.wait(r.job.id)   # returns once the job is SUCCEEDED, FAILED or CANCELLED
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import grpc
+
 from jobqueue_grpc._channel import TLS, aio_channel, metadata, sync_channel
 from jobqueue_grpc._durations import duration
+from jobqueue_grpc._trace import with_trace
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
@@ -22,7 +28,15 @@ JobState = job_pb2.JobState
 EnqueueResponse = js.EnqueueResponse
 CancelJobResponse = js.CancelJobResponse
 
-__all__ = ["TLS", "AsyncClient", "Client", "Job", "enqueue_request"]
+__all__ = ["TERMINAL", "TLS", "AsyncClient", "Client", "Job", "enqueue_request"]
+
+TERMINAL = frozenset(
+    {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
+)
+
+
+# A watch that ends with one of these is started again by `wait` (a replica draining, a blip).
+_RETRY_WATCH = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
 def enqueue_request(
@@ -37,14 +51,23 @@ def enqueue_request(
     lease_duration: float | None = None,
     backoff_base: float | None = None,
     backoff_cap: float | None = None,
+    metadata: Mapping[str, str] | None = None,
+    traceparent: str = "",
+    tracestate: str = "",
 ) -> js.EnqueueRequest:
-    """An EnqueueRequest; `run_at` must be timezone-aware, durations are seconds."""
+    """An EnqueueRequest; `run_at` must be timezone-aware, durations are seconds. `metadata`:
+    labels (ListJobs filters on them). `traceparent`/`tracestate` set the job's W3C trace
+    context explicitly; left empty, the server takes the call's (the client sends the current
+    OpenTelemetry span's, if any)."""
     req = js.EnqueueRequest(
         kind=kind,
         queue=queue,
         priority=priority,
         max_attempts=max_attempts,
         idempotency_key=idempotency_key,
+        metadata=metadata,
+        traceparent=traceparent,
+        tracestate=tracestate,
     )
     if payload:
         req.payload.update(payload)
@@ -67,13 +90,21 @@ def _batch(jobs: Sequence[js.EnqueueRequest | Mapping[str, Any]]) -> js.EnqueueB
     )
 
 
-def _list(queue: str, kind: str, state: int, page_size: int, page_token: str) -> js.ListJobsRequest:
+def _list(
+    queue: str,
+    kind: str,
+    state: int,
+    page_size: int,
+    page_token: str,
+    metadata: Mapping[str, str] | None = None,
+) -> js.ListJobsRequest:
     return js.ListJobsRequest(
         queue=queue,
         kind=kind,
         state=state,  # type: ignore[arg-type]
         page_size=page_size,
         page_token=page_token,
+        metadata=metadata,
     )
 
 
@@ -100,16 +131,16 @@ class AsyncClient:
         self, kind: str, payload: Mapping[str, Any] | None = None, **options: Any
     ) -> js.EnqueueResponse:
         """Options: queue, priority, max_attempts, run_at, idempotency_key, lease_duration,
-        backoff_base, backoff_cap."""
+        backoff_base, backoff_cap, metadata, traceparent, tracestate."""
         req = enqueue_request(kind, payload, **options)
-        resp: js.EnqueueResponse = await self._stub.Enqueue(req, metadata=self._md)
+        resp: js.EnqueueResponse = await self._stub.Enqueue(req, metadata=with_trace(self._md))
         return resp
 
     async def enqueue_batch(
         self, jobs: Sequence[js.EnqueueRequest | Mapping[str, Any]]
     ) -> list[js.EnqueueBatchResult]:
         """All or nothing; each mapping holds enqueue() arguments (kind, payload, ...)."""
-        resp = await self._stub.EnqueueBatch(_batch(jobs), metadata=self._md)
+        resp = await self._stub.EnqueueBatch(_batch(jobs), metadata=with_trace(self._md))
         return list(resp.results)
 
     async def get_job(self, job_id: str) -> Job:
@@ -124,8 +155,9 @@ class AsyncClient:
         state: int = 0,
         page_size: int = 0,
         page_token: str = "",
+        metadata: Mapping[str, str] | None = None,
     ) -> js.ListJobsResponse:
-        req = _list(queue, kind, state, page_size, page_token)
+        req = _list(queue, kind, state, page_size, page_token, metadata)
         resp: js.ListJobsResponse = await self._stub.ListJobs(req, metadata=self._md)
         return resp
 
@@ -147,6 +179,29 @@ class AsyncClient:
             js.CancelJobRequest(id=job_id), metadata=self._md
         )
         return resp
+
+    async def watch(self, job_id: str) -> AsyncIterator[Job]:
+        """The job now, then again on every change (state, attempt, progress, result), ending
+        with its terminal state (WatchJob: the server pushes; nothing polls)."""
+        call = self._stub.WatchJob(js.WatchJobRequest(id=job_id), metadata=self._md)
+        async for resp in call:
+            yield resp.job
+
+    async def wait(self, job_id: str) -> Job:
+        """The job once it is SUCCEEDED, FAILED or CANCELLED. A stream cut short (a server
+        draining, say) is watched again. Bound it with `asyncio.timeout(...)`."""
+        while True:
+            last: Job | None = None
+            try:
+                async for job in self.watch(job_id):
+                    last = job
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RETRY_WATCH:
+                    raise
+                await asyncio.sleep(0.5)  # back off before trying another replica
+                continue
+            if last is not None and last.state in TERMINAL:
+                return last
 
 
 class Client:
@@ -171,12 +226,14 @@ class Client:
     def enqueue(
         self, kind: str, payload: Mapping[str, Any] | None = None, **options: Any
     ) -> js.EnqueueResponse:
-        return self._stub.Enqueue(enqueue_request(kind, payload, **options), metadata=self._md)
+        req = enqueue_request(kind, payload, **options)
+        return self._stub.Enqueue(req, metadata=with_trace(self._md))
 
     def enqueue_batch(
         self, jobs: Sequence[js.EnqueueRequest | Mapping[str, Any]]
     ) -> list[js.EnqueueBatchResult]:
-        return list(self._stub.EnqueueBatch(_batch(jobs), metadata=self._md).results)
+        resp = self._stub.EnqueueBatch(_batch(jobs), metadata=with_trace(self._md))
+        return list(resp.results)
 
     def get_job(self, job_id: str) -> Job:
         return self._stub.GetJob(js.GetJobRequest(id=job_id), metadata=self._md).job
@@ -189,8 +246,9 @@ class Client:
         state: int = 0,
         page_size: int = 0,
         page_token: str = "",
+        metadata: Mapping[str, str] | None = None,
     ) -> js.ListJobsResponse:
-        req = _list(queue, kind, state, page_size, page_token)
+        req = _list(queue, kind, state, page_size, page_token, metadata)
         return self._stub.ListJobs(req, metadata=self._md)
 
     def iter_jobs(self, *, queue: str = "", kind: str = "", state: int = 0) -> Iterator[Job]:
@@ -204,3 +262,30 @@ class Client:
 
     def cancel_job(self, job_id: str) -> js.CancelJobResponse:
         return self._stub.CancelJob(js.CancelJobRequest(id=job_id), metadata=self._md)
+
+    def watch(self, job_id: str) -> Iterator[Job]:
+        """The job now, then again on every change, ending with its terminal state."""
+        for resp in self._stub.WatchJob(js.WatchJobRequest(id=job_id), metadata=self._md):
+            yield resp.job
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """The job once it is SUCCEEDED, FAILED or CANCELLED; `timeout` seconds in all (then
+        grpc.RpcError DEADLINE_EXCEEDED). A stream cut short by a draining server is watched
+        again."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            last: Job | None = None
+            call = self._stub.WatchJob(
+                js.WatchJobRequest(id=job_id), metadata=self._md, timeout=left
+            )
+            try:
+                for resp in call:
+                    last = resp.job
+            except grpc.RpcError as exc:
+                if exc.code() not in _RETRY_WATCH:
+                    raise
+                time.sleep(0.5)  # back off before trying another replica
+                continue
+            if last is not None and last.state in TERMINAL:
+                return last

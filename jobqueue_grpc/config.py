@@ -176,6 +176,30 @@ class Settings(BaseSettings):
         description="Shortest interval between client pings the server accepts; clients pinging "
         "faster are disconnected (too_many_pings). Must not exceed what clients use (10 s).",
     )
+    max_watches_per_connection: int = Field(
+        100,
+        ge=1,
+        description="Most WatchJob/WatchJobs streams one client connection holds at once; more "
+        "get RESOURCE_EXHAUSTED (TOO_MANY_WATCHES). Too low breaks a dashboard or a client "
+        "waiting on many jobs; too high lets one client hold many database reads per change.",
+    )
+    max_watches: int = Field(
+        10_000,
+        ge=1,
+        description="Most watches on one server; each change notice is fanned out to them.",
+    )
+    http_port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="HTTP port for Connect, gRPC-Web and JSON (curl) calls and the dashboard at "
+        "/; binds `host`; 0 turns it off. Same auth, roles, limits and metrics as gRPC.",
+    )
+    http_cors_origins: str = Field(
+        "",
+        description="Origins (comma-separated, or *) whose browser pages may call the HTTP port "
+        "from another origin; empty: no CORS headers (the dashboard is same-origin).",
+    )
     log_level: str = Field("INFO")
     log_format: str = Field("text", pattern="^(text|json)$")
 

@@ -6,17 +6,20 @@ import asyncio
 import contextlib
 import logging
 import signal
+import subprocess
 from typing import Any
 
 import asyncpg
 import grpc
+from google.protobuf.descriptor_pool import Default as default_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from jobqueue_grpc import metrics_server, tls
+from jobqueue_grpc import metrics_server, telemetry, tls
 from jobqueue_grpc.api import interceptors
 from jobqueue_grpc.api.dead_letters import DeadLetterService
-from jobqueue_grpc.api.jobs import JobService
+from jobqueue_grpc.api.http import Calls, HttpApp, HttpServer
+from jobqueue_grpc.api.jobs import JobService, limits_of
 from jobqueue_grpc.api.lease import WorkerService
 from jobqueue_grpc.api.queues import QueueService
 from jobqueue_grpc.api.schedules import ScheduleService
@@ -46,6 +49,7 @@ SERVICE_NAMES = [
     queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
     schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
 ]
+DESCRIPTOR_POOL = default_pool()
 HEALTH_INTERVAL = 2.0
 # The health "service" a liveness probe asks for: SERVING while this process answers at all, and
 # NOT_SERVING only once it shuts down. The overall health ("") and each service's follow the
@@ -57,19 +61,25 @@ LIVENESS = "jobqueue.liveness"
 class JobQueueServer:
     """One replica: a gRPC server over a Store. `start`, then `stop` (graceful) when done."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, tracer_provider: Any | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.engine = Engine(store, settings)
         self.health = health.aio.HealthServicer()
         self.port = 0
+        self.http_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self.metrics: metrics_server.MetricsServer | None = None
         self.drain_gate = interceptors.DrainGate()
+        # Outermost first: observe (log + count) -> auth -> limits -> error mapping. The HTTP
+        # port's calls go through the same one.
+        # (a span per call first when tracing is on: `tracer_provider`, telemetry.py)
+        self.interceptors = interceptors.build(settings, self.drain_gate, tracer_provider)
         self.server = grpc.aio.server(
-            # Outermost first: observe (log + count) -> auth -> limits -> error mapping.
-            interceptors=interceptors.build(settings, self.drain_gate),
+            interceptors=self.interceptors,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -89,19 +99,34 @@ class JobQueueServer:
                 ("grpc.http2.ping_timeout_ms", int(settings.keepalive_timeout * 1000)),
             ],
         )
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobService(store, self.engine.enqueuer, settings), self.server
-        )
-        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
-            WorkerService(self.engine, settings), self.server
-        )
-        dead_letter_service_pb2_grpc.add_DeadLetterServiceServicer_to_server(
-            DeadLetterService(store, settings), self.server
-        )
-        queue_service_pb2_grpc.add_QueueServiceServicer_to_server(QueueService(store), self.server)
-        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
-            ScheduleService(store, settings, self.engine.bus.schedules_changed), self.server
-        )
+        services: list[tuple[Any, Any]] = [
+            (
+                JobService(store, self.engine.enqueuer, settings, self.engine.watches),
+                job_service_pb2_grpc.add_JobServiceServicer_to_server,
+            ),
+            (
+                WorkerService(self.engine, settings),
+                worker_service_pb2_grpc.add_WorkerServiceServicer_to_server,
+            ),
+            (
+                DeadLetterService(store, settings),
+                dead_letter_service_pb2_grpc.add_DeadLetterServiceServicer_to_server,
+            ),
+            (QueueService(store), queue_service_pb2_grpc.add_QueueServiceServicer_to_server),
+            (
+                ScheduleService(store, settings, self.engine.bus.schedules_changed),
+                schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server,
+            ),
+        ]
+        for servicer, add in services:
+            add(servicer, self.server)
+        self.http: HttpServer | None = None
+        if settings.http_port:
+            # ours is the last of the chain (a tracing interceptor may stand before it)
+            calls = Calls(self.interceptors[-1], services)  # type: ignore[arg-type]
+            for name in SERVICE_NAMES:
+                calls.add_service(DESCRIPTOR_POOL.FindServiceByName(name))
+            self.http = HttpServer(HttpApp(calls, settings), settings)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.reflection:
             reflection.enable_server_reflection(
@@ -124,12 +149,22 @@ class JobQueueServer:
             raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
         await self.server.start()
         await self.engine.start()
+        if self.http is not None:
+            self.http_port = await self.http.start()
+        await self._publish_enqueue_defaults()
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._check_health()
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
         self.metrics = await metrics_server.start_for(self.settings, self.store)
         log.info("serving gRPC on %s:%d", self.settings.host, self.port)
         return self.port
+
+    async def _publish_enqueue_defaults(self) -> None:
+        """The SQL function jobqueue.enqueue applies this server's defaults and limits."""
+        try:
+            await self.store.jobs.publish_enqueue_defaults(limits_of(self.settings))
+        except Exception as exc:  # not migrated yet (migrate_on_start off): the function waits too
+            log.warning("could not publish enqueue defaults for jobqueue.enqueue(): %s", exc)
 
     async def _set_health(self, serving: bool) -> None:
         status = (
@@ -169,11 +204,43 @@ class JobQueueServer:
         for t in self._tasks:
             t.cancel()
         await self.server.stop(1.0)
+        if self.http is not None:
+            await self.http.stop()
         if self.metrics is not None:
             await self.metrics.stop()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+
+
+# Failures that only say the database is not reachable right now: a line says enough.
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+class _ConnectionErrorsInOneLine(logging.Filter):
+    """Turns a log record's traceback into its last line when the error is a lost database
+    connection: asyncpg's pool logs one with a full traceback at each try to reconnect."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, _CONNECTION_ERRORS):
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_connection_tracebacks() -> None:
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _ConnectionErrorsInOneLine) for f in pool_log.filters):
+        pool_log.addFilter(_ConnectionErrorsInOneLine())
 
 
 async def run(settings: Settings) -> int:
@@ -182,12 +249,20 @@ async def run(settings: Settings) -> int:
     The signal handlers go in first, so a SIGTERM during start-up (while the embedded
     PostgreSQL starts or migrations run) still stops everything this process started.
     """
+    _quiet_connection_tracebacks()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     embedded: EmbeddedPostgres | None = None
+    stopped = True  # the embedded PostgreSQL, if any, stopped cleanly
+    tracer_provider = None
     try:
+        tracer_provider = telemetry.provider_from_env()  # None unless OTEL_* asks for an exporter
+        if tracer_provider is not None:
+            from opentelemetry import trace
+
+            trace.set_tracer_provider(tracer_provider)
         url = settings.database_url
         if url is None:
             embedded = EmbeddedPostgres(settings.data_dir / "pgdata")
@@ -202,9 +277,14 @@ async def run(settings: Settings) -> int:
                 await store.migrate()
             if stop.is_set():
                 return 0
-            srv = JobQueueServer(settings, store)
+            srv = JobQueueServer(settings, store, tracer_provider)
             await srv.start()
             print(f"jobqueue-grpc listening on {settings.host}:{srv.port}", flush=True)
+            if srv.http is not None:
+                print(
+                    f"HTTP (Connect, gRPC-Web, dashboard) on http://{settings.host}:{srv.http_port}/",
+                    flush=True,
+                )
             await stop.wait()
             await srv.stop()
         finally:
@@ -215,5 +295,11 @@ async def run(settings: Settings) -> int:
         return 1
     finally:
         if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
-    return 0
+            try:
+                await asyncio.to_thread(embedded.stop)
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                log.error("could not stop the embedded PostgreSQL: %s", exc)
+                stopped = False
+        if tracer_provider is not None:  # export what is still buffered
+            await asyncio.to_thread(tracer_provider.shutdown)
+    return 0 if stopped else 1

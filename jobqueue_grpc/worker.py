@@ -17,6 +17,7 @@ a thread pool and can watch `ctx.cancel_requested`. Raise `DoNotRetry` to dead-l
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import os
@@ -33,6 +34,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from jobqueue_grpc import _trace
 from jobqueue_grpc._aio import spawn, wait
 from jobqueue_grpc._channel import TLS, aio_channel, metadata
 from jobqueue_grpc._durations import duration, seconds
@@ -106,6 +108,11 @@ class JobContext:
     @property
     def attempt(self) -> int:
         return self.job.attempt
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The labels the job was enqueued with."""
+        return dict(self.job.metadata)
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -237,6 +244,7 @@ class Worker:
         shutdown_timeout: float = 30.0,
         reconnect_min: float = 0.1,
         reconnect_max: float = 5.0,
+        tracer_provider: Any | None = None,
     ) -> None:
         self.address = address
         self.queues = list(queues)
@@ -248,6 +256,10 @@ class Worker:
         self.shutdown_timeout = shutdown_timeout
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
+        # OpenTelemetry: each handler runs in a span, a child of the job's producer, when an SDK
+        # is configured (this provider, else the global one); otherwise no span (_trace.py).
+        self.tracer_provider = tracer_provider
+        self._tracer: Any | None = None
         self.handlers: dict[str, Handler] = {}
         self._async: set[str] = set()  # kinds whose handler is a coroutine function
         self._threads: ThreadPoolExecutor | None = None
@@ -318,6 +330,7 @@ class Worker:
 
     async def _run_session(self) -> None:
         assert self._stop is not None
+        self._tracer = _trace.job_tracer(self.tracer_provider)  # a global SDK set up by now
         async with aio_channel(self.address, self.tls) as channel:
             call = wsg.WorkerServiceStub(channel).Lease(metadata=metadata(self.token))
             s = _Session(self, call)
@@ -351,12 +364,24 @@ class Worker:
                 self._session = None
 
     async def _write(self, s: _Session) -> None:
+        opened = False
         while True:
             req = await s.outbox.get()
             if req is None:
                 await s.call.done_writing()
                 return
             await s.call.write(req)
+            if not opened:  # the first message is `open`: it reached the server
+                opened = True
+                kinds = ", ".join(req.open.kinds) or "any"
+                log.info(
+                    "connected to %s as %s: queues %s, kinds %s, concurrency %d",
+                    self.address,
+                    self.worker_id,
+                    ", ".join(self.queues),
+                    kinds,
+                    self.concurrency,
+                )
 
     async def _on_stop(self, s: _Session) -> None:
         assert self._stop is not None
@@ -433,44 +458,86 @@ class Worker:
         elif which == "heartbeat" and s.draining:
             s.drained.set()
 
+    async def _call(self, fn: Handler, ctx: JobContext) -> Any:
+        if ctx.kind in self._async:
+            return await fn(ctx)
+        assert self._threads is not None
+        loop = asyncio.get_running_loop()
+        if self._tracer is not None:  # the thread runs in this task's context: the job's span
+            result = await loop.run_in_executor(
+                self._threads, contextvars.copy_context().run, fn, ctx
+            )
+        else:
+            result = await loop.run_in_executor(self._threads, fn, ctx)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
     async def _execute(self, s: _Session, ctx: JobContext) -> None:
         fn = self.handlers.get(ctx.kind)
+        started = time.monotonic()
+
+        def outcome(what: str) -> None:  # one INFO line per job outcome
+            log.info(
+                "job %s (%s, attempt %d) %s in %.3fs",
+                ctx.id,
+                ctx.kind,
+                ctx.attempt,
+                what,
+                time.monotonic() - started,
+            )
+
         try:
             if fn is None:
                 raise DoNotRetry(f"this worker has no handler for kind {ctx.kind!r}")
-            if ctx.kind in self._async:
-                result = await fn(ctx)
+            if self._tracer is None:
+                result = await self._call(fn, ctx)
             else:
-                assert self._threads is not None
-                result = await asyncio.get_running_loop().run_in_executor(self._threads, fn, ctx)
-                if inspect.isawaitable(result):
-                    result = await result
+                with _trace.job_span(self._tracer, ctx.job):
+                    result = await self._call(fn, ctx)
         except asyncio.CancelledError:
             if ctx.lost:
+                outcome("abandoned: its lease is gone")
                 return
             if ctx.cancel_requested:
+                outcome("cancelled")
                 s.cancelled(ctx)
                 return
             raise
         except JobCancelled:
+            outcome("cancelled")
             s.cancelled(ctx)
         except DoNotRetry as e:
+            outcome(f"failed, not to be retried: {_brief(e)}")
             s.fail(ctx, e, w.FAILURE_CLASS_DO_NOT_RETRY)
         except RetryAfter as e:
+            outcome(f"failed, retry after {e.seconds:g}s: {_brief(e)}")
             s.fail(ctx, e, w.FAILURE_CLASS_RETRY_AFTER, e.seconds)
         except Exception as e:
-            log.info("job %s (%s) attempt %d failed: %s", ctx.id, ctx.kind, ctx.attempt, e)
+            outcome(f"failed, to be retried: {type(e).__name__}: {_brief(e)}")
             s.fail(ctx, e, w.FAILURE_CLASS_RETRY)
         else:
-            if not ctx.lost:
+            if ctx.lost:
+                outcome("finished after its lease was lost: not reported")
+            else:
                 try:
                     s.complete(ctx, result)
                 except (ValueError, TypeError) as e:  # not JSON-shaped: the job cannot succeed
+                    outcome(f"failed, not to be retried: result not JSON-shaped: {_brief(e)}")
                     s.fail(ctx, e, w.FAILURE_CLASS_DO_NOT_RETRY)
+                else:
+                    outcome("succeeded")
         finally:
             s.running.pop(ctx.job.id, None)
             if not s.running:
                 s.idle.set()
+
+
+def _brief(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message for a one-line log: its first line, at most `limit` characters."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else ""
+    return first if len(first) <= limit else first[:limit] + "..."
 
 
 def _lease_seconds(ctx: JobContext) -> float:

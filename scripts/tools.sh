@@ -19,6 +19,8 @@ fi
 export GOBIN="$PWD/.tools/bin"
 export GOFLAGS="${GOFLAGS:-} -trimpath"
 mkdir -p "$GOBIN"
+echo "tools.sh: building ${#TOOLS[@]} pinned Go tools into .tools/bin; the first run downloads" \
+  "~420 MB of Go modules into $(go env GOMODCACHE) and takes minutes, later runs are quick"
 for t in "${TOOLS[@]}"; do
   echo "go install $t"
   go install "$t"

@@ -106,6 +106,7 @@ def test_settings(db_url: str, **overrides: Any) -> Settings:
         "host": "127.0.0.1",
         "port": 0,
         "metrics_port": 0,
+        "http_port": 0,
         "grace_period": 2.0,
         "migrate_on_start": False,
     }

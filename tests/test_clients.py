@@ -122,7 +122,12 @@ async def test_go_client_suite(make_server: ServerFactory) -> None:
     assert code == 0, out
     # The suite skips itself without an address; make sure it really ran.
     assert "--- SKIP" not in out, out
-    for name in ("TestEnqueueGetCancel", "TestLeaseProtocol", "TestWorkerHelper"):
+    for name in (
+        "TestEnqueueGetCancel",
+        "TestLeaseProtocol",
+        "TestWorkerHelper",
+        "TestWaitReturnsTheTerminalJob",
+    ):
         assert f"--- PASS: {name}" in out, out
 
 
@@ -145,7 +150,7 @@ async def test_typescript_client_suite(make_server: ServerFactory) -> None:
     )
     assert code == 0, out
     # node:test's summary lines: every test ran and passed.
-    for line in ("pass 3", "fail 0", "skipped 0"):
+    for line in ("pass 4", "fail 0", "skipped 0"):
         assert re.search(rf"\b{line}$", out, re.MULTILINE), out
 
 

@@ -27,7 +27,15 @@ from jobqueue_grpc.server import JobQueueServer
 from tests.test_clients import run
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER_MODULES = {"asyncpg", "pgserver", "pydantic", "pydantic_settings", "prometheus_client"}
+SERVER_MODULES = {
+    "asyncpg",
+    "pgserver",
+    "pydantic",
+    "pydantic_settings",
+    "prometheus_client",
+    "connectrpc",
+    "uvicorn",
+}
 SERVER_DISTS = {
     "asyncpg",
     "pgserver",
@@ -37,13 +45,18 @@ SERVER_DISTS = {
     "prometheus-client",
     "grpcio-health-checking",
     "grpcio-reflection",
+    "connectrpc",
+    "uvicorn",
+    "opentelemetry-sdk",
+    "opentelemetry-instrumentation-grpc",
 }
 NEEDS_EXTRA = "jobqueue-grpc {} needs the server extra: pip install 'jobqueue-grpc[server]'\n"
 SDK_IMPORTS = "import jobqueue_grpc, jobqueue_grpc.client, jobqueue_grpc.worker, jobqueue_grpc.cli"
 LOADED = f"""
 {SDK_IMPORTS}
 import sys
-print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(SERVER_MODULES)!r}))
+print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(SERVER_MODULES)!r}
+             or m.startswith(("opentelemetry.sdk", "opentelemetry.instrumentation"))))
 """
 PIP_TIMEOUT = 600
 # pip's words when the index cannot be reached (as opposed to a resolution or build error).
@@ -75,10 +88,17 @@ def test_base_dependencies_are_the_sdk_and_the_server_extra_adds_the_rest() -> N
     base = {dist_name(d) for d in project["dependencies"]}
     extras = project["optional-dependencies"]
     server = {dist_name(d) for d in extras["server"]}
-    assert base == {"grpcio", "protobuf", "grpcio-status", "googleapis-common-protos"}
+    assert base == {
+        "grpcio",
+        "protobuf",
+        "grpcio-status",
+        "googleapis-common-protos",
+        "opentelemetry-api",  # the API only: the SDK and exporters are the server's
+    }
     assert not base & SERVER_DISTS
     assert {"asyncpg", "pgserver", "pydantic-settings", "prometheus-client"} <= server
     assert {"grpcio-health-checking", "grpcio-reflection"} <= server
+    assert {"opentelemetry-sdk", "opentelemetry-instrumentation-grpc"} <= server
     # A contributor's `pip install -e '.[dev]'` still runs the tests, which start servers.
     assert "jobqueue-grpc[server]" in extras["dev"]
     assert "'.[server,dev]'" in (ROOT / "Makefile").read_text()

@@ -194,6 +194,11 @@ async def test_outcomes_with_a_wrong_token_or_job_are_rejected(channel: grpc.aio
     await worker.complete(stranger)
     rej = (await worker.next_of("rejected")).rejected
     assert (rej.job_id, rej.code) == (stranger.job.id, w.REJECT_REASON_UNKNOWN_JOB)
+    # a huge made-up id is not echoed whole
+    huge = w.LeasedJob(job=job_pb2.Job(id="x" * 1_000_000), lease_token=leased.lease_token)
+    await worker.complete(huge)
+    rej = (await worker.next_of("rejected")).rejected
+    assert (rej.job_id, rej.code) == ("x" * 64, w.REJECT_REASON_UNKNOWN_JOB)
     running = await get_job(channel, job.id)
     assert running.state == S.JOB_STATE_RUNNING and not running.errors
     await worker.complete(leased)

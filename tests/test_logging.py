@@ -40,6 +40,8 @@ async def test_serve_writes_json_lines_without_secrets(db_url: str, tmp_path: Pa
         str(port),
         "--metrics-port",
         "0",
+        "--http-port",
+        "0",
         "--grace-period",
         "1",
         "--log-format",

@@ -108,7 +108,7 @@ class Replica:
     async def start(self) -> None:
         env = {**clean_env(), "JOBQUEUE_DATABASE_URL": self.url}
         self.proc = await asyncio.create_subprocess_exec(
-            str(CLI), "serve", "--port", str(self.port), "--metrics-port", "0",
+            str(CLI), "serve", "--port", str(self.port), "--metrics-port", "0", "--http-port", "0",
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         proc = self.proc

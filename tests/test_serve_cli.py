@@ -96,6 +96,8 @@ class Serve:
             str(self.data_dir),
             "--metrics-port",
             "0",
+            "--http-port",
+            "0",
             "--grace-period",
             "5",
             env=clean_env(),

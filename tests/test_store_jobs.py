@@ -161,7 +161,7 @@ async def _all_pages(store: Store, limit: int, **filters: Any) -> list[list[JobR
         if not rows:
             return pages
         pages.append(rows)
-        after = (rows[-1].created_at, rows[-1].id)
+        after = rows[-1].id
 
 
 async def test_list_is_newest_first_and_pages_cover_every_job_once(store: Store) -> None:

@@ -70,7 +70,7 @@ class Processes:
 
     def server(self, db_url: str, port: int, grace: float, **env: str) -> subprocess.Popen[bytes]:
         argv = [CLI, "serve", "--database-url", db_url, "--port", str(port)]
-        argv += ["--metrics-port", "0", "--grace-period", str(grace)]
+        argv += ["--metrics-port", "0", "--http-port", "0", "--grace-period", str(grace)]
         return self._spawn("server", argv, env)
 
     def output(self, p: subprocess.Popen[bytes]) -> str:

@@ -22,6 +22,12 @@ from jobqueue_grpc.domain.jobs import (
     check_new_job,
     uuid7_strings,
 )
+from jobqueue_grpc.domain.metadata import (
+    NO_TRACE,
+    TraceContext,
+    metadata_violations,
+    trace_violations,
+)
 from jobqueue_grpc.domain.records import JobRecord, LeasedJob
 from jobqueue_grpc.domain.states import STATES, JobState
 from jobqueue_grpc.domain.unique import Unique, check_unique, derived_key, refusing_states
@@ -103,8 +109,18 @@ def to_datetime(field: str, ts: timestamp_pb2.Timestamp) -> datetime:
 
 
 # -- requests -> domain -------------------------------------------------------------------------
-def new_job(req: job_service_pb2.EnqueueRequest, prefix: str, limits: Limits) -> NewJob:
-    """Validates one EnqueueRequest (every violation at once) and applies defaults."""
+def metadata_json(metadata: Mapping[str, str]) -> str | None:
+    """A metadata map as the JSON text its jsonb column takes; None for an empty one."""
+    if not metadata:
+        return None
+    return json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=False)
+
+
+def new_job(
+    req: job_service_pb2.EnqueueRequest, prefix: str, limits: Limits, trace: TraceContext = NO_TRACE
+) -> NewJob:
+    """Validates one EnqueueRequest (every violation at once) and applies defaults. `trace` is
+    the call's trace context (its metadata), which the request's own fields override."""
     payload_json = payload_to_json(prefix + "payload", req.payload)
     lease = seconds(req.lease_duration) if req.HasField("lease_duration") else None
     base = cap = None
@@ -126,6 +142,12 @@ def new_job(req: job_service_pb2.EnqueueRequest, prefix: str, limits: Limits) ->
         backoff_cap=cap,
         limits=limits,
     )
+    # issue 16: labels and trace context
+    if req.metadata:
+        violations += metadata_violations(prefix + "metadata", req.metadata)
+    if req.traceparent or req.tracestate:
+        violations += trace_violations(prefix, req.traceparent, req.tracestate)
+        trace = (req.traceparent or None, req.tracestate or None)
     run_at = to_datetime(prefix + "run_at", req.run_at) if req.HasField("run_at") else None
     unique = None
     if req.HasField("unique"):
@@ -143,6 +165,9 @@ def new_job(req: job_service_pb2.EnqueueRequest, prefix: str, limits: Limits) ->
         backoff_base=base,
         backoff_cap=cap,
         unique=unique,
+        metadata_json=metadata_json(req.metadata),
+        traceparent=trace[0],
+        tracestate=trace[1],
     )
 
 
@@ -178,7 +203,9 @@ def has_unique(reqs: Sequence[job_service_pb2.EnqueueRequest]) -> bool:
     return any(r.HasField("unique") for r in reqs)
 
 
-def new_jobs(reqs: Sequence[job_service_pb2.EnqueueRequest], limits: Limits) -> NewJobs:
+def new_jobs(
+    reqs: Sequence[job_service_pb2.EnqueueRequest], limits: Limits, trace: TraceContext = NO_TRACE
+) -> NewJobs:
     """new_job for every request of a batch, column by column, ids included. All or nothing:
     INVALID_ARGUMENT with every violation of every job ("jobs[3].kind") if any job is bad.
 
@@ -198,7 +225,14 @@ def new_jobs(reqs: Sequence[job_service_pb2.EnqueueRequest], limits: Limits) -> 
     priorities, attempts, keys = out.priority, out.max_attempts, out.idempotency_key
     for i, req in enumerate(reqs):
         has = req.HasField
-        if not (has("run_at") or has("lease_duration") or has("retry_policy")):
+        if not (
+            has("run_at")
+            or has("lease_duration")
+            or has("retry_policy")
+            or req.metadata
+            or req.traceparent
+            or req.tracestate
+        ):
             queue = req.queue or DEFAULT_QUEUE
             kind = req.kind
             priority = req.priority
@@ -230,15 +264,15 @@ def new_jobs(reqs: Sequence[job_service_pb2.EnqueueRequest], limits: Limits) -> 
                     keys.append(key or None)
                     continue
         try:
-            job = new_job(req, f"jobs[{i}].", limits)
+            job = new_job(req, f"jobs[{i}].", limits, trace)
         except InvalidArgument as err:
             violations.extend(err.violations)
             continue
         if len(queues) != len(out.run_at):  # leave the inline path's columns whole first
-            _pad(out, default_lease)
+            _pad(out, default_lease, trace)
         out.append(job)
     raise_if(violations, "batch rejected, nothing enqueued")
-    _pad(out, default_lease)
+    _pad(out, default_lease, trace)
     out.ids = uuid7_strings(len(queues))
     return out
 
@@ -250,14 +284,18 @@ def _matches(pattern: re.Pattern[str], name: str, seen: set[str]) -> bool:
     return False
 
 
-def _pad(out: NewJobs, default_lease: float) -> None:
-    """The inline path fills only the columns a plain request sets: add the defaults of the rest."""
+def _pad(out: NewJobs, default_lease: float, trace: TraceContext) -> None:
+    """The inline path fills only the columns a plain request sets: add the defaults of the rest
+    (the call's trace context included)."""
     n = len(out.queue) - len(out.run_at)
     if n:
         out.run_at += [None] * n
         out.lease_seconds += [default_lease] * n
         out.backoff_base += [None] * n
         out.backoff_cap += [None] * n
+        out.metadata_json += [None] * n
+        out.traceparent += [trace[0]] * n
+        out.tracestate += [trace[1]] * n
 
 
 def enqueue_batch_response(
@@ -310,6 +348,8 @@ def enqueue_batch_response(
     backoff = any(b is not None for b in jobs.backoff_base) or any(
         c is not None for c in jobs.backoff_cap
     )
+    labelled = any(jobs.metadata_json)  # issue 16: labels and trace context, when any
+    traced = any(jobs.traceparent)
     ids = jobs.ids
     for i, was_created in enumerate(created):
         if not was_created:
@@ -337,6 +377,11 @@ def enqueue_batch_response(
                 set_duration(j.retry_policy.backoff_base, base)
             if cap is not None:
                 set_duration(j.retry_policy.backoff_cap, cap)
+        if labelled and jobs.metadata_json[i] is not None:
+            j.metadata.update(reqs[i].metadata)
+        if traced and (tp := jobs.traceparent[i]) is not None:
+            j.traceparent = tp
+            j.tracestate = jobs.tracestate[i] or ""
     return resp
 
 
@@ -408,7 +453,20 @@ def job(r: JobRecord) -> job_pb2.Job:
         if at is not None and at != _NO_TIME:
             set_time(ts, at)
     _fill_common(j, r.lease_seconds, r.backoff_base, r.backoff_cap, r.errors)
+    _fill_labels(j, r.metadata, r.traceparent, r.tracestate)
     return j
+
+
+def _fill_labels(
+    j: job_pb2.Job, metadata: str | None, traceparent: str | None, tracestate: str | None
+) -> None:
+    """issue 16: a job's labels and trace context (NULL columns: nothing to do)."""
+    if metadata is not None:
+        j.metadata.update(json.loads(metadata))
+    if traceparent is not None:
+        j.traceparent = traceparent
+        if tracestate is not None:
+            j.tracestate = tracestate
 
 
 def _fill_common(
@@ -454,3 +512,5 @@ def fill_leased_job(j: job_pb2.Job, r: LeasedJob) -> None:
     set_epoch(j.updated_at, r.started_at_s)  # the lease set both to its now()
     set_epoch(j.lease_expires_at, r.lease_expires_at_s)
     _fill_common(j, r.lease_seconds, r.backoff_base, r.backoff_cap, r.errors)
+    if r.metadata is not None or r.traceparent is not None:
+        _fill_labels(j, r.metadata, r.traceparent, r.tracestate)

@@ -83,7 +83,13 @@ class DeadLetterService(pb_grpc.DeadLetterServiceServicer):
         fingerprint = tuple(x.isoformat() if x else None for x in (f.failed_before, f.failed_after))
         filters = ("dead_letters", f.queue, f.kind, *fingerprint)
         secret = await self.store.page_token_key()
-        after = pagination.decode(request.page_token, filters, secret)
+        cursor = pagination.decode(request.page_token, filters, secret)
+        after = None
+        if cursor is not None:
+            at, job_id = cursor
+            if at is None:  # a ListJobs token (its filters would not match either)
+                raise pagination.not_issued()
+            after = (at, job_id)
         rows = await self.store.dead_letters.list(f, after=after, limit=limit + 1)
         token = ""
         if len(rows) > limit:

@@ -1,6 +1,9 @@
 """The interceptor chain, as one interceptor. Per call, outermost first:
 
-observe (log + count) -> auth -> drain gate -> Lease stream limit -> error mapping.
+[trace span] -> observe (log + count) -> auth -> drain gate -> Lease stream limit -> error mapping.
+
+The span (OpenTelemetry's gRPC instrumentation, telemetry.py) is there only when tracing is
+configured; otherwise the chain is this one interceptor.
 
 Observe is outermost so that it sees every call's final code, refusals by auth, the drain gate
 and the stream limit included. Auth comes before anything that could run code or take a slot
@@ -54,7 +57,8 @@ _LEVELS[grpc.StatusCode.INTERNAL] = _LEVELS[_UNKNOWN] = logging.WARNING
 def _code(context: Ctx, exc: BaseException | None) -> grpc.StatusCode:
     if exc is None or isinstance(exc, grpc.aio.AbortError):
         return _CODES.get(context.code(), _UNKNOWN)
-    if isinstance(exc, asyncio.CancelledError):
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        # GeneratorExit: a server stream closed because its client went away (WatchJob)
         return grpc.StatusCode.CANCELLED
     return _UNKNOWN
 
@@ -302,7 +306,19 @@ class Interceptor(grpc.aio.ServerInterceptor):
         return status
 
 
-def build(settings: Settings, drain: DrainGate | None = None) -> list[grpc.aio.ServerInterceptor]:
-    """The server's interceptors in order (one). Auth is off when no token is configured."""
+def build(
+    settings: Settings, drain: DrainGate | None = None, tracer_provider: Any | None = None
+) -> list[grpc.aio.ServerInterceptor]:
+    """The server's interceptors in order: ours (one), and only with a `tracer_provider` (an
+    OpenTelemetry SDK TracerProvider; telemetry.py), before it the gRPC instrumentation's span
+    per call, outermost so that refusals are traced too. Auth is off when no token is
+    configured."""
     creds = auth.load_credentials(settings)
-    return [Interceptor(creds, drain, LeaseStreamLimit(settings.max_lease_streams))]
+    chain: list[grpc.aio.ServerInterceptor] = [
+        Interceptor(creds, drain, LeaseStreamLimit(settings.max_lease_streams))
+    ]
+    if tracer_provider is not None:
+        from jobqueue_grpc import telemetry  # OpenTelemetry is imported only when tracing
+
+        chain.insert(0, telemetry.server_interceptor(tracer_provider))
+    return chain

@@ -1,4 +1,5 @@
-"""`jobqueue-grpc`: serve, migrate (and the admin commands as they land)."""
+"""`jobqueue-grpc`: the server (serve, migrate), a worker runner (worker) and the admin commands
+(jobs, dlq, queues), which speak gRPC to a server."""
 
 from __future__ import annotations
 
@@ -20,9 +21,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_error(exc: ValueError) -> str | None:
+    """One line for an invalid setting (pydantic's ValidationError), naming each bad field and
+    its environment variable; None for any other error. Values are not repeated: a setting
+    may hold a token."""
+    if str(exc).startswith("Unknown level:"):  # logging's own check of the level's name
+        return (
+            f"invalid configuration: log_level (JOBQUEUE_LOG_LEVEL): {exc}; "
+            "use DEBUG, INFO, WARNING or ERROR"
+        )
+    errors = getattr(exc, "errors", None)
+    if type(exc).__name__ != "ValidationError" or not callable(errors):
+        return None
+    parts = []
+    for err in errors():
+        field = ".".join(str(x) for x in err.get("loc", ()))
+        where = f"{field} (JOBQUEUE_{field.upper()}): " if field else ""
+        parts.append(where + str(err.get("msg", "invalid")))
+    return "invalid configuration: " + "; ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except ValueError as exc:  # a bad JOBQUEUE_* value or flag: one line, exit 2, no traceback
+        line = config_error(exc)
+        if line is None:
+            raise
+        print(f"jobqueue-grpc {args.command}: {line}", file=sys.stderr)
+        return 2
     return code
 
 

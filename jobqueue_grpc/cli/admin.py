@@ -12,7 +12,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,7 +30,12 @@ from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2 as qs
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2_grpc as qs_grpc
 
 TIMEOUT = 60.0  # seconds per RPC; bulk work is split into calls of --chunk each
-STATES = ("queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled")
+# The job states as the CLI names them, from the contract (JOB_STATE_QUEUED -> "queued", ...).
+STATES = tuple(
+    name.removeprefix("JOB_STATE_").lower()
+    for name in job_pb2.JobState.keys()  # noqa: SIM118 (an EnumTypeWrapper, not a dict)
+    if name != "JOB_STATE_UNSPECIFIED"
+)
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -69,7 +74,7 @@ def state_name(state: int) -> str:
 # -- jobs -----------------------------------------------------------------------------------------
 def _job_rows(jobs: list[job_pb2.Job]) -> None:
     output.table(
-        ["ID", "QUEUE", "KIND", "STATE", "ATTEMPT", "PRIORITY", "CREATED"],
+        ["ID", "QUEUE", "KIND", "STATE", "ATTEMPT", "PRIORITY", "CREATED", "METADATA"],
         [
             [
                 j.id,
@@ -79,6 +84,7 @@ def _job_rows(jobs: list[job_pb2.Job]) -> None:
                 j.attempt,
                 j.priority,
                 output.when(j.created_at, j.HasField("created_at")),
+                _labels(j.metadata),
             ]
             for j in jobs
         ],
@@ -96,6 +102,8 @@ def _job_detail(j: job_pb2.Job) -> None:
             ("priority", j.priority),
             ("idempotency key", j.idempotency_key or "-"),
             ("payload", json.dumps(output.as_dict(j.payload))),
+            ("metadata", _labels(j.metadata)),
+            ("traceparent", j.traceparent or "-"),
             ("run at", output.when(j.run_at, j.HasField("run_at"))),
             ("created", output.when(j.created_at, j.HasField("created_at"))),
             ("started", output.when(j.started_at, j.HasField("started_at"))),
@@ -108,6 +116,17 @@ def _job_detail(j: job_pb2.Job) -> None:
         print(f"result: {json.dumps(output.as_dict(j.result))}")
 
 
+def _labels(metadata: Mapping[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(metadata.items())) or "-"
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
 def jobs_enqueue(args: argparse.Namespace, ch: grpc.Channel) -> int:
     req = js.EnqueueRequest(
         queue=args.queue,
@@ -115,6 +134,7 @@ def jobs_enqueue(args: argparse.Namespace, ch: grpc.Channel) -> int:
         priority=args.priority,
         max_attempts=args.max_attempts,
         idempotency_key=args.idempotency_key,
+        metadata=dict(args.label or []),
     )
     try:
         payload = json.loads(args.payload)
@@ -157,6 +177,7 @@ def jobs_list(args: argparse.Namespace, ch: grpc.Channel) -> int:
                 page_size=min(1000, args.limit - len(jobs)),
                 page_token=token,
                 created_before=ts(args.created_before) if args.created_before else None,
+                metadata=dict(args.label or []),
             ),
             timeout=TIMEOUT,
         )
@@ -534,12 +555,22 @@ def register(sub: Any) -> None:
     p.add_argument("--max-attempts", type=int, default=0, help="0: the server's default")
     p.add_argument("--run-at", type=parse_time, help="not before this ISO 8601 time")
     p.add_argument("--idempotency-key", default="")
+    p.add_argument(
+        "--label", type=parse_label, action="append", metavar="KEY=VALUE", help="metadata (repeat)"
+    )
     leaf(g, "get", jobs_get, "show one job").add_argument("id")
     p = leaf(g, "list", jobs_list, "list jobs, newest first")
     p.add_argument("--queue", default="")
     p.add_argument("--kind", default="")
     p.add_argument("--state", choices=STATES)
     p.add_argument("--created-before", type=parse_time, metavar="TIME", help="ISO 8601 or an age")
+    p.add_argument(
+        "--label",
+        type=parse_label,
+        action="append",
+        metavar="KEY=VALUE",
+        help="only jobs whose metadata holds this pair (repeat: all of them)",
+    )
     p.add_argument("--limit", type=int, default=100, help="show at most this many (100)")
     p = leaf(g, "cancel", jobs_cancel, "cancel a job, or every job matching the filters")
     p.add_argument("id", nargs="?", help="a job id; without it, the filters choose")

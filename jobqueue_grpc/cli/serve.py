@@ -22,6 +22,8 @@ SERVER_MODULES = (
     "prometheus_client",
     "grpc_health",
     "grpc_reflection",
+    "connectrpc",
+    "uvicorn",
 )
 
 # flag -> Settings field; each flag's env twin is JOBQUEUE_<FIELD>.
@@ -31,6 +33,18 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--database-url", "database_url", str, "PostgreSQL URL; unset starts an embedded one"),
     ("--data-dir", "data_dir", str, "embedded PostgreSQL's home (~/.local/share/jobqueue-grpc)"),
     ("--metrics-port", "metrics_port", int, "Prometheus /metrics port; 0 turns it off (9464)"),
+    (
+        "--http-port",
+        "http_port",
+        int,
+        "Connect/gRPC-Web/JSON + dashboard port; 0 turns it off (8080)",
+    ),
+    (
+        "--http-cors-origins",
+        "http_cors_origins",
+        str,
+        "origins (comma-separated, or *) allowed to call the HTTP port cross-origin (none)",
+    ),
     ("--grace-period", "grace_period", float, "seconds to drain on SIGTERM (10)"),
     ("--metrics-host", "metrics_host", str, "address /metrics binds to (127.0.0.1)"),
     ("--log-format", "log_format", str, "json or text (text)"),
@@ -118,6 +132,12 @@ def register(sub: Any) -> None:
     _add_flags(p)
     p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
     p.set_defaults(func=_serve)
-    m = sub.add_parser("migrate", help="apply schema migrations and exit")
-    _add_flags(m, {"database_url"})
+    m = sub.add_parser("migrate", help="apply schema migrations to a database and exit")
+    m.add_argument(
+        "--database-url",
+        dest="database_url",
+        default=None,
+        help="PostgreSQL URL to migrate (required; serve migrates its embedded PostgreSQL "
+        "itself); env JOBQUEUE_DATABASE_URL",
+    )
     m.set_defaults(func=_migrate)

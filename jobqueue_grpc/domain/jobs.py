@@ -95,6 +95,10 @@ class NewJob:
     backoff_cap: float | None
     id: uuid.UUID = field(default_factory=uuid7)
     unique: Unique | None = None  # EnqueueRequest.unique, validated (domain/unique.py)
+    # issue 16: labels (a JSON object of strings; None when none) and the producer's trace context
+    metadata_json: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(slots=True)
@@ -115,6 +119,10 @@ class NewJobs:
     lease_seconds: list[float] = field(default_factory=list)
     backoff_base: list[float | None] = field(default_factory=list)
     backoff_cap: list[float | None] = field(default_factory=list)
+    # issue 16 (see NewJob)
+    metadata_json: list[str | None] = field(default_factory=list)
+    traceparent: list[str | None] = field(default_factory=list)
+    tracestate: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -131,6 +139,9 @@ class NewJobs:
         self.lease_seconds.append(job.lease_seconds)
         self.backoff_base.append(job.backoff_base)
         self.backoff_cap.append(job.backoff_cap)
+        self.metadata_json.append(job.metadata_json)
+        self.traceparent.append(job.traceparent)
+        self.tracestate.append(job.tracestate)
 
 
 def check_new_job(

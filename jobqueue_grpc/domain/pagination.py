@@ -2,8 +2,9 @@
 signed, so that only tokens a server of this database issued are accepted.
 
 A token is url-safe base64 (unpadded) of `body + mac`: `body` is compact JSON
-`{"t": <iso time>, "k": <uuid>, "f": <filters fingerprint>}`, `mac` the first 16 bytes of its
-HMAC-SHA256 under `secret`, a key every replica reads from the database (Store.page_token_key).
+`{"k": <uuid>, "f": <filters fingerprint>, "t": <iso time>}` ("t" only where the listing sorts on
+a time: ListJobs sorts on the id alone, a UUIDv7 that carries its time), `mac` the first 16 bytes of
+its HMAC-SHA256 under `secret`, a key every replica reads from the database (Store.page_token_key).
 The MAC is checked before the body is parsed: a made-up token is refused without its JSON ever
 being read.
 """
@@ -33,14 +34,15 @@ def _mac(secret: bytes, body: bytes) -> bytes:
     return hmac.new(secret, _CONTEXT + body, hashlib.sha256).digest()[:MAC_BYTES]
 
 
-def encode(at: datetime, key: uuid.UUID, filters: tuple[object, ...], secret: bytes) -> str:
-    body = json.dumps(
-        {"t": at.isoformat(), "k": str(key), "f": _fingerprint(filters)}, separators=(",", ":")
-    ).encode()
+def encode(at: datetime | None, key: uuid.UUID, filters: tuple[object, ...], secret: bytes) -> str:
+    fields = {"k": str(key), "f": _fingerprint(filters)}
+    if at is not None:
+        fields["t"] = at.isoformat()
+    body = json.dumps(fields, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(body + _mac(secret, body)).decode().rstrip("=")
 
 
-def _not_issued() -> InvalidArgument:
+def not_issued() -> InvalidArgument:
     return InvalidArgument(
         "page_token is not a token this server issued",
         [FieldViolation("page_token", "malformed page token")],
@@ -50,28 +52,28 @@ def _not_issued() -> InvalidArgument:
 
 def decode(
     token: str, filters: tuple[object, ...], secret: bytes
-) -> tuple[datetime, uuid.UUID] | None:
+) -> tuple[datetime | None, uuid.UUID] | None:
     """The cursor in `token`, or None for the first page; INVALID_ARGUMENT (INVALID_PAGE_TOKEN)
     when it is forged, corrupt, or was issued for other filters."""
     if not token:
         return None
     if len(token) > MAX_TOKEN_CHARS:
-        raise _not_issued()
+        raise not_issued()
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (ValueError, binascii.Error):
-        raise _not_issued() from None
+        raise not_issued() from None
     body, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
     if len(raw) <= MAC_BYTES or not hmac.compare_digest(mac, _mac(secret, body)):
-        raise _not_issued()
+        raise not_issued()
     try:
         obj = json.loads(body)
-        at = datetime.fromisoformat(obj["t"])
+        at = datetime.fromisoformat(obj["t"]) if "t" in obj else None
         key = uuid.UUID(obj["k"])
         fingerprint = obj["f"]
     except Exception:  # signed by us, so never expected; still no INTERNAL
-        raise _not_issued() from None
-    if fingerprint != _fingerprint(filters) or at.tzinfo is None:
+        raise not_issued() from None
+    if fingerprint != _fingerprint(filters) or (at is not None and at.tzinfo is None):
         raise InvalidArgument(
             "page_token was issued for other filters",
             [FieldViolation("page_token", "page_token does not match the request's filters")],

@@ -45,6 +45,10 @@ class JobRecord(NamedTuple):
     started_at: datetime | None
     finished_at: datetime | None
     unique_key: str | None
+    # issue 16: labels (jsonb text, None when none) and the producer's W3C trace context
+    metadata: str | None
+    traceparent: str | None
+    tracestate: str | None
 
 
 class LeasedJob(NamedTuple):
@@ -73,6 +77,10 @@ class LeasedJob(NamedTuple):
     created_at_s: float
     started_at_s: float
     lease_expires_at_s: float
+    # issue 16: what the worker needs to label the job and continue the producer's trace
+    metadata: str | None
+    traceparent: str | None
+    tracestate: str | None
 
 
 # LeasedJob's epoch fields: the store reads them as date_part('epoch', <column>).

@@ -7,6 +7,7 @@
     settle.py       outcomes group-committed; leases ended without one released
     enqueue.py      enqueues group-committed (and handed off)
     maintenance/    scheduler, reaper, pruner, schedules (periodic jobs)
+    watches.py      watchers of job changes (WatchJob, WatchJobs) and their fan-out
     wakeups.py      the wake-up bus (in-process commits and LISTEN feed it)
     events.py       the plain values a stream sends and receives (api/lease.py: the wire)
 
@@ -39,6 +40,7 @@ from jobqueue_grpc.engine.ports import StorePort
 from jobqueue_grpc.engine.settle import Releaser, Settler
 from jobqueue_grpc.engine.streams import Registry, Stream
 from jobqueue_grpc.engine.wakeups import WakeBus
+from jobqueue_grpc.engine.watches import Watches
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,15 @@ class Engine:
         self.schedules = ScheduleLoop(
             store.schedules, bus, store.commits, settings.schedule_misfire_grace
         )
-        self.listener = store.listener(on_jobs=bus.jobs_ready, on_cancel=bus.cancel_requested)
+        self.listener = store.listener(
+            on_jobs=bus.jobs_ready, on_cancel=bus.cancel_requested, on_changes=bus.jobs_changed
+        )
+        self.watches = Watches(
+            self.listener,
+            per_connection=settings.max_watches_per_connection,
+            total=settings.max_watches,
+        )
+        bus.on_changes = self.watches.changed
         self.draining = False
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -90,6 +100,7 @@ class Engine:
     async def drain(self, grace: float) -> None:
         """Shutdown: lease nothing more, tell every stream, wait up to `grace` for outcomes."""
         self.draining = self.claimer.paused = True
+        self.watches.close()  # watchers go to another replica now
         await wait(self.claimer.idle.wait(), 5.0)
         for s in self.registry:
             s.send(ev.Draining(grace))
@@ -105,6 +116,7 @@ class Engine:
     async def stop(self) -> None:
         """Releases whatever is still leased here into the retry path, and stops the loops."""
         self.draining = self.claimer.paused = True
+        self.watches.close()
         streams = list(self.registry)
         for s in streams:
             s.close()

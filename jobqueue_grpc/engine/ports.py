@@ -6,6 +6,7 @@ fails, then comes back) passes a fake that keeps these signatures.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -90,6 +91,12 @@ class Runnable(Protocol):
     async def stop(self) -> None: ...
 
 
+class ListenerPort(Runnable, Protocol):
+    watching: asyncio.Event
+
+    def watch(self, on: bool) -> None: ...
+
+
 class StorePort(Protocol):
     @property
     def leases(self) -> LeasePort: ...
@@ -111,4 +118,5 @@ class StorePort(Protocol):
         *,
         on_jobs: Callable[[str], None],
         on_cancel: Callable[[uuid.UUID, uuid.UUID], None],
-    ) -> Runnable: ...
+        on_changes: Callable[[list[uuid.UUID] | None], None],
+    ) -> ListenerPort: ...

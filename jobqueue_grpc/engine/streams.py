@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from jobqueue_grpc import metrics
 from jobqueue_grpc.domain.outcomes import Attempt
 from jobqueue_grpc.domain.records import LeasedJob
+from jobqueue_grpc.domain.validation import QUOTE_MAX
 from jobqueue_grpc.engine import events as ev
 from jobqueue_grpc.engine.wakeups import WakeBus, _set_event
 
@@ -97,7 +98,8 @@ class Stream:
             self.outbox.put_nowait(msg)
 
     def reject(self, job_id: str, code: ev.RejectCode, reason: str) -> None:
-        self.send(ev.Rejected(job_id, code, reason))
+        # a job id is 36 characters: anything much longer is not ours and is not echoed whole
+        self.send(ev.Rejected(job_id[:QUOTE_MAX], code, reason))
 
     def close(self) -> None:
         self.closed = True

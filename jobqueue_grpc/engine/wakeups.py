@@ -10,6 +10,9 @@
 | leases_released  | a lease left a stream (settled, expired, released)    | drain waits     |
 | cancel_requested | NOTIFY from CancelJob on any replica (Listener)       | stream registry |
 | schedules_changed| a schedule created, updated or resumed here           | schedule loop   |
+| jobs_changed     | NOTIFY from the jobs triggers on any replica, while   | watches         |
+|                  | this one has watchers (Listener); None: the link was  |                 |
+|                  | down, anything may have changed                       |                 |
 
 A new wake-up source calls one of these; a new event gets a name here and a waiter in the room
 that acts on it.
@@ -38,6 +41,7 @@ class WakeBus:
         # started in (engine/handoff.py), so a later wake-up tells that it may be stale.
         self.generation = 0
         self.on_cancel: Callable[[uuid.UUID, uuid.UUID], None] = lambda _job, _stream: None
+        self.on_changes: Callable[[list[uuid.UUID] | None], None] = lambda _ids: None
 
     def jobs_ready(self, _queue: str = "") -> None:
         self.generation += 1
@@ -55,6 +59,9 @@ class WakeBus:
 
     def cancel_requested(self, job_id: uuid.UUID, stream_id: uuid.UUID) -> None:
         self.on_cancel(job_id, stream_id)
+
+    def jobs_changed(self, ids: list[uuid.UUID] | None) -> None:
+        self.on_changes(ids)
 
     def stop(self) -> None:
         """Lets every waiter run once more (to see that the engine stopped)."""

@@ -24,6 +24,7 @@ from jobqueue_grpc.store.queries import q
 from jobqueue_grpc.store.queues import QueueStore
 from jobqueue_grpc.store.retention import RetentionStore
 from jobqueue_grpc.store.schedules import ScheduleStore
+from jobqueue_grpc.store.watch import WatchStore
 
 __all__ = ["Store", "connect_pool"]
 
@@ -58,6 +59,7 @@ class Store:
         self.schedules = ScheduleStore(pool, self.peers)
         self.leases = LeaseStore(pool, claim_pool or pool)
         self._page_token_key: bytes | None = None
+        self.watch = WatchStore(pool)
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> Store:
@@ -79,9 +81,18 @@ class Store:
         *,
         on_jobs: Callable[[str], None],
         on_cancel: Callable[[uuid.UUID, uuid.UUID], None],
+        on_changes: Callable[[list[uuid.UUID] | None], None] = lambda _ids: None,
     ) -> Listener:
-        """A LISTEN connection of its own (run it as a task) for wake-ups from other replicas."""
-        return Listener(self.url, self.peers, self.backends, on_jobs=on_jobs, on_cancel=on_cancel)
+        """A LISTEN connection of its own (run it as a task) for wake-ups from other replicas,
+        and job changes from every replica while this one has watchers."""
+        return Listener(
+            self.url,
+            self.peers,
+            self.backends,
+            on_jobs=on_jobs,
+            on_cancel=on_cancel,
+            on_changes=on_changes,
+        )
 
     async def migrate(self) -> list[int]:
         async with self.pool.acquire() as conn:

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from jobqueue_grpc.domain.errors import FailedPrecondition, job_not_found
-from jobqueue_grpc.domain.jobs import NewJob, NewJobs
+from jobqueue_grpc.domain.jobs import Limits, NewJob, NewJobs
 from jobqueue_grpc.domain.records import (
     BatchInserted,
     CancelCounts,
@@ -100,6 +100,9 @@ class JobStore:
             self.peers.listening,
             streams,
             workers,
+            [j.metadata_json for j in jobs],
+            [j.traceparent for j in jobs],
+            [j.tracestate for j in jobs],
         )
         inserted = {r[0]: r for r in rows}
         leased = [_leased(r) for r in rows if r["state"] == JobState.RUNNING] if streams else []
@@ -153,7 +156,10 @@ class JobStore:
         keyless = jobs.idempotency_key.count(None) == len(jobs)
         statement = q("insert_job_batch_without_keys" if keyless else "insert_job_batch")
         async with self.pool.acquire() as conn:
-            groups = await conn.fetch(statement, ids, *columns, self.peers.listening)
+            extra: list[Any] = []  # issue 16's columns, after $22
+            for values in (jobs.metadata_json, jobs.traceparent, jobs.tracestate):
+                extra += _array_or_value(values)
+            groups = await conn.fetch(statement, ids, *columns, self.peers.listening, *extra)
             counts = {(g["queue"], g["state"]): g["n"] for g in groups}
             inserted = sum(counts.values())
             at = groups[0]["at"] if groups else None
@@ -215,6 +221,16 @@ class JobStore:
                 break
         return CancelCounts(cancelled + requested, cancelled, requested, dict(by_queue_kind))
 
+    async def publish_enqueue_defaults(self, limits: Limits) -> None:
+        """Writes this server's enqueue defaults and limits where the SQL function
+        jobqueue.enqueue reads them, so a transactional enqueue applies what Enqueue does."""
+        await self.pool.execute(
+            q("publish_enqueue_defaults"),
+            limits.payload_max_bytes,
+            limits.default_max_attempts,
+            limits.default_lease_seconds,
+        )
+
     async def get(self, job_id: uuid.UUID) -> JobRecord:
         row = await self.pool.fetchrow(q("get_job"), job_id)
         if row is None:
@@ -227,15 +243,17 @@ class JobStore:
         queue: str | None,
         kind: str | None,
         state: JobState | None,
-        after: tuple[datetime, uuid.UUID] | None,
+        after: uuid.UUID | None,
         limit: int,
+        metadata: str | None = None,
         created_before: datetime | None = None,
     ) -> list[JobRecord]:
-        """Newest first; `after` is the page token's cursor (its id is the previous page's last)."""
-        last_id = after[1] if after else FIRST_PAGE_AFTER
+        """Newest first; `after` is the last id of the previous page; `metadata`, a JSON object
+        every listed job's metadata holds; `created_before`, a bound on created_at."""
+        last_id = after or FIRST_PAGE_AFTER
         state_value = state.value if state else None
         rows = await self.pool.fetch(
-            q("list_jobs"), queue, kind, state_value, last_id, limit, created_before
+            q("list_jobs"), queue, kind, state_value, last_id, limit, metadata, created_before
         )
         return list(map(_JOB, rows))
 
@@ -279,6 +297,9 @@ async def insert_unique(
         [u.key if u else None for u in uniques],
         [u.states_text if u else None for u in uniques],
         [u.period if u else None for u in uniques],
+        [j.metadata_json for j in jobs],
+        [j.traceparent for j in jobs],
+        [j.tracestate for j in jobs],
     )
     inserted = {r[0]: _JOB(r) for r in rows}
     skipped = [j for j in jobs if j.id not in inserted]

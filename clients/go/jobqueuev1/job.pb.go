@@ -262,7 +262,13 @@ type Job struct {
 	// The key the job was enqueued unique by (EnqueueRequest.unique): the given key, or
 	// "derived:<sha256>" of its queue, kind and payload, then "@<window start, epoch seconds>" when
 	// it has a period. Empty for a job enqueued without `unique`.
-	UniqueKey     string `protobuf:"bytes,24,opt,name=unique_key,json=uniqueKey,proto3" json:"unique_key,omitempty"`
+	UniqueKey string `protobuf:"bytes,24,opt,name=unique_key,json=uniqueKey,proto3" json:"unique_key,omitempty"`
+	// Labels given at enqueue.
+	Metadata map[string]string `protobuf:"bytes,30,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The W3C trace context of the producer that enqueued the job (empty if it had none): a
+	// worker's span for the job is its child.
+	Traceparent   string `protobuf:"bytes,31,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	Tracestate    string `protobuf:"bytes,32,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -465,6 +471,27 @@ func (x *Job) GetUniqueKey() string {
 	return ""
 }
 
+func (x *Job) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *Job) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *Job) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
+	}
+	return ""
+}
+
 var File_jobqueue_v1_job_proto protoreflect.FileDescriptor
 
 const file_jobqueue_v1_job_proto_rawDesc = "" +
@@ -479,7 +506,7 @@ const file_jobqueue_v1_job_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x121\n" +
 	"\adetails\x18\x03 \x01(\v2\x17.google.protobuf.StructR\adetails\x127\n" +
 	"\tfailed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
-	"\x06source\x18\x05 \x01(\tR\x06source\"\xc1\b\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\"\xfc\t\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x12\n" +
@@ -511,7 +538,15 @@ const file_jobqueue_v1_job_proto_rawDesc = "" +
 	"\x10lease_expires_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x12\x1b\n" +
 	"\tworker_id\x18\x17 \x01(\tR\bworkerId\x12\x1d\n" +
 	"\n" +
-	"unique_key\x18\x18 \x01(\tR\tuniqueKey*\xcb\x01\n" +
+	"unique_key\x18\x18 \x01(\tR\tuniqueKey\x12:\n" +
+	"\bmetadata\x18\x1e \x03(\v2\x1e.jobqueue.v1.Job.MetadataEntryR\bmetadata\x12 \n" +
+	"\vtraceparent\x18\x1f \x01(\tR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18  \x01(\tR\n" +
+	"tracestate\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xcb\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_STATE_QUEUED\x10\x01\x12\x17\n" +
@@ -535,40 +570,42 @@ func file_jobqueue_v1_job_proto_rawDescGZIP() []byte {
 }
 
 var file_jobqueue_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_jobqueue_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_jobqueue_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_jobqueue_v1_job_proto_goTypes = []any{
 	(JobState)(0),                 // 0: jobqueue.v1.JobState
 	(*RetryPolicy)(nil),           // 1: jobqueue.v1.RetryPolicy
 	(*AttemptError)(nil),          // 2: jobqueue.v1.AttemptError
 	(*Job)(nil),                   // 3: jobqueue.v1.Job
-	(*durationpb.Duration)(nil),   // 4: google.protobuf.Duration
-	(*structpb.Struct)(nil),       // 5: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	nil,                           // 4: jobqueue.v1.Job.MetadataEntry
+	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
+	(*structpb.Struct)(nil),       // 6: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 }
 var file_jobqueue_v1_job_proto_depIdxs = []int32{
-	4,  // 0: jobqueue.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	4,  // 1: jobqueue.v1.RetryPolicy.backoff_cap:type_name -> google.protobuf.Duration
-	5,  // 2: jobqueue.v1.AttemptError.details:type_name -> google.protobuf.Struct
-	6,  // 3: jobqueue.v1.AttemptError.failed_at:type_name -> google.protobuf.Timestamp
-	5,  // 4: jobqueue.v1.Job.payload:type_name -> google.protobuf.Struct
-	6,  // 5: jobqueue.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	5,  // 0: jobqueue.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	5,  // 1: jobqueue.v1.RetryPolicy.backoff_cap:type_name -> google.protobuf.Duration
+	6,  // 2: jobqueue.v1.AttemptError.details:type_name -> google.protobuf.Struct
+	7,  // 3: jobqueue.v1.AttemptError.failed_at:type_name -> google.protobuf.Timestamp
+	6,  // 4: jobqueue.v1.Job.payload:type_name -> google.protobuf.Struct
+	7,  // 5: jobqueue.v1.Job.run_at:type_name -> google.protobuf.Timestamp
 	0,  // 6: jobqueue.v1.Job.state:type_name -> jobqueue.v1.JobState
 	2,  // 7: jobqueue.v1.Job.last_error:type_name -> jobqueue.v1.AttemptError
-	5,  // 8: jobqueue.v1.Job.result:type_name -> google.protobuf.Struct
-	5,  // 9: jobqueue.v1.Job.progress:type_name -> google.protobuf.Struct
-	6,  // 10: jobqueue.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	6,  // 11: jobqueue.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
-	6,  // 12: jobqueue.v1.Job.started_at:type_name -> google.protobuf.Timestamp
-	6,  // 13: jobqueue.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
-	4,  // 14: jobqueue.v1.Job.lease_duration:type_name -> google.protobuf.Duration
+	6,  // 8: jobqueue.v1.Job.result:type_name -> google.protobuf.Struct
+	6,  // 9: jobqueue.v1.Job.progress:type_name -> google.protobuf.Struct
+	7,  // 10: jobqueue.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 11: jobqueue.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
+	7,  // 12: jobqueue.v1.Job.started_at:type_name -> google.protobuf.Timestamp
+	7,  // 13: jobqueue.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
+	5,  // 14: jobqueue.v1.Job.lease_duration:type_name -> google.protobuf.Duration
 	1,  // 15: jobqueue.v1.Job.retry_policy:type_name -> jobqueue.v1.RetryPolicy
 	2,  // 16: jobqueue.v1.Job.errors:type_name -> jobqueue.v1.AttemptError
-	6,  // 17: jobqueue.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	7,  // 17: jobqueue.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
+	4,  // 18: jobqueue.v1.Job.metadata:type_name -> jobqueue.v1.Job.MetadataEntry
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_jobqueue_v1_job_proto_init() }
@@ -582,7 +619,7 @@ func file_jobqueue_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobqueue_v1_job_proto_rawDesc), len(file_jobqueue_v1_job_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -97,7 +97,15 @@ type EnqueueRequest struct {
 	RetryPolicy *RetryPolicy `protobuf:"bytes,9,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
 	// Optional: refuse a duplicate while a job with the same unique key exists in one of the
 	// states given. A duplicate inserts nothing and returns the existing job with created = false.
-	Unique        *UniqueOptions `protobuf:"bytes,10,opt,name=unique,proto3" json:"unique,omitempty"`
+	Unique *UniqueOptions `protobuf:"bytes,10,opt,name=unique,proto3" json:"unique,omitempty"`
+	// Labels for dashboards and ListJobs filters: at most 32 pairs; keys [a-zA-Z0-9_.:/-]{1,64},
+	// values up to 512 characters.
+	Metadata map[string]string `protobuf:"bytes,12,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The producer's W3C trace context (https://www.w3.org/TR/trace-context/), stored with the job
+	// and delivered with every lease. Empty: the call's `traceparent`/`tracestate` metadata, if any.
+	Traceparent string `protobuf:"bytes,13,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	// Only with traceparent; at most 512 characters.
+	Tracestate    string `protobuf:"bytes,14,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -200,6 +208,27 @@ func (x *EnqueueRequest) GetUnique() *UniqueOptions {
 		return x.Unique
 	}
 	return nil
+}
+
+func (x *EnqueueRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *EnqueueRequest) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *EnqueueRequest) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
+	}
+	return ""
 }
 
 // UniqueOptions makes a job unique by key, in some states, optionally per time window.
@@ -563,6 +592,8 @@ type ListJobsRequest struct {
 	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Only jobs created before this time.
 	CreatedBefore *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_before,json=createdBefore,proto3" json:"created_before,omitempty"`
+	// Only jobs whose metadata holds every one of these pairs.
+	Metadata      map[string]string `protobuf:"bytes,7,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -635,6 +666,13 @@ func (x *ListJobsRequest) GetPageToken() string {
 func (x *ListJobsRequest) GetCreatedBefore() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CreatedBefore
+	}
+	return nil
+}
+
+func (x *ListJobsRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
 	}
 	return nil
 }
@@ -929,11 +967,209 @@ func (x *CancelJobsResponse) GetCancelRequested() int64 {
 	return 0
 }
 
+type WatchJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in GetJob.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobRequest) Reset() {
+	*x = WatchJobRequest{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobRequest) ProtoMessage() {}
+
+func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
+func (*WatchJobRequest) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type WatchJobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job as it is now; the last message has a terminal state.
+	Job           *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobResponse) Reset() {
+	*x = WatchJobResponse{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobResponse) ProtoMessage() {}
+
+func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobResponse.ProtoReflect.Descriptor instead.
+func (*WatchJobResponse) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *WatchJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type WatchJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty matches every queue (kind). Jobs of every state come, so that a view filtered by
+	// state sees a job leave it.
+	Queue         string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobsRequest) Reset() {
+	*x = WatchJobsRequest{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobsRequest) ProtoMessage() {}
+
+func (x *WatchJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobsRequest.ProtoReflect.Descriptor instead.
+func (*WatchJobsRequest) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *WatchJobsRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *WatchJobsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+type WatchJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Jobs that were inserted or changed (as they are now) and match the filters.
+	Jobs []*Job `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// True when changes came faster than this stream could take and some were dropped: list again.
+	Resync        bool `protobuf:"varint,2,opt,name=resync,proto3" json:"resync,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobsResponse) Reset() {
+	*x = WatchJobsResponse{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobsResponse) ProtoMessage() {}
+
+func (x *WatchJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobsResponse.ProtoReflect.Descriptor instead.
+func (*WatchJobsResponse) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WatchJobsResponse) GetJobs() []*Job {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *WatchJobsResponse) GetResync() bool {
+	if x != nil {
+		return x.Resync
+	}
+	return false
+}
+
 var File_jobqueue_v1_job_service_proto protoreflect.FileDescriptor
 
 const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xbb\x03\n" +
+	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\x81\x05\n" +
 	"\x0eEnqueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x121\n" +
@@ -945,7 +1181,15 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\x0elease_duration\x18\b \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12;\n" +
 	"\fretry_policy\x18\t \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\x122\n" +
 	"\x06unique\x18\n" +
-	" \x01(\v2\x1a.jobqueue.v1.UniqueOptionsR\x06unique\"\x83\x01\n" +
+	" \x01(\v2\x1a.jobqueue.v1.UniqueOptionsR\x06unique\x12E\n" +
+	"\bmetadata\x18\f \x03(\v2).jobqueue.v1.EnqueueRequest.MetadataEntryR\bmetadata\x12 \n" +
+	"\vtraceparent\x18\r \x01(\tR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18\x0e \x01(\tR\n" +
+	"tracestate\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x83\x01\n" +
 	"\rUniqueOptions\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
 	"\x06states\x18\x02 \x03(\x0e2\x15.jobqueue.v1.JobStateR\x06states\x121\n" +
@@ -963,7 +1207,7 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\rGetJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"4\n" +
 	"\x0eGetJobResponse\x12\"\n" +
-	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"\xe7\x01\n" +
+	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"\xec\x02\n" +
 	"\x0fListJobsRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12+\n" +
@@ -971,7 +1215,11 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x05 \x01(\tR\tpageToken\x12A\n" +
-	"\x0ecreated_before\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rcreatedBefore\"`\n" +
+	"\x0ecreated_before\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rcreatedBefore\x12F\n" +
+	"\bmetadata\x18\a \x03(\v2*.jobqueue.v1.ListJobsRequest.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"`\n" +
 	"\x10ListJobsResponse\x12$\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x10.jobqueue.v1.JobR\x04jobs\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\"\n" +
@@ -989,11 +1237,21 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\x12CancelJobsResponse\x12\x18\n" +
 	"\amatched\x18\x01 \x01(\x03R\amatched\x12\x1c\n" +
 	"\tcancelled\x18\x02 \x01(\x03R\tcancelled\x12)\n" +
-	"\x10cancel_requested\x18\x03 \x01(\x03R\x0fcancelRequested*r\n" +
+	"\x10cancel_requested\x18\x03 \x01(\x03R\x0fcancelRequested\"!\n" +
+	"\x0fWatchJobRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"6\n" +
+	"\x10WatchJobResponse\x12\"\n" +
+	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"<\n" +
+	"\x10WatchJobsRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\"Q\n" +
+	"\x11WatchJobsResponse\x12$\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x10.jobqueue.v1.JobR\x04jobs\x12\x16\n" +
+	"\x06resync\x18\x02 \x01(\bR\x06resync*r\n" +
 	"\rCancelOutcome\x12\x1e\n" +
 	"\x1aCANCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CANCEL_OUTCOME_CANCELLED\x10\x01\x12#\n" +
-	"\x1fCANCEL_OUTCOME_CANCEL_REQUESTED\x10\x022\xce\x03\n" +
+	"\x1fCANCEL_OUTCOME_CANCEL_REQUESTED\x10\x022\xe7\x04\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\aEnqueue\x12\x1b.jobqueue.v1.EnqueueRequest\x1a\x1c.jobqueue.v1.EnqueueResponse\x12S\n" +
@@ -1002,7 +1260,9 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\bListJobs\x12\x1c.jobqueue.v1.ListJobsRequest\x1a\x1d.jobqueue.v1.ListJobsResponse\x12J\n" +
 	"\tCancelJob\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x1e.jobqueue.v1.CancelJobResponse\x12M\n" +
 	"\n" +
-	"CancelJobs\x12\x1e.jobqueue.v1.CancelJobsRequest\x1a\x1f.jobqueue.v1.CancelJobsResponseBIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3"
+	"CancelJobs\x12\x1e.jobqueue.v1.CancelJobsRequest\x1a\x1f.jobqueue.v1.CancelJobsResponse\x12I\n" +
+	"\bWatchJob\x12\x1c.jobqueue.v1.WatchJobRequest\x1a\x1d.jobqueue.v1.WatchJobResponse0\x01\x12L\n" +
+	"\tWatchJobs\x12\x1d.jobqueue.v1.WatchJobsRequest\x1a\x1e.jobqueue.v1.WatchJobsResponse0\x01BIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3"
 
 var (
 	file_jobqueue_v1_job_service_proto_rawDescOnce sync.Once
@@ -1017,7 +1277,7 @@ func file_jobqueue_v1_job_service_proto_rawDescGZIP() []byte {
 }
 
 var file_jobqueue_v1_job_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_jobqueue_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_jobqueue_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_jobqueue_v1_job_service_proto_goTypes = []any{
 	(CancelOutcome)(0),            // 0: jobqueue.v1.CancelOutcome
 	(*EnqueueRequest)(nil),        // 1: jobqueue.v1.EnqueueRequest
@@ -1034,50 +1294,64 @@ var file_jobqueue_v1_job_service_proto_goTypes = []any{
 	(*CancelJobResponse)(nil),     // 12: jobqueue.v1.CancelJobResponse
 	(*CancelJobsRequest)(nil),     // 13: jobqueue.v1.CancelJobsRequest
 	(*CancelJobsResponse)(nil),    // 14: jobqueue.v1.CancelJobsResponse
-	(*structpb.Struct)(nil),       // 15: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
-	(*RetryPolicy)(nil),           // 18: jobqueue.v1.RetryPolicy
-	(JobState)(0),                 // 19: jobqueue.v1.JobState
-	(*Job)(nil),                   // 20: jobqueue.v1.Job
+	(*WatchJobRequest)(nil),       // 15: jobqueue.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),      // 16: jobqueue.v1.WatchJobResponse
+	(*WatchJobsRequest)(nil),      // 17: jobqueue.v1.WatchJobsRequest
+	(*WatchJobsResponse)(nil),     // 18: jobqueue.v1.WatchJobsResponse
+	nil,                           // 19: jobqueue.v1.EnqueueRequest.MetadataEntry
+	nil,                           // 20: jobqueue.v1.ListJobsRequest.MetadataEntry
+	(*structpb.Struct)(nil),       // 21: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 23: google.protobuf.Duration
+	(*RetryPolicy)(nil),           // 24: jobqueue.v1.RetryPolicy
+	(JobState)(0),                 // 25: jobqueue.v1.JobState
+	(*Job)(nil),                   // 26: jobqueue.v1.Job
 }
 var file_jobqueue_v1_job_service_proto_depIdxs = []int32{
-	15, // 0: jobqueue.v1.EnqueueRequest.payload:type_name -> google.protobuf.Struct
-	16, // 1: jobqueue.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
-	17, // 2: jobqueue.v1.EnqueueRequest.lease_duration:type_name -> google.protobuf.Duration
-	18, // 3: jobqueue.v1.EnqueueRequest.retry_policy:type_name -> jobqueue.v1.RetryPolicy
+	21, // 0: jobqueue.v1.EnqueueRequest.payload:type_name -> google.protobuf.Struct
+	22, // 1: jobqueue.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
+	23, // 2: jobqueue.v1.EnqueueRequest.lease_duration:type_name -> google.protobuf.Duration
+	24, // 3: jobqueue.v1.EnqueueRequest.retry_policy:type_name -> jobqueue.v1.RetryPolicy
 	2,  // 4: jobqueue.v1.EnqueueRequest.unique:type_name -> jobqueue.v1.UniqueOptions
-	19, // 5: jobqueue.v1.UniqueOptions.states:type_name -> jobqueue.v1.JobState
-	17, // 6: jobqueue.v1.UniqueOptions.period:type_name -> google.protobuf.Duration
-	20, // 7: jobqueue.v1.EnqueueResponse.job:type_name -> jobqueue.v1.Job
-	1,  // 8: jobqueue.v1.EnqueueBatchRequest.jobs:type_name -> jobqueue.v1.EnqueueRequest
-	20, // 9: jobqueue.v1.EnqueueBatchResult.job:type_name -> jobqueue.v1.Job
-	5,  // 10: jobqueue.v1.EnqueueBatchResponse.results:type_name -> jobqueue.v1.EnqueueBatchResult
-	20, // 11: jobqueue.v1.GetJobResponse.job:type_name -> jobqueue.v1.Job
-	19, // 12: jobqueue.v1.ListJobsRequest.state:type_name -> jobqueue.v1.JobState
-	16, // 13: jobqueue.v1.ListJobsRequest.created_before:type_name -> google.protobuf.Timestamp
-	20, // 14: jobqueue.v1.ListJobsResponse.jobs:type_name -> jobqueue.v1.Job
-	20, // 15: jobqueue.v1.CancelJobResponse.job:type_name -> jobqueue.v1.Job
-	0,  // 16: jobqueue.v1.CancelJobResponse.outcome:type_name -> jobqueue.v1.CancelOutcome
-	19, // 17: jobqueue.v1.CancelJobsRequest.state:type_name -> jobqueue.v1.JobState
-	16, // 18: jobqueue.v1.CancelJobsRequest.created_before:type_name -> google.protobuf.Timestamp
-	1,  // 19: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
-	4,  // 20: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
-	7,  // 21: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
-	9,  // 22: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
-	11, // 23: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
-	13, // 24: jobqueue.v1.JobService.CancelJobs:input_type -> jobqueue.v1.CancelJobsRequest
-	3,  // 25: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
-	6,  // 26: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
-	8,  // 27: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
-	10, // 28: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
-	12, // 29: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
-	14, // 30: jobqueue.v1.JobService.CancelJobs:output_type -> jobqueue.v1.CancelJobsResponse
-	25, // [25:31] is the sub-list for method output_type
-	19, // [19:25] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	19, // 5: jobqueue.v1.EnqueueRequest.metadata:type_name -> jobqueue.v1.EnqueueRequest.MetadataEntry
+	25, // 6: jobqueue.v1.UniqueOptions.states:type_name -> jobqueue.v1.JobState
+	23, // 7: jobqueue.v1.UniqueOptions.period:type_name -> google.protobuf.Duration
+	26, // 8: jobqueue.v1.EnqueueResponse.job:type_name -> jobqueue.v1.Job
+	1,  // 9: jobqueue.v1.EnqueueBatchRequest.jobs:type_name -> jobqueue.v1.EnqueueRequest
+	26, // 10: jobqueue.v1.EnqueueBatchResult.job:type_name -> jobqueue.v1.Job
+	5,  // 11: jobqueue.v1.EnqueueBatchResponse.results:type_name -> jobqueue.v1.EnqueueBatchResult
+	26, // 12: jobqueue.v1.GetJobResponse.job:type_name -> jobqueue.v1.Job
+	25, // 13: jobqueue.v1.ListJobsRequest.state:type_name -> jobqueue.v1.JobState
+	22, // 14: jobqueue.v1.ListJobsRequest.created_before:type_name -> google.protobuf.Timestamp
+	20, // 15: jobqueue.v1.ListJobsRequest.metadata:type_name -> jobqueue.v1.ListJobsRequest.MetadataEntry
+	26, // 16: jobqueue.v1.ListJobsResponse.jobs:type_name -> jobqueue.v1.Job
+	26, // 17: jobqueue.v1.CancelJobResponse.job:type_name -> jobqueue.v1.Job
+	0,  // 18: jobqueue.v1.CancelJobResponse.outcome:type_name -> jobqueue.v1.CancelOutcome
+	25, // 19: jobqueue.v1.CancelJobsRequest.state:type_name -> jobqueue.v1.JobState
+	22, // 20: jobqueue.v1.CancelJobsRequest.created_before:type_name -> google.protobuf.Timestamp
+	26, // 21: jobqueue.v1.WatchJobResponse.job:type_name -> jobqueue.v1.Job
+	26, // 22: jobqueue.v1.WatchJobsResponse.jobs:type_name -> jobqueue.v1.Job
+	1,  // 23: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
+	4,  // 24: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
+	7,  // 25: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
+	9,  // 26: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
+	11, // 27: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
+	13, // 28: jobqueue.v1.JobService.CancelJobs:input_type -> jobqueue.v1.CancelJobsRequest
+	15, // 29: jobqueue.v1.JobService.WatchJob:input_type -> jobqueue.v1.WatchJobRequest
+	17, // 30: jobqueue.v1.JobService.WatchJobs:input_type -> jobqueue.v1.WatchJobsRequest
+	3,  // 31: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
+	6,  // 32: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
+	8,  // 33: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
+	10, // 34: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
+	12, // 35: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
+	14, // 36: jobqueue.v1.JobService.CancelJobs:output_type -> jobqueue.v1.CancelJobsResponse
+	16, // 37: jobqueue.v1.JobService.WatchJob:output_type -> jobqueue.v1.WatchJobResponse
+	18, // 38: jobqueue.v1.JobService.WatchJobs:output_type -> jobqueue.v1.WatchJobsResponse
+	31, // [31:39] is the sub-list for method output_type
+	23, // [23:31] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_jobqueue_v1_job_service_proto_init() }
@@ -1092,7 +1366,7 @@ func file_jobqueue_v1_job_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobqueue_v1_job_service_proto_rawDesc), len(file_jobqueue_v1_job_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,8 @@ const (
 	JobService_ListJobs_FullMethodName     = "/jobqueue.v1.JobService/ListJobs"
 	JobService_CancelJob_FullMethodName    = "/jobqueue.v1.JobService/CancelJob"
 	JobService_CancelJobs_FullMethodName   = "/jobqueue.v1.JobService/CancelJobs"
+	JobService_WatchJob_FullMethodName     = "/jobqueue.v1.JobService/WatchJob"
+	JobService_WatchJobs_FullMethodName    = "/jobqueue.v1.JobService/WatchJobs"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -39,7 +41,7 @@ type JobServiceClient interface {
 	// EnqueueBatch adds up to 1,000 jobs in one transaction: all or nothing.
 	EnqueueBatch(ctx context.Context, in *EnqueueBatchRequest, opts ...grpc.CallOption) (*EnqueueBatchResponse, error)
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*GetJobResponse, error)
-	// ListJobs lists jobs newest first, filtered by queue, kind and state.
+	// ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata.
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	// CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it.
 	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error)
@@ -48,6 +50,14 @@ type JobServiceClient interface {
 	// works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
 	// nothing and counts what it would cancel.
 	CancelJobs(ctx context.Context, in *CancelJobsRequest, opts ...grpc.CallOption) (*CancelJobsResponse, error)
+	// WatchJob sends the job now and again on every change (state, attempt, progress, result)
+	// until it is terminal, then ends. Changes made through any replica arrive.
+	WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchJobResponse], error)
+	// WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
+	// finished...), for a live view: start it, wait for its first message (empty: changes are
+	// being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+	// itself.
+	WatchJobs(ctx context.Context, in *WatchJobsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchJobsResponse], error)
 }
 
 type jobServiceClient struct {
@@ -118,6 +128,44 @@ func (c *jobServiceClient) CancelJobs(ctx context.Context, in *CancelJobsRequest
 	return out, nil
 }
 
+func (c *jobServiceClient) WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchJobResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &JobService_ServiceDesc.Streams[0], JobService_WatchJob_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchJobRequest, WatchJobResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_WatchJobClient = grpc.ServerStreamingClient[WatchJobResponse]
+
+func (c *jobServiceClient) WatchJobs(ctx context.Context, in *WatchJobsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchJobsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &JobService_ServiceDesc.Streams[1], JobService_WatchJobs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchJobsRequest, WatchJobsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_WatchJobsClient = grpc.ServerStreamingClient[WatchJobsResponse]
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -130,7 +178,7 @@ type JobServiceServer interface {
 	// EnqueueBatch adds up to 1,000 jobs in one transaction: all or nothing.
 	EnqueueBatch(context.Context, *EnqueueBatchRequest) (*EnqueueBatchResponse, error)
 	GetJob(context.Context, *GetJobRequest) (*GetJobResponse, error)
-	// ListJobs lists jobs newest first, filtered by queue, kind and state.
+	// ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata.
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	// CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it.
 	CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error)
@@ -139,6 +187,14 @@ type JobServiceServer interface {
 	// works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
 	// nothing and counts what it would cancel.
 	CancelJobs(context.Context, *CancelJobsRequest) (*CancelJobsResponse, error)
+	// WatchJob sends the job now and again on every change (state, attempt, progress, result)
+	// until it is terminal, then ends. Changes made through any replica arrive.
+	WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[WatchJobResponse]) error
+	// WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
+	// finished...), for a live view: start it, wait for its first message (empty: changes are
+	// being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+	// itself.
+	WatchJobs(*WatchJobsRequest, grpc.ServerStreamingServer[WatchJobsResponse]) error
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -166,6 +222,12 @@ func (UnimplementedJobServiceServer) CancelJob(context.Context, *CancelJobReques
 }
 func (UnimplementedJobServiceServer) CancelJobs(context.Context, *CancelJobsRequest) (*CancelJobsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelJobs not implemented")
+}
+func (UnimplementedJobServiceServer) WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[WatchJobResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchJob not implemented")
+}
+func (UnimplementedJobServiceServer) WatchJobs(*WatchJobsRequest, grpc.ServerStreamingServer[WatchJobsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchJobs not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -296,6 +358,28 @@ func _JobService_CancelJobs_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_WatchJob_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchJobRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(JobServiceServer).WatchJob(m, &grpc.GenericServerStream[WatchJobRequest, WatchJobResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_WatchJobServer = grpc.ServerStreamingServer[WatchJobResponse]
+
+func _JobService_WatchJobs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchJobsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(JobServiceServer).WatchJobs(m, &grpc.GenericServerStream[WatchJobsRequest, WatchJobsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_WatchJobsServer = grpc.ServerStreamingServer[WatchJobsResponse]
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -328,6 +412,17 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _JobService_CancelJobs_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchJob",
+			Handler:       _JobService_WatchJob_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchJobs",
+			Handler:       _JobService_WatchJobs_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "jobqueue/v1/job_service.proto",
 }

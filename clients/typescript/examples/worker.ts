@@ -12,6 +12,14 @@ await runWorker(
   async (job) => {
     const to = job.payload?.to;
     if (typeof to !== "string") throw new PermanentError("payload has no 'to'"); // straight to the DLQ
+    // The producer's W3C trace context and labels come with every lease. With OpenTelemetry
+    // (@opentelemetry/api), run the work in a child of the producer's span:
+    //   const parent = propagation.extract(context.active(),
+    //     { traceparent: job.traceparent, tracestate: job.tracestate });
+    //   await tracer.startActiveSpan(`process ${job.kind}`, { kind: SpanKind.CONSUMER }, parent, ...)
+    if (job.traceparent) {
+      console.log(`job ${job.id} continues trace ${job.traceparent}`, job.metadata);
+    }
     console.log(`job ${job.id} (${job.kind}, attempt ${job.attempt}): sending to ${to}`);
     return { deliveredTo: to };
   },

@@ -7,3 +7,4 @@ export * from "./gen/jobqueue/v1/queue_service_pb.js";
 export * from "./gen/jobqueue/v1/schedule_service_pb.js";
 export * from "./client.js";
 export * from "./worker.js";
+export * from "./wait.js";

@@ -16,6 +16,8 @@ import {
   RetryAfterError,
   connect,
   runWorker,
+  waitForJob,
+  watchJob,
   type Job,
   type JobQueueClients,
 } from "../src/index.js";
@@ -50,6 +52,21 @@ async function expectCode(p: Promise<unknown>, code: Code): Promise<void> {
 }
 
 describe("jobqueue-grpc from TypeScript", { skip }, () => {
+  test("watchJob and waitForJob follow a job to its end", async () => {
+    const c = connect(ADDRESS!);
+    const { job } = await c.jobs.enqueue({ queue: queueName(), kind: "wait" });
+    assert.ok(job);
+    const signal = AbortSignal.timeout(DEADLINE_MS);
+    const states: JobState[] = [];
+    for await (const j of watchJob(c.jobs, job.id, { signal })) {
+      states.push(j.state);
+      if (j.state === JobState.QUEUED) await c.jobs.cancelJob({ id: job.id });
+    }
+    assert.deepEqual(states, [JobState.QUEUED, JobState.CANCELLED]);
+    const done = await waitForJob(c.jobs, job.id, { signal }); // terminal already: at once
+    assert.equal(done.state, JobState.CANCELLED);
+  });
+
   test("enqueue, get, list, cancel", async () => {
     const c = connect(ADDRESS!);
     const queue = queueName();

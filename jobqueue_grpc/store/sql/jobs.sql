@@ -13,11 +13,13 @@
 -- a stream whose last claim found nothing waiting (engine/handoff.py), so the job
 -- is the one the next claim would pick; this saves that claim and its round trip. The rows come
 -- back with {leased_columns}' epoch times too, for the dispatcher to push the leased ones.
+-- $15-$17 (issue 16): metadata (JSON text or NULL), traceparent, tracestate, per job.
 WITH ins AS (
 INSERT INTO jobqueue.jobs AS j (id, queue, kind, payload, priority, state, max_attempts, run_at,
                                 idempotency_key, lease_seconds, backoff_base, backoff_cap,
                                 attempt, lease_token, lease_expires_at, stream_id, worker_id,
-                                started_at)
+                                started_at,
+                                metadata, traceparent, tracestate)
 SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority,
        CASE WHEN t.run_at > now() THEN 'scheduled' WHEN h.go THEN 'running' ELSE 'queued' END,
        t.max_attempts, coalesce(t.run_at, now()), t.idempotency_key,
@@ -27,12 +29,15 @@ SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority,
        CASE WHEN h.go THEN now() + t.lease_seconds * interval '1 second' END,
        CASE WHEN h.go THEN t.stream_id END,
        CASE WHEN h.go THEN t.worker_id END,
-       CASE WHEN h.go THEN now() END
+       CASE WHEN h.go THEN now() END,
+       t.metadata::jsonb, t.traceparent, t.tracestate
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
             $7::timestamptz[], $8::text[], $9::float8[], $10::float8[], $11::float8[],
-            $13::uuid[], $14::text[])
+            $13::uuid[], $14::text[],
+            $15::text[], $16::text[], $17::text[])
      AS t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
-          lease_seconds, backoff_base, backoff_cap, stream_id, worker_id)
+          lease_seconds, backoff_base, backoff_cap, stream_id, worker_id,
+          metadata, traceparent, tracestate)
 CROSS JOIN LATERAL (
     SELECT t.stream_id IS NOT NULL AND coalesce(t.run_at <= now(), true)
            AND NOT EXISTS (SELECT 1 FROM jobqueue.queues p WHERE p.name = t.queue AND p.paused)
@@ -51,18 +56,23 @@ SELECT ins.* FROM ins, woken;
 -- $1 is the ids as one uuid[] literal. Every other column comes either as an array ($2, $4, ...)
 -- or, when all the jobs have the same value, as that value ($3, $5, ...) and a NULL array, which
 -- unnest pads with NULLs: a batch sends each value that varies, and each one that does not once.
+-- $23-$28 (issue 16): metadata, traceparent, tracestate, in the same two forms.
 INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
-                           idempotency_key, lease_seconds, backoff_base, backoff_cap)
+                           idempotency_key, lease_seconds, backoff_base, backoff_cap,
+                           metadata, traceparent, tracestate)
 SELECT t.id, coalesce(t.queue, $3::text), coalesce(t.kind, $5::text),
        coalesce(t.payload, $7::text)::jsonb, coalesce(t.priority, $9::int),
        CASE WHEN coalesce(t.run_at, $13::timestamptz) > now() THEN 'scheduled' ELSE 'queued' END,
        coalesce(t.max_attempts, $11::int), coalesce(t.run_at, $13::timestamptz, now()),
        coalesce(t.idempotency_key, $15::text), coalesce(t.lease_seconds, $17::float8),
-       coalesce(t.backoff_base, $19::float8), coalesce(t.backoff_cap, $21::float8)
+       coalesce(t.backoff_base, $19::float8), coalesce(t.backoff_cap, $21::float8),
+       coalesce(t.metadata, $24::text)::jsonb, coalesce(t.traceparent, $26::text),
+       coalesce(t.tracestate, $28::text)
 FROM unnest($1::text::uuid[], $2::text[], $4::text[], $6::text[], $8::int[], $10::int[],
-            $12::timestamptz[], $14::text[], $16::float8[], $18::float8[], $20::float8[])
+            $12::timestamptz[], $14::text[], $16::float8[], $18::float8[], $20::float8[],
+            $23::text[], $25::text[], $27::text[])
      AS t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
-          lease_seconds, backoff_base, backoff_cap)
+          lease_seconds, backoff_base, backoff_cap, metadata, traceparent, tracestate)
 
 -- fragment: batch_answer
 -- What insert_job_batch and its twin return: one row per (queue, state) of the jobs inserted,
@@ -113,19 +123,27 @@ WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backe
 -- Wakes dispatchers on every replica; the payload is the queue name.
 SELECT pg_notify({jobs_channel}, q) FROM unnest($1::text[]) AS q;
 
+-- name: publish_enqueue_defaults
+-- A server's enqueue settings, for jobqueue.enqueue() (migration 0030); unchanged: no write.
+UPDATE jobqueue.enqueue_defaults
+SET payload_max_bytes = $1, default_max_attempts = $2, lease_seconds = $3
+WHERE (payload_max_bytes, default_max_attempts, lease_seconds) IS DISTINCT FROM ($1, $2, $3);
+
 -- name: get_job
 SELECT {job_columns} FROM jobqueue.jobs WHERE id = $1;
 
 -- name: list_jobs
 -- Newest first. Job ids are time-ordered (UUIDv7), so the primary key gives the order and the
--- keyset cursor ($4, the last id of the previous page) without an index of its own. $6: only
--- jobs created before it.
+-- keyset cursor ($4, the last id of the previous page) without an index of its own.
+-- $6: a metadata filter (JSON object; the job's metadata must hold every pair), via jobs_metadata.
+-- $7: only jobs created before it.
 SELECT {job_columns} FROM jobqueue.jobs
 WHERE ($1::text IS NULL OR queue = $1)
   AND ($2::text IS NULL OR kind = $2)
   AND ($3::text IS NULL OR state = $3)
+  AND ($6::jsonb IS NULL OR metadata @> $6::jsonb)
   AND id < $4::uuid
-  AND ($6::timestamptz IS NULL OR created_at < $6)
+  AND ($7::timestamptz IS NULL OR created_at < $7)
 ORDER BY id DESC
 LIMIT $5;
 
@@ -166,22 +184,27 @@ END
 -- unique key's (jobs_unique_key: a row is in it while its state is one of its unique_states)
 -- both refuse a duplicate, whichever replica inserts it and whenever. Run inside a transaction:
 -- jobs_by_unique_keys then computes the same windows (the same now()). $12: NOTIFY or not.
+-- $13-$15: the unique key, states and period; $16-$18 (issue 16): metadata (JSON text or NULL),
+-- traceparent, tracestate, per job.
 WITH t AS (
     SELECT t.*, {unique_key_of} AS unique_key
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
                 $7::timestamptz[], $8::text[], $9::float8[], $10::float8[], $11::float8[],
-                $13::text[], $14::text[], $15::float8[])
+                $13::text[], $14::text[], $15::float8[],
+                $16::text[], $17::text[], $18::text[])
          AS t(id, queue, kind, payload, priority, max_attempts, u_run_at, idempotency_key,
-              lease_seconds, backoff_base, backoff_cap, u_key, u_states, u_period)
+              lease_seconds, backoff_base, backoff_cap, u_key, u_states, u_period,
+              metadata, traceparent, tracestate)
 ), ins AS (
 INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
                            idempotency_key, lease_seconds, backoff_base, backoff_cap,
-                           unique_key, unique_states)
+                           unique_key, unique_states, metadata, traceparent, tracestate)
 SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority,
        CASE WHEN t.u_run_at > now() THEN 'scheduled' ELSE 'queued' END,
        t.max_attempts, coalesce(t.u_run_at, now()), t.idempotency_key,
        t.lease_seconds, t.backoff_base, t.backoff_cap,
-       t.unique_key, string_to_array(t.u_states, ',')
+       t.unique_key, string_to_array(t.u_states, ','),
+       t.metadata::jsonb, t.traceparent, t.tracestate
 FROM t
 ON CONFLICT DO NOTHING
 RETURNING {job_columns}

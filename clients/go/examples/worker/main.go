@@ -37,6 +37,15 @@ func main() {
 			if to == "" {
 				return nil, worker.Permanent(errors.New("payload has no 'to'")) // straight to the DLQ
 			}
+			// The producer's W3C trace context and labels come with every lease. With OpenTelemetry
+			// (go.opentelemetry.io/otel), run the work in a child of the producer's span:
+			//   parent := propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{
+			//       "traceparent": job.Traceparent, "tracestate": job.Tracestate})
+			//   ctx, span := tracer.Start(parent, "process "+job.Kind, trace.WithSpanKind(trace.SpanKindConsumer))
+			//   defer span.End()
+			if job.Traceparent != "" {
+				log.Printf("job %s continues trace %s (metadata %v)", job.Id, job.Traceparent, job.Metadata)
+			}
 			log.Printf("job %s (%s, attempt %d): sending to %s", job.Id, job.Kind, job.Attempt, to)
 			return structpb.NewStruct(map[string]any{"delivered_to": to})
 		})

@@ -128,6 +128,26 @@ Global___AttemptError: _TypeAlias = AttemptError  # noqa: Y015
 class Job(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
@@ -152,6 +172,9 @@ class Job(_message.Message):
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     UNIQUE_KEY_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID, assigned by the server."""
     queue: _builtins.str
@@ -171,6 +194,11 @@ class Job(_message.Message):
     "derived:<sha256>" of its queue, kind and payload, then "@<window start, epoch seconds>" when
     it has a period. Empty for a job enqueued without `unique`.
     """
+    traceparent: _builtins.str
+    """The W3C trace context of the producer that enqueued the job (empty if it had none): a
+    worker's span for the job is its child.
+    """
+    tracestate: _builtins.str
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct: ...
     @_builtins.property
@@ -205,6 +233,10 @@ class Job(_message.Message):
 
     @_builtins.property
     def lease_expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels given at enqueue."""
+
     def __init__(
         self,
         *,
@@ -232,10 +264,13 @@ class Job(_message.Message):
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         worker_id: _builtins.str = ...,
         unique_key: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "last_error", b"last_error", "lease_duration", b"lease_duration", "lease_expires_at", b"lease_expires_at", "payload", b"payload", "progress", b"progress", "result", b"result", "retry_policy", b"retry_policy", "run_at", b"run_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "errors", b"errors", "finished_at", b"finished_at", "id", b"id", "idempotency_key", b"idempotency_key", "kind", b"kind", "last_error", b"last_error", "lease_duration", b"lease_duration", "lease_expires_at", b"lease_expires_at", "max_attempts", b"max_attempts", "payload", b"payload", "priority", b"priority", "progress", b"progress", "queue", b"queue", "result", b"result", "retry_policy", b"retry_policy", "run_at", b"run_at", "started_at", b"started_at", "state", b"state", "unique_key", b"unique_key", "updated_at", b"updated_at", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "errors", b"errors", "finished_at", b"finished_at", "id", b"id", "idempotency_key", b"idempotency_key", "kind", b"kind", "last_error", b"last_error", "lease_duration", b"lease_duration", "lease_expires_at", b"lease_expires_at", "max_attempts", b"max_attempts", "metadata", b"metadata", "payload", b"payload", "priority", b"priority", "progress", b"progress", "queue", b"queue", "result", b"result", "retry_policy", b"retry_policy", "run_at", b"run_at", "started_at", b"started_at", "state", b"state", "traceparent", b"traceparent", "tracestate", b"tracestate", "unique_key", b"unique_key", "updated_at", b"updated_at", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

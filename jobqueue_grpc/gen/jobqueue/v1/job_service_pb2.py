@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2 as jobqueue_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djobqueue/v1/job_service.proto\x12\x0bjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xd3\x02\n\x0e\x45nqueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12*\n\x06run_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x31\n\x0elease_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0cretry_policy\x18\t \x01(\x0b\x32\x18.jobqueue.v1.RetryPolicy\x12*\n\x06unique\x18\n \x01(\x0b\x32\x1a.jobqueue.v1.UniqueOptions\"n\n\rUniqueOptions\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x06states\x18\x02 \x03(\x0e\x32\x15.jobqueue.v1.JobState\x12)\n\x06period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x0f\x45nqueueResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"@\n\x13\x45nqueueBatchRequest\x12)\n\x04jobs\x18\x01 \x03(\x0b\x32\x1b.jobqueue.v1.EnqueueRequest\"D\n\x12\x45nqueueBatchResult\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"H\n\x14\x45nqueueBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.jobqueue.v1.EnqueueBatchResult\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\"\xaf\x01\n\x0fListJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.jobqueue.v1.JobState\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x32\n\x0e\x63reated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.jobqueue.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"_\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.jobqueue.v1.CancelOutcome\"\x9b\x01\n\x11\x43\x61ncelJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.jobqueue.v1.JobState\x12\x32\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\"R\n\x12\x43\x61ncelJobsResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x03\x12\x11\n\tcancelled\x18\x02 \x01(\x03\x12\x18\n\x10\x63\x61ncel_requested\x18\x03 \x01(\x03*r\n\rCancelOutcome\x12\x1e\n\x1a\x43\x41NCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41NCEL_OUTCOME_CANCELLED\x10\x01\x12#\n\x1f\x43\x41NCEL_OUTCOME_CANCEL_REQUESTED\x10\x02\x32\xce\x03\n\nJobService\x12\x44\n\x07\x45nqueue\x12\x1b.jobqueue.v1.EnqueueRequest\x1a\x1c.jobqueue.v1.EnqueueResponse\x12S\n\x0c\x45nqueueBatch\x12 .jobqueue.v1.EnqueueBatchRequest\x1a!.jobqueue.v1.EnqueueBatchResponse\x12\x41\n\x06GetJob\x12\x1a.jobqueue.v1.GetJobRequest\x1a\x1b.jobqueue.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.jobqueue.v1.ListJobsRequest\x1a\x1d.jobqueue.v1.ListJobsResponse\x12J\n\tCancelJob\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x1e.jobqueue.v1.CancelJobResponse\x12M\n\nCancelJobs\x12\x1e.jobqueue.v1.CancelJobsRequest\x1a\x1f.jobqueue.v1.CancelJobsResponseBIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djobqueue/v1/job_service.proto\x12\x0bjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xea\x03\n\x0e\x45nqueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12*\n\x06run_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x31\n\x0elease_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0cretry_policy\x18\t \x01(\x0b\x32\x18.jobqueue.v1.RetryPolicy\x12*\n\x06unique\x18\n \x01(\x0b\x32\x1a.jobqueue.v1.UniqueOptions\x12;\n\x08metadata\x18\x0c \x03(\x0b\x32).jobqueue.v1.EnqueueRequest.MetadataEntry\x12\x13\n\x0btraceparent\x18\r \x01(\t\x12\x12\n\ntracestate\x18\x0e \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"n\n\rUniqueOptions\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x06states\x18\x02 \x03(\x0e\x32\x15.jobqueue.v1.JobState\x12)\n\x06period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x0f\x45nqueueResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"@\n\x13\x45nqueueBatchRequest\x12)\n\x04jobs\x18\x01 \x03(\x0b\x32\x1b.jobqueue.v1.EnqueueRequest\"D\n\x12\x45nqueueBatchResult\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"H\n\x14\x45nqueueBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.jobqueue.v1.EnqueueBatchResult\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\"\x9e\x02\n\x0fListJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.jobqueue.v1.JobState\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x32\n\x0e\x63reated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x08metadata\x18\x07 \x03(\x0b\x32*.jobqueue.v1.ListJobsRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.jobqueue.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"_\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.jobqueue.v1.CancelOutcome\"\x9b\x01\n\x11\x43\x61ncelJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.jobqueue.v1.JobState\x12\x32\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\"R\n\x12\x43\x61ncelJobsResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x03\x12\x11\n\tcancelled\x18\x02 \x01(\x03\x12\x18\n\x10\x63\x61ncel_requested\x18\x03 \x01(\x03\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"1\n\x10WatchJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.jobqueue.v1.Job\"/\n\x10WatchJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"C\n\x11WatchJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.jobqueue.v1.Job\x12\x0e\n\x06resync\x18\x02 \x01(\x08*r\n\rCancelOutcome\x12\x1e\n\x1a\x43\x41NCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41NCEL_OUTCOME_CANCELLED\x10\x01\x12#\n\x1f\x43\x41NCEL_OUTCOME_CANCEL_REQUESTED\x10\x02\x32\xe7\x04\n\nJobService\x12\x44\n\x07\x45nqueue\x12\x1b.jobqueue.v1.EnqueueRequest\x1a\x1c.jobqueue.v1.EnqueueResponse\x12S\n\x0c\x45nqueueBatch\x12 .jobqueue.v1.EnqueueBatchRequest\x1a!.jobqueue.v1.EnqueueBatchResponse\x12\x41\n\x06GetJob\x12\x1a.jobqueue.v1.GetJobRequest\x1a\x1b.jobqueue.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.jobqueue.v1.ListJobsRequest\x1a\x1d.jobqueue.v1.ListJobsResponse\x12J\n\tCancelJob\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x1e.jobqueue.v1.CancelJobResponse\x12M\n\nCancelJobs\x12\x1e.jobqueue.v1.CancelJobsRequest\x1a\x1f.jobqueue.v1.CancelJobsResponse\x12I\n\x08WatchJob\x12\x1c.jobqueue.v1.WatchJobRequest\x1a\x1d.jobqueue.v1.WatchJobResponse0\x01\x12L\n\tWatchJobs\x12\x1d.jobqueue.v1.WatchJobsRequest\x1a\x1e.jobqueue.v1.WatchJobsResponse0\x01\x42IZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,36 +36,52 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jobqueue_grpc.gen.jobqueue.
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1'
-  _globals['_CANCELOUTCOME']._serialized_start=1599
-  _globals['_CANCELOUTCOME']._serialized_end=1713
+  _globals['_ENQUEUEREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_ENQUEUEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_LISTJOBSREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_CANCELOUTCOME']._serialized_start=2061
+  _globals['_CANCELOUTCOME']._serialized_end=2175
   _globals['_ENQUEUEREQUEST']._serialized_start=165
-  _globals['_ENQUEUEREQUEST']._serialized_end=504
-  _globals['_UNIQUEOPTIONS']._serialized_start=506
-  _globals['_UNIQUEOPTIONS']._serialized_end=616
-  _globals['_ENQUEUERESPONSE']._serialized_start=618
-  _globals['_ENQUEUERESPONSE']._serialized_end=683
-  _globals['_ENQUEUEBATCHREQUEST']._serialized_start=685
-  _globals['_ENQUEUEBATCHREQUEST']._serialized_end=749
-  _globals['_ENQUEUEBATCHRESULT']._serialized_start=751
-  _globals['_ENQUEUEBATCHRESULT']._serialized_end=819
-  _globals['_ENQUEUEBATCHRESPONSE']._serialized_start=821
-  _globals['_ENQUEUEBATCHRESPONSE']._serialized_end=893
-  _globals['_GETJOBREQUEST']._serialized_start=895
-  _globals['_GETJOBREQUEST']._serialized_end=922
-  _globals['_GETJOBRESPONSE']._serialized_start=924
-  _globals['_GETJOBRESPONSE']._serialized_end=971
-  _globals['_LISTJOBSREQUEST']._serialized_start=974
-  _globals['_LISTJOBSREQUEST']._serialized_end=1149
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1151
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1226
-  _globals['_CANCELJOBREQUEST']._serialized_start=1228
-  _globals['_CANCELJOBREQUEST']._serialized_end=1258
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1260
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1355
-  _globals['_CANCELJOBSREQUEST']._serialized_start=1358
-  _globals['_CANCELJOBSREQUEST']._serialized_end=1513
-  _globals['_CANCELJOBSRESPONSE']._serialized_start=1515
-  _globals['_CANCELJOBSRESPONSE']._serialized_end=1597
-  _globals['_JOBSERVICE']._serialized_start=1716
-  _globals['_JOBSERVICE']._serialized_end=2178
+  _globals['_ENQUEUEREQUEST']._serialized_end=655
+  _globals['_ENQUEUEREQUEST_METADATAENTRY']._serialized_start=608
+  _globals['_ENQUEUEREQUEST_METADATAENTRY']._serialized_end=655
+  _globals['_UNIQUEOPTIONS']._serialized_start=657
+  _globals['_UNIQUEOPTIONS']._serialized_end=767
+  _globals['_ENQUEUERESPONSE']._serialized_start=769
+  _globals['_ENQUEUERESPONSE']._serialized_end=834
+  _globals['_ENQUEUEBATCHREQUEST']._serialized_start=836
+  _globals['_ENQUEUEBATCHREQUEST']._serialized_end=900
+  _globals['_ENQUEUEBATCHRESULT']._serialized_start=902
+  _globals['_ENQUEUEBATCHRESULT']._serialized_end=970
+  _globals['_ENQUEUEBATCHRESPONSE']._serialized_start=972
+  _globals['_ENQUEUEBATCHRESPONSE']._serialized_end=1044
+  _globals['_GETJOBREQUEST']._serialized_start=1046
+  _globals['_GETJOBREQUEST']._serialized_end=1073
+  _globals['_GETJOBRESPONSE']._serialized_start=1075
+  _globals['_GETJOBRESPONSE']._serialized_end=1122
+  _globals['_LISTJOBSREQUEST']._serialized_start=1125
+  _globals['_LISTJOBSREQUEST']._serialized_end=1411
+  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_start=608
+  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_end=655
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1413
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1488
+  _globals['_CANCELJOBREQUEST']._serialized_start=1490
+  _globals['_CANCELJOBREQUEST']._serialized_end=1520
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1522
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1617
+  _globals['_CANCELJOBSREQUEST']._serialized_start=1620
+  _globals['_CANCELJOBSREQUEST']._serialized_end=1775
+  _globals['_CANCELJOBSRESPONSE']._serialized_start=1777
+  _globals['_CANCELJOBSRESPONSE']._serialized_end=1859
+  _globals['_WATCHJOBREQUEST']._serialized_start=1861
+  _globals['_WATCHJOBREQUEST']._serialized_end=1890
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1892
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1941
+  _globals['_WATCHJOBSREQUEST']._serialized_start=1943
+  _globals['_WATCHJOBSREQUEST']._serialized_end=1990
+  _globals['_WATCHJOBSRESPONSE']._serialized_start=1992
+  _globals['_WATCHJOBSRESPONSE']._serialized_end=2059
+  _globals['_JOBSERVICE']._serialized_start=2178
+  _globals['_JOBSERVICE']._serialized_end=2793
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,16 @@ class JobServiceStub:
                 request_serializer=jobqueue_dot_v1_dot_job__service__pb2.CancelJobsRequest.SerializeToString,
                 response_deserializer=jobqueue_dot_v1_dot_job__service__pb2.CancelJobsResponse.FromString,
                 _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/jobqueue.v1.JobService/WatchJob',
+                request_serializer=jobqueue_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=jobqueue_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
+                _registered_method=True)
+        self.WatchJobs = channel.unary_stream(
+                '/jobqueue.v1.JobService/WatchJobs',
+                request_serializer=jobqueue_dot_v1_dot_job__service__pb2.WatchJobsRequest.SerializeToString,
+                response_deserializer=jobqueue_dot_v1_dot_job__service__pb2.WatchJobsResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -93,7 +103,7 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """ListJobs lists jobs newest first, filtered by queue, kind and state.
+        """ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +121,24 @@ class JobServiceServicer:
         CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
         works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
         nothing and counts what it would cancel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """WatchJob sends the job now and again on every change (state, attempt, progress, result)
+        until it is terminal, then ends. Changes made through any replica arrive.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJobs(self, request, context):
+        """WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
+        finished...), for a live view: start it, wait for its first message (empty: changes are
+        being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+        itself.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +176,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelJobs,
                     request_deserializer=jobqueue_dot_v1_dot_job__service__pb2.CancelJobsRequest.FromString,
                     response_serializer=jobqueue_dot_v1_dot_job__service__pb2.CancelJobsResponse.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=jobqueue_dot_v1_dot_job__service__pb2.WatchJobRequest.FromString,
+                    response_serializer=jobqueue_dot_v1_dot_job__service__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'WatchJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobs,
+                    request_deserializer=jobqueue_dot_v1_dot_job__service__pb2.WatchJobsRequest.FromString,
+                    response_serializer=jobqueue_dot_v1_dot_job__service__pb2.WatchJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +351,60 @@ class JobService:
             '/jobqueue.v1.JobService/CancelJobs',
             jobqueue_dot_v1_dot_job__service__pb2.CancelJobsRequest.SerializeToString,
             jobqueue_dot_v1_dot_job__service__pb2.CancelJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jobqueue.v1.JobService/WatchJob',
+            jobqueue_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
+            jobqueue_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jobqueue.v1.JobService/WatchJobs',
+            jobqueue_dot_v1_dot_job__service__pb2.WatchJobsRequest.SerializeToString,
+            jobqueue_dot_v1_dot_job__service__pb2.WatchJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

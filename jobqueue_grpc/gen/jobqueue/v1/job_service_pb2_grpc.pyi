@@ -41,7 +41,7 @@ class JobServiceStub:
     """EnqueueBatch adds up to 1,000 jobs in one transaction: all or nothing."""
     GetJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]
-    """ListJobs lists jobs newest first, filtered by queue, kind and state."""
+    """ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]
     """CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it."""
     CancelJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobsRequest, _job_service_pb2.CancelJobsResponse]
@@ -49,6 +49,16 @@ class JobServiceStub:
     CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
     works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
     nothing and counts what it would cancel.
+    """
+    WatchJob: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]
+    """WatchJob sends the job now and again on every change (state, attempt, progress, result)
+    until it is terminal, then ends. Changes made through any replica arrive.
+    """
+    WatchJobs: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobsRequest, _job_service_pb2.WatchJobsResponse]
+    """WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
+    finished...), for a live view: start it, wait for its first message (empty: changes are
+    being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+    itself.
     """
 
 @_typing.type_check_only
@@ -64,7 +74,7 @@ class JobServiceAsyncStub(JobServiceStub):
     """EnqueueBatch adds up to 1,000 jobs in one transaction: all or nothing."""
     GetJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """ListJobs lists jobs newest first, filtered by queue, kind and state."""
+    """ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]  # type: ignore[assignment]
     """CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it."""
     CancelJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobsRequest, _job_service_pb2.CancelJobsResponse]  # type: ignore[assignment]
@@ -72,6 +82,16 @@ class JobServiceAsyncStub(JobServiceStub):
     CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
     works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
     nothing and counts what it would cancel.
+    """
+    WatchJob: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]  # type: ignore[assignment]
+    """WatchJob sends the job now and again on every change (state, attempt, progress, result)
+    until it is terminal, then ends. Changes made through any replica arrive.
+    """
+    WatchJobs: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobsRequest, _job_service_pb2.WatchJobsResponse]  # type: ignore[assignment]
+    """WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
+    finished...), for a live view: start it, wait for its first message (empty: changes are
+    being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+    itself.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -108,7 +128,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.ListJobsResponse, _abc.Awaitable[_job_service_pb2.ListJobsResponse]]:
-        """ListJobs lists jobs newest first, filtered by queue, kind and state."""
+        """ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata."""
 
     @_abc_1.abstractmethod
     def CancelJob(
@@ -128,6 +148,28 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
         works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
         nothing and counts what it would cancel.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchJob(
+        self,
+        request: _job_service_pb2.WatchJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_job_service_pb2.WatchJobResponse], _abc.AsyncIterator[_job_service_pb2.WatchJobResponse]]:
+        """WatchJob sends the job now and again on every change (state, attempt, progress, result)
+        until it is terminal, then ends. Changes made through any replica arrive.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchJobs(
+        self,
+        request: _job_service_pb2.WatchJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_job_service_pb2.WatchJobsResponse], _abc.AsyncIterator[_job_service_pb2.WatchJobsResponse]]:
+        """WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
+        finished...), for a live view: start it, wait for its first message (empty: changes are
+        being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+        itself.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

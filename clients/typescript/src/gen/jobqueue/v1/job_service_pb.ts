@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file jobqueue/v1/job_service.proto.
  */
 export const file_jobqueue_v1_job_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1qb2JxdWV1ZS92MS9qb2Jfc2VydmljZS5wcm90bxILam9icXVldWUudjEi0wIKDkVucXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGtpbmQYAiABKAkSKAoHcGF5bG9hZBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgFEioKBnJ1bl9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KDHJldHJ5X3BvbGljeRgJIAEoCzIYLmpvYnF1ZXVlLnYxLlJldHJ5UG9saWN5EioKBnVuaXF1ZRgKIAEoCzIaLmpvYnF1ZXVlLnYxLlVuaXF1ZU9wdGlvbnMibgoNVW5pcXVlT3B0aW9ucxILCgNrZXkYASABKAkSJQoGc3RhdGVzGAIgAygOMhUuam9icXVldWUudjEuSm9iU3RhdGUSKQoGcGVyaW9kGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkEKD0VucXVldWVSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISDwoHY3JlYXRlZBgCIAEoCCJAChNFbnF1ZXVlQmF0Y2hSZXF1ZXN0EikKBGpvYnMYASADKAsyGy5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVxdWVzdCJEChJFbnF1ZXVlQmF0Y2hSZXN1bHQSHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iEg8KB2NyZWF0ZWQYAiABKAgiSAoURW5xdWV1ZUJhdGNoUmVzcG9uc2USMAoHcmVzdWx0cxgBIAMoCzIfLmpvYnF1ZXVlLnYxLkVucXVldWVCYXRjaFJlc3VsdCIbCg1HZXRKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIi8KDkdldEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmpvYnF1ZXVlLnYxLkpvYiKvAQoPTGlzdEpvYnNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGtpbmQYAiABKAkSJAoFc3RhdGUYAyABKA4yFS5qb2JxdWV1ZS52MS5Kb2JTdGF0ZRIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCRIyCg5jcmVhdGVkX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSwoQTGlzdEpvYnNSZXNwb25zZRIeCgRqb2JzGAEgAygLMhAuam9icXVldWUudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIeChBDYW5jZWxKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIl8KEUNhbmNlbEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmpvYnF1ZXVlLnYxLkpvYhIrCgdvdXRjb21lGAIgASgOMhouam9icXVldWUudjEuQ2FuY2VsT3V0Y29tZSKbAQoRQ2FuY2VsSm9ic1JlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEa2luZBgCIAEoCRIkCgVzdGF0ZRgDIAEoDjIVLmpvYnF1ZXVlLnYxLkpvYlN0YXRlEjIKDmNyZWF0ZWRfYmVmb3JlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdkcnlfcnVuGAUgASgIIlIKEkNhbmNlbEpvYnNSZXNwb25zZRIPCgdtYXRjaGVkGAEgASgDEhEKCWNhbmNlbGxlZBgCIAEoAxIYChBjYW5jZWxfcmVxdWVzdGVkGAMgASgDKnIKDUNhbmNlbE91dGNvbWUSHgoaQ0FOQ0VMX09VVENPTUVfVU5TUEVDSUZJRUQQABIcChhDQU5DRUxfT1VUQ09NRV9DQU5DRUxMRUQQARIjCh9DQU5DRUxfT1VUQ09NRV9DQU5DRUxfUkVRVUVTVEVEEAIyzgMKCkpvYlNlcnZpY2USRAoHRW5xdWV1ZRIbLmpvYnF1ZXVlLnYxLkVucXVldWVSZXF1ZXN0Ghwuam9icXVldWUudjEuRW5xdWV1ZVJlc3BvbnNlElMKDEVucXVldWVCYXRjaBIgLmpvYnF1ZXVlLnYxLkVucXVldWVCYXRjaFJlcXVlc3QaIS5qb2JxdWV1ZS52MS5FbnF1ZXVlQmF0Y2hSZXNwb25zZRJBCgZHZXRKb2ISGi5qb2JxdWV1ZS52MS5HZXRKb2JSZXF1ZXN0Ghsuam9icXVldWUudjEuR2V0Sm9iUmVzcG9uc2USRwoITGlzdEpvYnMSHC5qb2JxdWV1ZS52MS5MaXN0Sm9ic1JlcXVlc3QaHS5qb2JxdWV1ZS52MS5MaXN0Sm9ic1Jlc3BvbnNlEkoKCUNhbmNlbEpvYhIdLmpvYnF1ZXVlLnYxLkNhbmNlbEpvYlJlcXVlc3QaHi5qb2JxdWV1ZS52MS5DYW5jZWxKb2JSZXNwb25zZRJNCgpDYW5jZWxKb2JzEh4uam9icXVldWUudjEuQ2FuY2VsSm9ic1JlcXVlc3QaHy5qb2JxdWV1ZS52MS5DYW5jZWxKb2JzUmVzcG9uc2VCSVpHZ2l0aHViLmNvbS9qb2JxdWV1ZS1ncnBjL2pvYnF1ZXVlLWdycGMvY2xpZW50cy9nby9qb2JxdWV1ZXYxO2pvYnF1ZXVldjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_jobqueue_v1_job]);
+  fileDesc("Ch1qb2JxdWV1ZS92MS9qb2Jfc2VydmljZS5wcm90bxILam9icXVldWUudjEi6gMKDkVucXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGtpbmQYAiABKAkSKAoHcGF5bG9hZBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgFEioKBnJ1bl9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KDHJldHJ5X3BvbGljeRgJIAEoCzIYLmpvYnF1ZXVlLnYxLlJldHJ5UG9saWN5EioKBnVuaXF1ZRgKIAEoCzIaLmpvYnF1ZXVlLnYxLlVuaXF1ZU9wdGlvbnMSOwoIbWV0YWRhdGEYDCADKAsyKS5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVxdWVzdC5NZXRhZGF0YUVudHJ5EhMKC3RyYWNlcGFyZW50GA0gASgJEhIKCnRyYWNlc3RhdGUYDiABKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIm4KDVVuaXF1ZU9wdGlvbnMSCwoDa2V5GAEgASgJEiUKBnN0YXRlcxgCIAMoDjIVLmpvYnF1ZXVlLnYxLkpvYlN0YXRlEikKBnBlcmlvZBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJBCg9FbnF1ZXVlUmVzcG9uc2USHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iEg8KB2NyZWF0ZWQYAiABKAgiQAoTRW5xdWV1ZUJhdGNoUmVxdWVzdBIpCgRqb2JzGAEgAygLMhsuam9icXVldWUudjEuRW5xdWV1ZVJlcXVlc3QiRAoSRW5xdWV1ZUJhdGNoUmVzdWx0Eh0KA2pvYhgBIAEoCzIQLmpvYnF1ZXVlLnYxLkpvYhIPCgdjcmVhdGVkGAIgASgIIkgKFEVucXVldWVCYXRjaFJlc3BvbnNlEjAKB3Jlc3VsdHMYASADKAsyHy5qb2JxdWV1ZS52MS5FbnF1ZXVlQmF0Y2hSZXN1bHQiGwoNR2V0Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCSIvCg5HZXRKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2IingIKD0xpc3RKb2JzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIMCgRraW5kGAIgASgJEiQKBXN0YXRlGAMgASgOMhUuam9icXVldWUudjEuSm9iU3RhdGUSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkSMgoOY3JlYXRlZF9iZWZvcmUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKCG1ldGFkYXRhGAcgAygLMiouam9icXVldWUudjEuTGlzdEpvYnNSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIksKEExpc3RKb2JzUmVzcG9uc2USHgoEam9icxgBIAMoCzIQLmpvYnF1ZXVlLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHgoQQ2FuY2VsSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSJfChFDYW5jZWxKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISKwoHb3V0Y29tZRgCIAEoDjIaLmpvYnF1ZXVlLnYxLkNhbmNlbE91dGNvbWUimwEKEUNhbmNlbEpvYnNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGtpbmQYAiABKAkSJAoFc3RhdGUYAyABKA4yFS5qb2JxdWV1ZS52MS5Kb2JTdGF0ZRIyCg5jcmVhdGVkX2JlZm9yZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHZHJ5X3J1bhgFIAEoCCJSChJDYW5jZWxKb2JzUmVzcG9uc2USDwoHbWF0Y2hlZBgBIAEoAxIRCgljYW5jZWxsZWQYAiABKAMSGAoQY2FuY2VsX3JlcXVlc3RlZBgDIAEoAyIdCg9XYXRjaEpvYlJlcXVlc3QSCgoCaWQYASABKAkiMQoQV2F0Y2hKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2IiLwoQV2F0Y2hKb2JzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIMCgRraW5kGAIgASgJIkMKEVdhdGNoSm9ic1Jlc3BvbnNlEh4KBGpvYnMYASADKAsyEC5qb2JxdWV1ZS52MS5Kb2ISDgoGcmVzeW5jGAIgASgIKnIKDUNhbmNlbE91dGNvbWUSHgoaQ0FOQ0VMX09VVENPTUVfVU5TUEVDSUZJRUQQABIcChhDQU5DRUxfT1VUQ09NRV9DQU5DRUxMRUQQARIjCh9DQU5DRUxfT1VUQ09NRV9DQU5DRUxfUkVRVUVTVEVEEAIy5wQKCkpvYlNlcnZpY2USRAoHRW5xdWV1ZRIbLmpvYnF1ZXVlLnYxLkVucXVldWVSZXF1ZXN0Ghwuam9icXVldWUudjEuRW5xdWV1ZVJlc3BvbnNlElMKDEVucXVldWVCYXRjaBIgLmpvYnF1ZXVlLnYxLkVucXVldWVCYXRjaFJlcXVlc3QaIS5qb2JxdWV1ZS52MS5FbnF1ZXVlQmF0Y2hSZXNwb25zZRJBCgZHZXRKb2ISGi5qb2JxdWV1ZS52MS5HZXRKb2JSZXF1ZXN0Ghsuam9icXVldWUudjEuR2V0Sm9iUmVzcG9uc2USRwoITGlzdEpvYnMSHC5qb2JxdWV1ZS52MS5MaXN0Sm9ic1JlcXVlc3QaHS5qb2JxdWV1ZS52MS5MaXN0Sm9ic1Jlc3BvbnNlEkoKCUNhbmNlbEpvYhIdLmpvYnF1ZXVlLnYxLkNhbmNlbEpvYlJlcXVlc3QaHi5qb2JxdWV1ZS52MS5DYW5jZWxKb2JSZXNwb25zZRJNCgpDYW5jZWxKb2JzEh4uam9icXVldWUudjEuQ2FuY2VsSm9ic1JlcXVlc3QaHy5qb2JxdWV1ZS52MS5DYW5jZWxKb2JzUmVzcG9uc2USSQoIV2F0Y2hKb2ISHC5qb2JxdWV1ZS52MS5XYXRjaEpvYlJlcXVlc3QaHS5qb2JxdWV1ZS52MS5XYXRjaEpvYlJlc3BvbnNlMAESTAoJV2F0Y2hKb2JzEh0uam9icXVldWUudjEuV2F0Y2hKb2JzUmVxdWVzdBoeLmpvYnF1ZXVlLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAFCSVpHZ2l0aHViLmNvbS9qb2JxdWV1ZS1ncnBjL2pvYnF1ZXVlLWdycGMvY2xpZW50cy9nby9qb2JxdWV1ZXYxO2pvYnF1ZXVldjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_jobqueue_v1_job]);
 
 /**
  * @generated from message jobqueue.v1.EnqueueRequest
@@ -90,6 +90,29 @@ export type EnqueueRequest = Message<"jobqueue.v1.EnqueueRequest"> & {
    * @generated from field: jobqueue.v1.UniqueOptions unique = 10;
    */
   unique?: UniqueOptions | undefined;
+
+  /**
+   * Labels for dashboards and ListJobs filters: at most 32 pairs; keys [a-zA-Z0-9_.:/-]{1,64},
+   * values up to 512 characters.
+   *
+   * @generated from field: map<string, string> metadata = 12;
+   */
+  metadata: { [key: string]: string };
+
+  /**
+   * The producer's W3C trace context (https://www.w3.org/TR/trace-context/), stored with the job
+   * and delivered with every lease. Empty: the call's `traceparent`/`tracestate` metadata, if any.
+   *
+   * @generated from field: string traceparent = 13;
+   */
+  traceparent: string;
+
+  /**
+   * Only with traceparent; at most 512 characters.
+   *
+   * @generated from field: string tracestate = 14;
+   */
+  tracestate: string;
 };
 
 /**
@@ -293,6 +316,13 @@ export type ListJobsRequest = Message<"jobqueue.v1.ListJobsRequest"> & {
    * @generated from field: google.protobuf.Timestamp created_before = 6;
    */
   createdBefore?: Timestamp | undefined;
+
+  /**
+   * Only jobs whose metadata holds every one of these pairs.
+   *
+   * @generated from field: map<string, string> metadata = 7;
+   */
+  metadata: { [key: string]: string };
 };
 
 /**
@@ -440,6 +470,95 @@ export const CancelJobsResponseSchema: GenMessage<CancelJobsResponse> = /*@__PUR
   messageDesc(file_jobqueue_v1_job_service, 13);
 
 /**
+ * @generated from message jobqueue.v1.WatchJobRequest
+ */
+export type WatchJobRequest = Message<"jobqueue.v1.WatchJobRequest"> & {
+  /**
+   * As in GetJob.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message jobqueue.v1.WatchJobRequest.
+ * Use `create(WatchJobRequestSchema)` to create a new message.
+ */
+export const WatchJobRequestSchema: GenMessage<WatchJobRequest> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 14);
+
+/**
+ * @generated from message jobqueue.v1.WatchJobResponse
+ */
+export type WatchJobResponse = Message<"jobqueue.v1.WatchJobResponse"> & {
+  /**
+   * The job as it is now; the last message has a terminal state.
+   *
+   * @generated from field: jobqueue.v1.Job job = 1;
+   */
+  job?: Job | undefined;
+};
+
+/**
+ * Describes the message jobqueue.v1.WatchJobResponse.
+ * Use `create(WatchJobResponseSchema)` to create a new message.
+ */
+export const WatchJobResponseSchema: GenMessage<WatchJobResponse> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 15);
+
+/**
+ * @generated from message jobqueue.v1.WatchJobsRequest
+ */
+export type WatchJobsRequest = Message<"jobqueue.v1.WatchJobsRequest"> & {
+  /**
+   * Empty matches every queue (kind). Jobs of every state come, so that a view filtered by
+   * state sees a job leave it.
+   *
+   * @generated from field: string queue = 1;
+   */
+  queue: string;
+
+  /**
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+};
+
+/**
+ * Describes the message jobqueue.v1.WatchJobsRequest.
+ * Use `create(WatchJobsRequestSchema)` to create a new message.
+ */
+export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 16);
+
+/**
+ * @generated from message jobqueue.v1.WatchJobsResponse
+ */
+export type WatchJobsResponse = Message<"jobqueue.v1.WatchJobsResponse"> & {
+  /**
+   * Jobs that were inserted or changed (as they are now) and match the filters.
+   *
+   * @generated from field: repeated jobqueue.v1.Job jobs = 1;
+   */
+  jobs: Job[];
+
+  /**
+   * True when changes came faster than this stream could take and some were dropped: list again.
+   *
+   * @generated from field: bool resync = 2;
+   */
+  resync: boolean;
+};
+
+/**
+ * Describes the message jobqueue.v1.WatchJobsResponse.
+ * Use `create(WatchJobsResponseSchema)` to create a new message.
+ */
+export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 17);
+
+/**
  * @generated from enum jobqueue.v1.CancelOutcome
  */
 export enum CancelOutcome {
@@ -505,7 +624,7 @@ export const JobService: GenService<{
     output: typeof GetJobResponseSchema;
   },
   /**
-   * ListJobs lists jobs newest first, filtered by queue, kind and state.
+   * ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata.
    *
    * @generated from rpc jobqueue.v1.JobService.ListJobs
    */
@@ -536,6 +655,30 @@ export const JobService: GenService<{
     methodKind: "unary";
     input: typeof CancelJobsRequestSchema;
     output: typeof CancelJobsResponseSchema;
+  },
+  /**
+   * WatchJob sends the job now and again on every change (state, attempt, progress, result)
+   * until it is terminal, then ends. Changes made through any replica arrive.
+   *
+   * @generated from rpc jobqueue.v1.JobService.WatchJob
+   */
+  watchJob: {
+    methodKind: "server_streaming";
+    input: typeof WatchJobRequestSchema;
+    output: typeof WatchJobResponseSchema;
+  },
+  /**
+   * WatchJobs sends the jobs matching the filters as they change (inserted, leased, progressed,
+   * finished...), for a live view: start it, wait for its first message (empty: changes are
+   * being watched from now on), list with ListJobs, then apply what it sends. It never ends by
+   * itself.
+   *
+   * @generated from rpc jobqueue.v1.JobService.WatchJobs
+   */
+  watchJobs: {
+    methodKind: "server_streaming";
+    input: typeof WatchJobsRequestSchema;
+    output: typeof WatchJobsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_jobqueue_v1_job_service, 0);
