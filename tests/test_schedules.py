@@ -23,6 +23,8 @@ from tests.conftest import ServerFactory
 from tests.lease_helpers import duration, eventually, get_job
 from tests.test_job_service import fails
 
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
 
 def schedule(sid: str, **kw: Any) -> ss.Schedule:
     kw.setdefault("job", js.EnqueueRequest(queue="reports", kind="digest", payload={"n": 1}))
@@ -99,6 +101,8 @@ async def test_create_get_list_update_pause_resume_delete(channel: grpc.aio.Chan
         ({"missed_tick_policy": ss.MISSED_TICK_POLICY_CATCH_UP}, "schedule.catch_up_max"),
         ({"job": js.EnqueueRequest(kind="x", idempotency_key="k")}, "schedule.job.idempotency_key"),
         ({"job": js.EnqueueRequest(kind="Bad Kind")}, "schedule.job.kind"),
+        ({"job": js.EnqueueRequest(kind="x", traceparent=TRACEPARENT)}, "schedule.job.traceparent"),
+        ({"job": js.EnqueueRequest(kind="x", metadata={"bad key": "v"})}, "schedule.job.metadata"),
     ],
 )
 async def test_bad_schedules_are_invalid_argument_naming_the_field(
@@ -127,6 +131,20 @@ async def test_trigger_runs_one_job_now_and_keeps_the_ticks(
     assert after.last_job_id == out.job.id and after.next_run_at == made.next_run_at
     err = await fails(stub.TriggerSchedule(ss.TriggerScheduleRequest(id="nope")))
     assert err.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_the_template_metadata_labels_the_jobs_it_makes(channel: grpc.aio.Channel) -> None:
+    stub = ssg.ScheduleServiceStub(channel)
+    job = js.EnqueueRequest(kind="digest", metadata={"tenant": "acme", "source": "cron"})
+    made = (
+        await stub.CreateSchedule(ss.CreateScheduleRequest(schedule=schedule("m", job=job)))
+    ).schedule
+    assert dict(made.job.metadata) == {"tenant": "acme", "source": "cron"}
+    got = (await stub.GetSchedule(ss.GetScheduleRequest(id="m"))).schedule
+    assert dict(got.job.metadata) == {"tenant": "acme", "source": "cron"}
+    out = await stub.TriggerSchedule(ss.TriggerScheduleRequest(id="m"))
+    assert dict(out.job.metadata) == {"tenant": "acme", "source": "cron"}
+    assert out.job.traceparent == ""
 
 
 async def test_a_tick_enqueues_its_job_on_time(

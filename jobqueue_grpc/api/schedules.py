@@ -87,6 +87,11 @@ def spec(s: pb.Schedule, limits: Limits) -> ScheduleSpec:
             violations.append(
                 FieldViolation(p + "job.idempotency_key", "a tick's job is keyed by its tick")
             )
+        for name in ("traceparent", "tracestate"):
+            if getattr(s.job, name):
+                violations.append(
+                    FieldViolation(f"{p}job.{name}", "a tick's job starts a trace of its own")
+                )
         try:
             template = convert.new_job(s.job, p + "job.", limits)
         except InvalidArgument as err:
@@ -117,6 +122,8 @@ def template_request(text: str) -> job_service_pb2.EnqueueRequest:
         req.retry_policy.backoff_base.CopyFrom(duration(job.backoff_base))
     if job.backoff_cap is not None:
         req.retry_policy.backoff_cap.CopyFrom(duration(job.backoff_cap))
+    if job.metadata_json:
+        req.metadata.update(json.loads(job.metadata_json))
     if job.unique is not None:
         u = job.unique
         req.unique.key = u.key

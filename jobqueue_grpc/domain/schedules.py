@@ -259,6 +259,7 @@ def template_json(job: NewJob) -> str:
             "unique": None
             if u is None
             else {"key": u.key, "states": list(u.states), "period": u.period},
+            "metadata": json.loads(job.metadata_json) if job.metadata_json else None,
         },
         separators=(",", ":"),
         ensure_ascii=False,
@@ -269,6 +270,7 @@ def template_job(text: str, *, run_at: datetime | None, key: str | None) -> NewJ
     """The job one tick enqueues: the template, at `run_at`, with the tick's idempotency key."""
     t = json.loads(text)
     u = t.get("unique")
+    labels = t.get("metadata")  # absent from templates stored before metadata existed
     return NewJob(
         queue=t["queue"],
         kind=t["kind"],
@@ -281,4 +283,7 @@ def template_job(text: str, *, run_at: datetime | None, key: str | None) -> NewJ
         backoff_base=t["backoff_base"],
         backoff_cap=t["backoff_cap"],
         unique=None if u is None else Unique(u["key"], tuple(u["states"]), u["period"]),
+        metadata_json=json.dumps(labels, separators=(",", ":"), ensure_ascii=False)
+        if labels
+        else None,
     )
