@@ -130,6 +130,40 @@ async def test_enqueue_batch_with_unique_jobs(channel: grpc.aio.Channel) -> None
     assert "jobs[1].unique.key" in err.violations
 
 
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+HEADER_TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_unique_jobs_keep_their_metadata_and_trace_context(
+    channel: grpc.aio.Channel, db: asyncpg.Connection
+) -> None:
+    stub = jsg.JobServiceStub(channel)
+    one = req(key="labelled")
+    one.metadata.update({"tenant": "acme"})
+    one.traceparent, one.tracestate = TRACEPARENT, "vendor=1"
+    made = await stub.Enqueue(one)
+    assert made.created and dict(made.job.metadata) == {"tenant": "acme"}
+    assert (made.job.traceparent, made.job.tracestate) == (TRACEPARENT, "vendor=1")
+    # a batch: the request's own fields, else the call's traceparent metadata
+    labelled = req(key="in-batch")
+    labelled.metadata.update({"tenant": "beta"})
+    out = await stub.EnqueueBatch(
+        js.EnqueueBatchRequest(jobs=[labelled, req(key="from-header")]),
+        metadata=(("traceparent", HEADER_TRACE),),
+    )
+    a, b = (r.job for r in out.results)
+    assert dict(a.metadata) == {"tenant": "beta"} and not b.metadata
+    assert a.traceparent == b.traceparent == HEADER_TRACE
+    rows = await db.fetch(
+        "SELECT unique_key, metadata, traceparent FROM jobqueue.jobs ORDER BY unique_key"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("from-header", None, HEADER_TRACE),
+        ("in-batch", '{"tenant": "beta"}', HEADER_TRACE),
+        ("labelled", '{"tenant": "acme"}', TRACEPARENT),
+    ]
+
+
 @pytest.fixture
 async def two_replicas(db_url: str) -> AsyncIterator[list[JobQueueServer]]:
     started: list[tuple[JobQueueServer, Store]] = []
