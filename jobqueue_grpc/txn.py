@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,6 +48,9 @@ _ARGS = (
     "metadata",
     "traceparent",
     "tracestate",
+    "unique_key",
+    "unique_states",
+    "unique_period",
 )
 _CASTS = {
     "kind": "text",
@@ -63,8 +66,12 @@ _CASTS = {
     "metadata": "jsonb",
     "traceparent": "text",
     "tracestate": "text",
+    "unique_key": "text",
+    "unique_states": "text[]",
+    "unique_period": "float8",
 }
-_SECONDS = {"lease_duration", "backoff_base", "backoff_cap"}  # seconds in, interval to SQL
+# seconds in, interval to SQL
+_SECONDS = {"lease_duration", "backoff_base", "backoff_cap", "unique_period"}
 
 
 def _call(placeholder: str) -> str:
@@ -87,7 +94,7 @@ PSYCOPG_SQL = _call("%s")
 class Enqueued:
     id: uuid.UUID
     state: str  # 'queued' or 'scheduled'; an existing job's, when not created
-    created: bool  # False: the idempotency key already named this job
+    created: bool  # False: the idempotency key or the unique key already named this job
 
 
 def _values(
@@ -104,6 +111,9 @@ def _values(
     metadata: Mapping[str, str] | None,
     traceparent: str | None,
     tracestate: str | None,
+    unique_key: str | None,
+    unique_states: Sequence[str] | None,
+    unique_period: float | None,
 ) -> list[Any]:
     if traceparent is None:
         current, state = current_traceparent()
@@ -122,6 +132,9 @@ def _values(
         json.dumps(dict(metadata)) if metadata else None,
         traceparent,
         tracestate,
+        unique_key,
+        list(unique_states) if unique_states is not None else None,
+        unique_period,
     ]
 
 
@@ -148,12 +161,18 @@ async def enqueue(
     metadata: Mapping[str, str] | None = None,
     traceparent: str | None = None,
     tracestate: str | None = None,
+    unique_key: str | None = None,
+    unique_states: Sequence[str] | None = None,
+    unique_period: float | None = None,
 ) -> Enqueued:
     """jobqueue.enqueue() on `conn` (asyncpg Connection or psycopg AsyncConnection), in whatever
-    transaction it is in. Durations are seconds; `run_at` timezone-aware."""
+    transaction it is in. Durations are seconds; `run_at` timezone-aware. `unique_key` (with
+    `unique_states`, state names, and `unique_period`) makes the job unique as
+    EnqueueRequest.unique does; a duplicate returns the existing job with created False."""
     values = _values(
         kind, payload, queue, priority, max_attempts, run_at, idempotency_key,
         lease_duration, backoff_base, backoff_cap, metadata, traceparent, tracestate,
+        unique_key, unique_states, unique_period,
     )  # fmt: skip
     if hasattr(conn, "fetchrow"):  # asyncpg
         return _enqueued(await conn.fetchrow(ASYNCPG_SQL, *values))
@@ -177,10 +196,14 @@ def enqueue_sync(
     metadata: Mapping[str, str] | None = None,
     traceparent: str | None = None,
     tracestate: str | None = None,
+    unique_key: str | None = None,
+    unique_states: Sequence[str] | None = None,
+    unique_period: float | None = None,
 ) -> Enqueued:
     """enqueue() for a psycopg (3) Connection."""
     values = _values(
         kind, payload, queue, priority, max_attempts, run_at, idempotency_key,
         lease_duration, backoff_base, backoff_cap, metadata, traceparent, tracestate,
+        unique_key, unique_states, unique_period,
     )  # fmt: skip
     return _enqueued(conn.execute(PSYCOPG_SQL, values).fetchone())
