@@ -18,6 +18,12 @@ records which ran ("load_generator": "go" or "python"). Figures:
   cpu_s                       per phase, CPU seconds of the server process and of the load
                               generator processes (not the SDK workers), to see what the
                               load generator took from the server
+  flow_jobs_per_s             phase `flow` (not in the default list): queued no-op jobs over
+                              10,000 concurrency keys burned down by SDK workers, with a
+                              per-key limit of 2 and a queue rate limit (--flow-rate)
+  flow_claim_us_per_job       the flow-controlled claim timed alone (batches of 100 slots,
+                              10,000 keys, per-key limit 2), microseconds per job leased;
+  plain_claim_us_per_job      and the plain claim_jobs on the same number of jobs, for scale
 """
 
 from __future__ import annotations
@@ -134,6 +140,7 @@ class Bench:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.server: subprocess.Popen[bytes] | None = None
+        self.db_url = ""  # the current phase's database
         self.pg_url = ""
         self.results: dict[str, Any] = {}
         self.loadgen: Path | None = None
@@ -143,7 +150,7 @@ class Bench:
         """A fresh database and a fresh server for one phase, so phases do not skew each other
         (rows and autovacuum left behind by one phase would slow the next)."""
         asyncio.run(_create_database(self.pg_url, database))
-        url = urlunsplit(urlsplit(self.pg_url)._replace(path="/" + database))
+        url = self.db_url = urlunsplit(urlsplit(self.pg_url)._replace(path="/" + database))
         env = {**os.environ, "JOBQUEUE_LOG_LEVEL": "WARNING"}
         self.server = subprocess.Popen(
             [
@@ -297,6 +304,35 @@ class Bench:
         self.results["end_to_end_jobs"] = n
         self.results["end_to_end_executions"] = sum(s.get("done", 0) for s in stats)
 
+    def flow(self) -> None:
+        """Flow control on: 10,000 keys, at most 2 running per key, a queue rate limit."""
+        n, keys, queue = self.args.flow_jobs, self.args.flow_keys, "bench_flow"
+        with grpc.insecure_channel(self.address) as ch:
+            queues = qsg.QueueServiceStub(ch)
+            queues.PauseQueue(qs.PauseQueueRequest(name=queue))
+            limits = qs.QueueLimits(key_max_running=2, rate=self.args.flow_rate)
+            queues.SetQueueLimits(qs.SetQueueLimitsRequest(name=queue, limits=limits))
+            stub = jsg.JobServiceStub(ch)
+            for start in range(0, n, 1000):
+                reqs = [
+                    js.EnqueueRequest(queue=queue, kind="noop", concurrency_key=f"k{i % keys}")
+                    for i in range(start, min(n, start + 1000))
+                ]
+                stub.EnqueueBatch(js.EnqueueBatchRequest(jobs=reqs))
+            workers = self._workers(queue, self.args.worker_procs, self.args.worker_concurrency)
+            time.sleep(2.0)  # let the worker processes start and open their streams
+            t = time.time()
+            queues.ResumeQueue(qs.ResumeQueueRequest(name=queue))
+            elapsed = self._wait_done(queue, workers, n) - t
+            while self._counts(queues, queue).succeeded < n:
+                time.sleep(0.25)
+        self._stop_workers(workers)
+        self.results["flow_jobs_per_s"] = round(n / elapsed)
+        self.results["flow_jobs"] = n
+        flow_us, plain_us = asyncio.run(_claim_cost(self.db_url, self.args.flow_claim_jobs, keys))
+        self.results["flow_claim_us_per_job"] = flow_us
+        self.results["plain_claim_us_per_job"] = plain_us
+
     def latency(self) -> None:
         queue, rate, seconds = "bench_latency", self.args.latency_rate, self.args.latency_seconds
         workers = self._workers(queue, 1, 50)
@@ -341,6 +377,49 @@ class Bench:
         return self.results
 
 
+async def _claim_cost(url: str, n: int, keys: int) -> tuple[float, float]:
+    """Microseconds per job leased by the flow-controlled claim (n jobs over `keys` keys,
+    per-key limit 2) and by the plain claim (n jobs, no limits), each timed alone: claims of
+    100 slots until the queue is empty, every batch completed (not timed) before the next."""
+    import uuid
+
+    from jobqueue_grpc.domain.limits import QueueLimits
+    from jobqueue_grpc.store import Store
+
+    store = await Store.connect(url)
+    try:
+        await store.limits.set("cost_flow", QueueLimits(key_max_running=2))
+        out = []
+        for queue in ("cost_flow", "cost_plain"):
+            await store.pool.execute(
+                "INSERT INTO jobqueue.jobs (id, queue, kind, payload, state, max_attempts, "
+                "lease_seconds, concurrency_key) SELECT gen_random_uuid(), $1, 'noop', '{}', "
+                "'queued', 1, 300, 'k' || (i % $3) FROM generate_series(1, $2) i",
+                queue,
+                n,
+                keys,
+            )
+            await store.pool.execute("ANALYZE jobqueue.jobs")
+            slots = [(uuid.uuid4(), "w")] * 100
+            spent, leased = 0.0, 0
+            while leased < n:
+                t = time.perf_counter()
+                if queue == "cost_flow":
+                    claim = await store.limits.claim(queue, None, slots)
+                    jobs = claim.jobs if claim is not None else []
+                else:
+                    jobs = await store.leases.claim([queue], None, slots)
+                spent += time.perf_counter() - t
+                if not jobs:
+                    break
+                leased += len(jobs)
+                await store.leases.settle([(j.id, j.lease_token, None) for j in jobs], [], [])
+            out.append(round(spent / max(1, leased) * 1e6, 1))
+        return out[0], out[1]
+    finally:
+        await store.close()
+
+
 async def _create_database(admin_url: str, name: str) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
@@ -379,6 +458,9 @@ def table(r: dict[str, Any]) -> str:
         rows.append(("latency p50 (ms)", str(lat["p50"]), "<= 2"))
         rows.append(("latency p95 (ms)", str(lat["p95"]), ""))
         rows.append(("latency p99 (ms)", str(lat["p99"]), "<= 10"))
+    for k in ("flow_jobs_per_s", "flow_claim_us_per_job", "plain_claim_us_per_job"):
+        if k in r:
+            rows.append((k, f"{r[k]:,}", ""))
     for k in ("server_rss_mb", "server_peak_rss_mb"):
         if k in r:
             rows.append((k, str(r[k]), ""))
@@ -408,6 +490,10 @@ def main() -> None:
     p.add_argument("--worker-concurrency", type=int, default=1000)
     p.add_argument("--latency-rate", type=float, default=200)
     p.add_argument("--latency-seconds", type=float, default=10)
+    p.add_argument("--flow-jobs", type=int, default=100_000)
+    p.add_argument("--flow-keys", type=int, default=10_000)
+    p.add_argument("--flow-rate", type=float, default=20_000, help="the flow phase's starts/s")
+    p.add_argument("--flow-claim-jobs", type=int, default=20_000)
     p.add_argument("--pg-setting", action="append", default=[], help="extra postgres -c k=v")
     p.add_argument(
         "--python-load", action="store_true", help="Python load generators even when Go is there"

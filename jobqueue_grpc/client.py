@@ -54,11 +54,13 @@ def enqueue_request(
     metadata: Mapping[str, str] | None = None,
     traceparent: str = "",
     tracestate: str = "",
+    concurrency_key: str = "",
 ) -> js.EnqueueRequest:
     """An EnqueueRequest; `run_at` must be timezone-aware, durations are seconds. `metadata`:
     labels (ListJobs filters on them). `traceparent`/`tracestate` set the job's W3C trace
     context explicitly; left empty, the server takes the call's (the client sends the current
-    OpenTelemetry span's, if any)."""
+    OpenTelemetry span's, if any). `concurrency_key`: the key a queue's flow control limits per
+    key (e.g. a tenant id)."""
     req = js.EnqueueRequest(
         kind=kind,
         queue=queue,
@@ -68,6 +70,7 @@ def enqueue_request(
         metadata=metadata,
         traceparent=traceparent,
         tracestate=tracestate,
+        concurrency_key=concurrency_key,
     )
     if payload:
         req.payload.update(payload)
@@ -131,7 +134,7 @@ class AsyncClient:
         self, kind: str, payload: Mapping[str, Any] | None = None, **options: Any
     ) -> js.EnqueueResponse:
         """Options: queue, priority, max_attempts, run_at, idempotency_key, lease_duration,
-        backoff_base, backoff_cap, metadata, traceparent, tracestate."""
+        backoff_base, backoff_cap, metadata, traceparent, tracestate, concurrency_key."""
         req = enqueue_request(kind, payload, **options)
         resp: js.EnqueueResponse = await self._stub.Enqueue(req, metadata=with_trace(self._md))
         return resp

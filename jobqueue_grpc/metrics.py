@@ -209,3 +209,18 @@ def set_queue_depth(
     DEAD_LETTERS.clear()
     for queue in sorted(known):
         DEAD_LETTERS.labels(queue).set(dead_counts.get(queue, 0))
+
+
+# -- flow control (issue 14) --------------------------------------------------------------------
+JOBS_HELD = Counter(
+    "jobqueue_jobs_held_back_total",
+    "Free worker slots a queue's flow-control limit kept from taking a job, by queue and limit "
+    "('concurrency_key limit', 'queue limit', 'rate limit').",
+    ["queue", "reason"],
+)
+
+
+def held_back(queue: str, held: dict[str, int]) -> None:
+    for reason, n in held.items():
+        if n > 0:
+            JOBS_HELD.labels(queue, reason).inc(n)

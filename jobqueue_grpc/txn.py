@@ -48,6 +48,7 @@ _ARGS = (
     "metadata",
     "traceparent",
     "tracestate",
+    "concurrency_key",
     "unique_key",
     "unique_states",
     "unique_period",
@@ -66,6 +67,7 @@ _CASTS = {
     "metadata": "jsonb",
     "traceparent": "text",
     "tracestate": "text",
+    "concurrency_key": "text",
     "unique_key": "text",
     "unique_states": "text[]",
     "unique_period": "float8",
@@ -111,6 +113,7 @@ def _values(
     metadata: Mapping[str, str] | None,
     traceparent: str | None,
     tracestate: str | None,
+    concurrency_key: str | None,
     unique_key: str | None,
     unique_states: Sequence[str] | None,
     unique_period: float | None,
@@ -132,6 +135,7 @@ def _values(
         json.dumps(dict(metadata)) if metadata else None,
         traceparent,
         tracestate,
+        concurrency_key,
         unique_key,
         list(unique_states) if unique_states is not None else None,
         unique_period,
@@ -161,18 +165,20 @@ async def enqueue(
     metadata: Mapping[str, str] | None = None,
     traceparent: str | None = None,
     tracestate: str | None = None,
+    concurrency_key: str | None = None,
     unique_key: str | None = None,
     unique_states: Sequence[str] | None = None,
     unique_period: float | None = None,
 ) -> Enqueued:
     """jobqueue.enqueue() on `conn` (asyncpg Connection or psycopg AsyncConnection), in whatever
-    transaction it is in. Durations are seconds; `run_at` timezone-aware. `unique_key` (with
-    `unique_states`, state names, and `unique_period`) makes the job unique as
+    transaction it is in. Durations are seconds; `run_at` timezone-aware; `concurrency_key` is
+    the key the queue's flow control limits per key (as EnqueueRequest.concurrency_key).
+    `unique_key` (with `unique_states`, state names, and `unique_period`) makes the job unique as
     EnqueueRequest.unique does; a duplicate returns the existing job with created False."""
     values = _values(
         kind, payload, queue, priority, max_attempts, run_at, idempotency_key,
         lease_duration, backoff_base, backoff_cap, metadata, traceparent, tracestate,
-        unique_key, unique_states, unique_period,
+        concurrency_key, unique_key, unique_states, unique_period,
     )  # fmt: skip
     if hasattr(conn, "fetchrow"):  # asyncpg
         return _enqueued(await conn.fetchrow(ASYNCPG_SQL, *values))
@@ -196,6 +202,7 @@ def enqueue_sync(
     metadata: Mapping[str, str] | None = None,
     traceparent: str | None = None,
     tracestate: str | None = None,
+    concurrency_key: str | None = None,
     unique_key: str | None = None,
     unique_states: Sequence[str] | None = None,
     unique_period: float | None = None,
@@ -204,6 +211,6 @@ def enqueue_sync(
     values = _values(
         kind, payload, queue, priority, max_attempts, run_at, idempotency_key,
         lease_duration, backoff_base, backoff_cap, metadata, traceparent, tracestate,
-        unique_key, unique_states, unique_period,
+        concurrency_key, unique_key, unique_states, unique_period,
     )  # fmt: skip
     return _enqueued(conn.execute(PSYCOPG_SQL, values).fetchone())

@@ -8,11 +8,9 @@ still gets its own database, created from a migrated template.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
@@ -22,14 +20,9 @@ from jobqueue_grpc.config import Settings
 from jobqueue_grpc.embedded import EmbeddedPostgres
 from jobqueue_grpc.server import JobQueueServer
 from jobqueue_grpc.store import Store
+from tests.support import recreate_database, scratch_database
 
 TEMPLATE = "jobqueue_test_template"
-
-
-def with_database(url: str, name: str) -> str:
-    """`url` pointed at database `name` (works for unix-socket URLs too)."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
 
 
 @pytest.fixture(scope="session")
@@ -54,13 +47,8 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 async def template_db(pg_url: str) -> str:
     """A database with every migration applied; each test's database is a copy of it."""
-    admin = await asyncpg.connect(pg_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
-    finally:
-        await admin.close()
-    store = await Store.connect(with_database(pg_url, TEMPLATE), min_size=1, max_size=1)
+    url = await recreate_database(pg_url, TEMPLATE)
+    store = await Store.connect(url, min_size=1, max_size=1)
     try:
         await store.migrate()
     finally:
@@ -71,18 +59,8 @@ async def template_db(pg_url: str) -> str:
 @pytest.fixture
 async def db_url(pg_url: str, template_db: str) -> AsyncIterator[str]:
     """URL of a fresh, migrated database for this test alone."""
-    name = "t_" + uuid.uuid4().hex[:16]
-    admin = await asyncpg.connect(pg_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await admin.close()
-    yield with_database(pg_url, name)
-    admin = await asyncpg.connect(pg_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(pg_url, template=template_db) as url:
+        yield url
 
 
 @pytest.fixture

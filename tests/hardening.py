@@ -1,17 +1,13 @@
-"""Helpers for the hardening tests: generic calls to any method, ErrorInfo, polling, free ports."""
+"""Helpers for the hardening tests: generic calls to any method, a freezing TCP proxy."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor, message_factory
-from google.rpc import error_details_pb2, status_pb2
 
 from jobqueue_grpc.gen.jobqueue.v1 import (
     dead_letter_service_pb2,
@@ -64,38 +60,6 @@ async def call_empty(
     except grpc.aio.AioRpcError as err:
         return err.code()
     return grpc.StatusCode.OK
-
-
-def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    """The ErrorInfo inside the rich status of a failed call (AssertionError if absent)."""
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for d in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if d.Unpack(info):
-                    return info
-    raise AssertionError(f"no ErrorInfo in {err.code()} {err.details()}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], within: float = 15.0, interval: float = 0.05
-) -> None:
-    """Polls `check` until it is true; fails the test at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(interval)
 
 
 class Proxy:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -15,6 +13,7 @@ from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
 from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2 as w
 from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2_grpc as wsg
+from tests.support import wait_for_value
 
 T = TypeVar("T")
 
@@ -201,30 +200,12 @@ async def cancel_job(channel: grpc.aio.Channel, job_id: str) -> js.CancelJobResp
     return resp
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    done: Callable[[T], bool],
-    within: float = 10,
-    every: float = 0.02,
-    what: str = "condition",
-) -> T:
-    """Polls `probe` until `done(value)` holds; fails with the last value after `within` s."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}; last: {value!r}")
-        await asyncio.sleep(every)
-
-
 async def job_in_state(
     channel: grpc.aio.Channel, job_id: str, state: job_pb2.JobState.ValueType, within: float = 10
 ) -> job_pb2.Job:
-    return await eventually(
+    return await wait_for_value(
         lambda: get_job(channel, job_id),
         lambda j: j.state == state,
-        within,
+        within=within,
         what=f"job {job_id} in {job_pb2.JobState.Name(state)}",
     )

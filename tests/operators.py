@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+
+from tests import support
 
 # Recent enough that no default retention applies; whole seconds so protobuf round-trips exactly.
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
@@ -111,21 +108,4 @@ async def seed_dead_letter(
 
 def error_info(err: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
     """The status code and ErrorInfo reason of a failed call."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None, err
-    for d in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if d.Unpack(info):
-            return err.code(), info.reason
-    raise AssertionError(f"no ErrorInfo in {err}")
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, within: float = 10.0, what: str = "condition"
-) -> None:
-    """Polls `check` until true; fails after `within` s (a deadline, not a timed assertion)."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+    return err.code(), support.error_info(err).reason

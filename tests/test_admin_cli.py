@@ -3,13 +3,10 @@ confirmation and progress for bulk work."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,8 +15,7 @@ import pytest
 from jobqueue_grpc.server import JobQueueServer
 from jobqueue_grpc.store import Store
 from tests.operators import T0, seed_dead_letter, seed_job
-
-BIN = Path(sys.executable).parent / "jobqueue-grpc"
+from tests.support import run_cli
 
 
 class Cli:
@@ -28,19 +24,8 @@ class Cli:
 
     async def __call__(self, *args: str, stdin: str = "") -> tuple[int, str, str]:
         """Runs `jobqueue-grpc ARGS --address ...`; returns (exit code, stdout, stderr)."""
-        proc = await asyncio.create_subprocess_exec(
-            str(BIN),
-            *args,
-            "--address",
-            self.address,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "JOBQUEUE_ADDRESS": "127.0.0.1:1"},  # the flag must win
-        )
-        out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 60)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
+        env = {**os.environ, "JOBQUEUE_ADDRESS": "127.0.0.1:1"}  # the flag must win
+        return await run_cli(*args, "--address", self.address, stdin=stdin, env=env)
 
     async def json(self, *args: str, stdin: str = "") -> Any:
         code, out, err = await self(*args, "--json", stdin=stdin)
@@ -111,12 +96,8 @@ async def test_errors_are_one_line_with_code_and_reason(cli: Cli) -> None:
     assert code == 1 and "NOT_FOUND" in err and "[QUEUE_NOT_FOUND]" in err
     code, _, err = await cli("dlq", "purge")  # no filter, no --all: refused before any call
     assert code == 2 and "--all" in err
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN), "queues", "list", "--address", "127.0.0.1:1",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err_b = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 1 and err_b.decode().startswith("error: UNAVAILABLE")
+    code, _, err = await run_cli("queues", "list", "--address", "127.0.0.1:1")
+    assert code == 1 and err.startswith("error: UNAVAILABLE")
 
 
 async def test_dlq_list_show_stats(cli: Cli, db: asyncpg.Connection) -> None:
@@ -244,3 +225,20 @@ async def test_queues_list_show_pause_resume(cli: Cli, db: asyncpg.Connection) -
     assert await db.fetchval("SELECT paused FROM jobqueue.queues WHERE name = 'mail'") is False
     code, out, _ = await cli("queues", "show", "billing")
     assert code == 0 and "failed:" in out and "paused:" in out and "no" in out
+
+
+async def test_queues_limit_sets_shows_and_clears(cli: Cli, db: asyncpg.Connection) -> None:
+    code, out, _ = await cli("queues", "limit", "exports", "--key-max-running", "3", "--rate", "50")
+    assert code == 0 and out.startswith("limits of exports set")
+    assert "max 3 running per key, 50/s (burst 50)" in out
+    row = await db.fetchrow("SELECT * FROM jobqueue.queue_limits WHERE queue = 'exports'")
+    assert (row["key_max_running"], row["rate"], row["burst"]) == (3, 50.0, 50.0)
+    shown = await cli.json("queues", "show", "exports", "--by-key")
+    assert {k: v for k, v in shown["limits"].items() if v} == {
+        "key_max_running": 3, "rate": 50.0, "burst": 50.0
+    }  # fmt: skip
+    code, _, err = await cli("queues", "limit", "exports", "--burst", "5")  # burst needs a rate
+    assert code != 0 and "burst" in err
+    code, out, _ = await cli("queues", "limit", "exports", "--clear")
+    assert code == 0 and out.startswith("limits of exports cleared")
+    assert await db.fetchval("SELECT count(*) FROM jobqueue.queue_limits") == 0

@@ -15,7 +15,8 @@ from jobqueue_grpc.config import Settings
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2, job_service_pb2_grpc
 from jobqueue_grpc.server import JobQueueServer
 from tests.conftest import ServerFactory
-from tests.hardening import all_methods, call_empty, error_info
+from tests.hardening import all_methods, call_empty
+from tests.support import error_info
 
 TOKENS = {
     Role.PRODUCER: "producer-token-0123456789",

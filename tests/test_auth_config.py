@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hardening import free_port
+from tests.support import free_port
 
 EXE = str(Path(sys.executable).with_name("jobqueue-grpc"))
 

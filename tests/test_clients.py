@@ -31,6 +31,7 @@ from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2 as w
 from tests.conftest import ServerFactory
 from tests.lease_helpers import RawWorker, enqueue, get_job
+from tests.support import wait_for_value
 
 ROOT = Path(__file__).resolve().parent.parent
 GO_CLIENT = ROOT / "clients" / "go"
@@ -208,10 +209,12 @@ async def test_grpcurl_by_reflection(go_tools: Path, make_server: ServerFactory)
         await worker.fail(
             leased, message="no such mailbox", failure_class=w.FAILURE_CLASS_DO_NOT_RETRY
         )
-        end = time.monotonic() + DEADLINE
-        while (await get_job(ch, job_id)).state != job_pb2.JOB_STATE_FAILED:
-            assert time.monotonic() < end, "job never dead-lettered"
-            await asyncio.sleep(0.02)  # poll interval
+        await wait_for_value(
+            lambda: get_job(ch, job_id),
+            lambda j: j.state == job_pb2.JOB_STATE_FAILED,
+            within=DEADLINE,
+            what="the job to be dead-lettered",
+        )
         await worker.close()
 
     dead = await grpcurl(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from jobqueue_grpc.gen.jobqueue.v1 import schedule_service_pb2 as ss
 from jobqueue_grpc.gen.jobqueue.v1 import schedule_service_pb2_grpc as ssg
 from jobqueue_grpc.server import JobQueueServer
 from tests import conftest
+from tests.support import running, wait_for_value, wait_until
 from tests.test_http import free_port
-from tests.test_sdk import running, wait_for
 
 CHROMIUM = os.environ.get("JOBQUEUE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = (
@@ -116,7 +116,7 @@ async def dead_letters(srv: JobQueueServer, n: int) -> list[str]:
             return all(j.state == job_pb2.JOB_STATE_FAILED for j in jobs)
 
         async with running(worker):
-            await wait_for(failed)
+            await wait_until(failed, within=15)
     return ids
 
 
@@ -255,20 +255,13 @@ async def test_the_schedules_tab_lists_pauses_and_triggers(
         assert got.schedule.paused
 
         await nightly.locator('button[data-action="trigger"]').click()
-        got = await wait_for_schedule(stub, "nightly", lambda s: bool(s.last_job_id))
-        await expect(nightly.locator('[data-field="last-job"]')).to_have_text(got.last_job_id[-12:])
+        got = await wait_for_value(
+            lambda: stub.GetSchedule(ss.GetScheduleRequest(id="nightly")),
+            lambda r: bool(r.schedule.last_job_id),
+            what="the triggered job recorded",
+        )
+        await expect(nightly.locator('[data-field="last-job"]')).to_have_text(
+            got.schedule.last_job_id[-12:]
+        )
         await shot(page, "schedules")
     assert console.errors == []
-
-
-async def wait_for_schedule(
-    stub: ssg.ScheduleServiceStub, sid: str, ok: Callable[[ss.Schedule], bool]
-) -> ss.Schedule:
-    got: list[ss.Schedule] = []
-
-    async def check() -> bool:
-        got[:] = [(await stub.GetSchedule(ss.GetScheduleRequest(id=sid))).schedule]
-        return ok(got[0])
-
-    await wait_for(check)
-    return got[0]

@@ -18,7 +18,8 @@ from jobqueue_grpc.gen.jobqueue.v1 import job_pb2, job_service_pb2, job_service_
 from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2 as w
 from jobqueue_grpc.store import Store
 from tests.lease_helpers import RawWorker, enqueue, get_job
-from tests.operators import T0, error_info, eventually, seed_dead_letter, seed_job
+from tests.operators import T0, error_info, seed_dead_letter, seed_job
+from tests.support import wait_until
 
 
 @pytest.fixture
@@ -369,7 +370,7 @@ async def test_a_job_out_of_attempts_is_dead_lettered_requeued_and_then_succeeds
             stats = await dlq.GetDeadLetterStats(pb.GetDeadLetterStatsRequest())
             return stats.total == 1
 
-        await eventually(dead_lettered, what="the failed job to reach the dead-letter queue")
+        await wait_until(dead_lettered, what="the failed job to reach the dead-letter queue")
         d = (await dlq.GetDeadLetter(pb.GetDeadLetterRequest(job_id=job_id))).dead_letter
         assert (d.queue, d.kind, d.attempts) == ("mail", "send", 1)
         assert [e.message for e in d.errors] == ["smtp down"]
@@ -383,7 +384,7 @@ async def test_a_job_out_of_attempts_is_dead_lettered_requeued_and_then_succeeds
         async def succeeded() -> bool:
             return bool((await get_job(channel, job_id)).state == job_pb2.JOB_STATE_SUCCEEDED)
 
-        await eventually(succeeded, what="the requeued job to succeed")
+        await wait_until(succeeded, what="the requeued job to succeed")
         assert (await dlq.GetDeadLetterStats(pb.GetDeadLetterStatsRequest())).total == 0
     finally:
         worker.cancel()

@@ -26,7 +26,8 @@ from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2_grpc as qpb_grpc
 from jobqueue_grpc.server import JobQueueServer
 from jobqueue_grpc.store import Store
 from jobqueue_grpc.store.errors import database_unavailable
-from tests.lease_helpers import RawWorker, enqueue, eventually, get_job
+from tests.lease_helpers import RawWorker, enqueue, get_job
+from tests.support import wait_for_value
 
 RUNNING = job_pb2.JOB_STATE_RUNNING
 QUEUED = job_pb2.JOB_STATE_QUEUED
@@ -38,7 +39,7 @@ async def _waiting(srv: JobQueueServer, queue: str, kind: str = "noop") -> None:
     async def probe() -> bool:
         return srv.engine.handoffs.waiting(queue, kind)
 
-    await eventually(probe, bool, what=f"a stream waiting for {queue}/{kind}")
+    await wait_for_value(probe, bool, what=f"a stream waiting for {queue}/{kind}")
 
 
 async def test_a_job_enqueued_for_a_waiting_worker_is_handed_to_it_leased(
@@ -60,7 +61,7 @@ async def test_a_job_enqueued_for_a_waiting_worker_is_handed_to_it_leased(
         )
         assert leased.lease_token == token
         await worker.complete(leased)
-        await eventually(
+        await wait_for_value(
             lambda: get_job(channel, resp.job.id),
             lambda j: j.state == job_pb2.JOB_STATE_SUCCEEDED,
             what="the handed-off job succeeded",

@@ -22,7 +22,7 @@ from jobqueue_grpc.gen.jobqueue.v1 import (
 )
 from jobqueue_grpc.server import JobQueueServer
 from tests import conftest
-from tests.test_sdk import running, wait_for
+from tests.support import running, wait_until
 
 
 def free_port() -> int:
@@ -139,6 +139,9 @@ async def test_every_unary_rpc_over_curl_and_json(http: JobQueueServer) -> None:
     assert (await ok("QueueService/GetQueue", {"name": "web"}))["queue"]["name"] == "web"
     assert (await ok("QueueService/PauseQueue", {"name": "dead"}))["queue"]["paused"] is True
     assert "paused" not in (await ok("QueueService/ResumeQueue", {"name": "dead"}))["queue"]
+    limited = await ok("QueueService/SetQueueLimits", {"name": "web", "limits": {"maxRunning": 2}})
+    assert limited["queue"]["limits"] == {"maxRunning": 2}
+    assert "limits" not in (await ok("QueueService/SetQueueLimits", {"name": "web"}))["queue"]
 
     # two dead letters, made by a real worker
     worker = Worker(f"127.0.0.1:{http.port}", queues=["dead"])
@@ -155,7 +158,7 @@ async def test_every_unary_rpc_over_curl_and_json(http: JobQueueServer) -> None:
             return status == 200 and out.get("total") == "3"
 
         async with running(worker):
-            await wait_for(all_dead)
+            await wait_until(all_dead, within=15)
     called.add("DeadLetterService/GetDeadLetterStats")
     stats = await ok("DeadLetterService/GetDeadLetterStats", {"filter": {"queue": "dead"}})
     assert stats["byKind"] == [{"name": "boom", "count": "3"}]

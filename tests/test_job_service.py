@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from jobqueue_grpc.server import LIVENESS, SERVICE_NAMES, JobQueueServer
 from jobqueue_grpc.store import Store
 from tests import conftest
 from tests.conftest import ServerFactory
+from tests.support import free_port
 
 pb = job_service_pb2
 T = TypeVar("T")
@@ -549,18 +549,10 @@ async def test_cancel_unknown_job_is_not_found(stub: job_service_pb2_grpc.JobSer
 
 
 # -- the database unreachable ---------------------------------------------------------------------
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 @pytest.fixture
 async def unreachable_server(db_url: str) -> AsyncIterator[JobQueueServer]:
     """A server whose database does not answer: a pool that connects lazily to a dead port."""
-    url = f"postgresql://postgres@127.0.0.1:{_closed_port()}/postgres"
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     pool = await asyncpg.create_pool(url, min_size=0, max_size=2, timeout=5)
     srv = JobQueueServer(conftest.test_settings(db_url, database_url=url), Store(pool))
     await srv.start()

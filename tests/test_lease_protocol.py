@@ -17,8 +17,6 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2 as qs
@@ -31,10 +29,10 @@ from tests.lease_helpers import (
     duration,
     enqueue,
     enqueue_many,
-    eventually,
     get_job,
     job_in_state,
 )
+from tests.support import field_violations, wait_for_value
 
 S = job_pb2
 BASE, CAP = 0.2, 1.0  # the fast server's backoff
@@ -55,15 +53,7 @@ def ts(t: Any) -> datetime:
 
 def violations(err: grpc.aio.AioRpcError | None) -> dict[str, str]:
     assert err is not None
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None, f"{err.code()} without rich details: {err.details()}"
-    out: dict[str, str] = {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            detail.Unpack(br)
-            out.update({v.field: v.description for v in br.field_violations})
-    return out
+    return field_violations(err)
 
 
 async def dead_letter(db: asyncpg.Connection, job_id: str) -> asyncpg.Record | None:
@@ -151,13 +141,13 @@ async def test_progress_is_visible_in_get_job(channel: grpc.aio.Channel) -> None
     job = (await enqueue(channel)).job
     leased = await worker.next_job()
     await worker.progress(leased, {"pct": 50, "stage": "upload"})
-    running = await eventually(
+    running = await wait_for_value(
         lambda: get_job(channel, job.id), lambda j: j.HasField("progress"), what="progress"
     )
     assert dict(running.progress) == {"pct": 50, "stage": "upload"}
     assert running.state == S.JOB_STATE_RUNNING
     await worker.progress(leased, {"pct": 100})
-    await eventually(
+    await wait_for_value(
         lambda: get_job(channel, job.id),
         lambda j: dict(j.progress) == {"pct": 100},
         what="progress replaced",
@@ -276,7 +266,7 @@ async def test_retries_back_off_with_jitter_then_dead_letter(
         leases.append(leased)
         await worker.fail(leased, message=f"boom {n}")
         if n < attempts:
-            row = await eventually(
+            row = await wait_for_value(
                 lambda: db.fetchrow(
                     "SELECT state, run_at, last_sleep, errors FROM jobqueue.jobs WHERE id = $1",
                     uuid.UUID(job.id),
@@ -372,7 +362,7 @@ async def test_the_leased_job_is_the_job_get_job_shows(fast: grpc.aio.Channel) -
             )
         )
     )
-    await eventually(lambda: get_job(fast, job.id), lambda j: bool(j.progress))
+    await wait_for_value(lambda: get_job(fast, job.id), lambda j: bool(j.progress))
     await worker.fail(first, message="boom")
     second = await worker.next_job()
     assert second.job.attempt == 2 and len(second.job.errors) == 1

@@ -16,8 +16,9 @@ from jobqueue_grpc.config import Settings
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2, job_service_pb2_grpc
 from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2_grpc as wsg
 from tests.conftest import ServerFactory
-from tests.hardening import Proxy, error_info, eventually
+from tests.hardening import Proxy
 from tests.lease_helpers import RawWorker
+from tests.support import error_info, wait_until
 
 
 async def jobs_in(db: asyncpg.Connection) -> int:
@@ -166,7 +167,7 @@ async def test_concurrent_rpcs_over_the_limit_are_resource_exhausted(
                 return err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             return False
 
-        await eventually(slot_taken)
+        await wait_until(slot_taken, within=15, interval=0.05)
         stub = job_service_pb2_grpc.JobServiceStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Enqueue(job_service_pb2.EnqueueRequest(kind="k"))
@@ -206,7 +207,7 @@ async def test_clients_pinging_at_the_allowed_interval_keep_their_stream(
     srv = await make_server(keepalive_min_ping_interval=1.0)
     async with Proxy(srv.port) as proxy, _pinging_channel(proxy.port, 1000) as ch:
         worker = await RawWorker(ch).open()
-        await eventually(lambda: _at_least(proxy, 4), within=30)
+        await wait_until(lambda: _at_least(proxy, 4), within=30, interval=0.05)
         assert not worker.ended.done()
         assert proxy.connections == 1  # never told to go away and reconnect
         await worker.call.done_writing()

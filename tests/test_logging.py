@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,10 @@ from google.protobuf import struct_pb2
 
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2, job_service_pb2_grpc
 from jobqueue_grpc.logs import JsonFormatter, TextFormatter, fields, job_logger
-from tests.hardening import free_port
+from tests.support import CLI, free_port
 
 TOKEN = "tok-very-secret-5f1e0c"
 PAYLOAD_SECRET = "payload-secret-8d2a41"
-EXE = str(Path(sys.executable).with_name("jobqueue-grpc"))
 
 
 async def _read_line(stream: asyncio.StreamReader) -> str:
@@ -32,7 +30,7 @@ async def test_serve_writes_json_lines_without_secrets(db_url: str, tmp_path: Pa
     port = free_port()
     env = {**os.environ, "JOBQUEUE_AUTH_TOKENS": f"producer:{TOKEN}"}
     proc = await asyncio.create_subprocess_exec(
-        EXE,
+        str(CLI),
         "serve",
         "--database-url",
         db_url,

@@ -15,7 +15,7 @@ from jobqueue_grpc import metrics
 from jobqueue_grpc.gen.jobqueue.v1 import worker_service_pb2 as w
 from jobqueue_grpc.server import JobQueueServer
 from tests.conftest import ServerFactory
-from tests.hardening import error_info, eventually
+from tests.support import error_info, wait_until
 
 ENQUEUE = "/jobqueue.v1.JobService/Enqueue"
 LEASE = "/jobqueue.v1.WorkerService/Lease"
@@ -64,7 +64,7 @@ async def _counted(method: str, n: float) -> None:
     async def reached() -> bool:
         return _rpcs(method, "INVALID_ARGUMENT") >= n
 
-    await eventually(reached, within=10)
+    await wait_until(reached, within=10)
     assert _rpcs(method, "INVALID_ARGUMENT") == n
 
 

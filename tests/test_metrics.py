@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -24,8 +23,8 @@ from jobqueue_grpc.gen.jobqueue.v1 import (
 )
 from jobqueue_grpc.server import JobQueueServer
 from tests.conftest import ServerFactory
-from tests.hardening import eventually, free_port
 from tests.lease_helpers import RawWorker
+from tests.support import free_port, running, wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -60,17 +59,6 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 @pytest.fixture
 async def metered(make_server: ServerFactory) -> JobQueueServer:
     return await make_server(metrics_port=free_port(), backoff_base=0.05, backoff_cap=0.2)
-
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[None]:
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.connected.wait(), 30)
-    try:
-        yield
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
 
 
 async def test_metrics_agree_with_the_database(
@@ -136,7 +124,7 @@ async def test_metrics_agree_with_the_database(
             return bool(n == 0)
 
         async with running(worker):
-            await eventually(settled, within=60)
+            await wait_until(settled, within=60, interval=0.05)
             during = await scrape(port)
 
     rows = {
@@ -176,7 +164,7 @@ async def test_metrics_agree_with_the_database(
         return await counters() == expected
 
     with contextlib.suppress(AssertionError):
-        await eventually(agree, within=10)
+        await wait_until(agree, within=10, interval=0.05)
     assert await counters() == expected
 
     after = await scrape(port)

@@ -3,26 +3,11 @@ subprocess, all against one real server."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-
 from jobqueue_grpc import AsyncClient, JobContext, Worker
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.server import JobQueueServer
-from tests.operators import eventually
+from tests.support import running, wait_until
 from tests.test_admin_cli import Cli
-
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.wait_for(worker.connected.wait(), 10)
-        yield worker
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
 
 
 async def test_dead_lettered_by_a_worker_requeued_from_the_cli_then_succeeds(
@@ -51,7 +36,7 @@ async def test_dead_lettered_by_a_worker_requeued_from_the_cli_then_succeeds(
         async def failed() -> bool:
             return bool((await client.get_job(job_id)).state == job_pb2.JOB_STATE_FAILED)
 
-        await eventually(failed, what="the job to use up its attempts")
+        await wait_until(failed, what="the job to use up its attempts")
         shown = await cli.json("dlq", "show", job_id)
         assert shown["attempts"] == 2 and shown["payload"] == {"to": "a@b.c"}
         assert [e["message"] for e in shown["errors"]] == [
@@ -67,7 +52,7 @@ async def test_dead_lettered_by_a_worker_requeued_from_the_cli_then_succeeds(
         async def succeeded() -> bool:
             return bool((await client.get_job(job_id)).state == job_pb2.JOB_STATE_SUCCEEDED)
 
-        await eventually(succeeded, what="the requeued job to succeed")
+        await wait_until(succeeded, what="the requeued job to succeed")
         job = await client.get_job(job_id)
         assert job.attempt == 1 and dict(job.result) == {"sent": True}
         assert runs == [1, 2, 1]
@@ -96,7 +81,7 @@ async def test_cli_pause_holds_a_live_worker_and_resume_delivers_the_backlog(
             return marker in done
 
         # The worker is live (it ran the marker, enqueued after the backlog) yet ran no mail job.
-        await eventually(marker_done, what="the job on the open queue")
+        await wait_until(marker_done, what="the job on the open queue")
         assert done == [marker]
         shown = await cli.json("queues", "show", "mail")
         assert shown["paused"] is True and shown["counts"]["queued"] == 4
@@ -107,6 +92,6 @@ async def test_cli_pause_holds_a_live_worker_and_resume_delivers_the_backlog(
         async def backlog_done() -> bool:
             return backlog <= set(done)
 
-        await eventually(backlog_done, what="the backlog after resume")
+        await wait_until(backlog_done, what="the backlog after resume")
         shown = await cli.json("queues", "show", "mail")
         assert shown["counts"]["succeeded"] == 4 and shown["counts"]["queued"] == 0

@@ -20,7 +20,8 @@ from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
 from jobqueue_grpc.server import JobQueueServer
 from jobqueue_grpc.store import Store
 from tests import conftest
-from tests.lease_helpers import RawWorker, eventually
+from tests.lease_helpers import RawWorker
+from tests.support import wait_for_value
 
 Replica = tuple[JobQueueServer, Store]
 
@@ -60,7 +61,7 @@ async def _listening(store: Store, want: bool) -> None:
     async def probe() -> bool:
         return store.peers.listening
 
-    await eventually(probe, lambda v: v is want, what=f"peers.listening == {want}")
+    await wait_for_value(probe, lambda v: v is want, what=f"peers.listening == {want}")
 
 
 async def test_a_lone_replica_sends_no_notify(

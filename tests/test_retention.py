@@ -13,7 +13,8 @@ from jobqueue_grpc.engine.maintenance.pruner import Pruner
 from jobqueue_grpc.store import Store
 from tests.conftest import ServerFactory
 from tests.conftest import test_settings as settings_for
-from tests.operators import eventually, seed_dead_letter, seed_job
+from tests.operators import seed_dead_letter, seed_job
+from tests.support import wait_until
 
 HOUR = 3600.0
 
@@ -115,4 +116,4 @@ async def test_the_server_runs_the_pruner(
     async def pruned() -> bool:
         return await job_ids(db) == ids["keep"]
 
-    await eventually(pruned, what="the server's pruner to remove expired jobs")
+    await wait_until(pruned, what="the server's pruner to remove expired jobs")

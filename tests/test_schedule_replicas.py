@@ -26,8 +26,9 @@ from jobqueue_grpc.gen.jobqueue.v1 import schedule_service_pb2_grpc as ssg
 from jobqueue_grpc.server import JobQueueServer
 from jobqueue_grpc.store import Store
 from tests import conftest
-from tests.lease_helpers import duration, eventually
-from tests.test_serve_cli import CLI, START_DEADLINE, clean_env, free_port, until
+from tests.lease_helpers import duration
+from tests.support import CLI, free_port, wait_for_value, wait_until
+from tests.test_serve_cli import START_DEADLINE, clean_env
 
 pytestmark = pytest.mark.slow
 
@@ -72,8 +73,8 @@ async def test_a_schedule_every_second_on_two_replicas_makes_one_job_per_tick(
             id="every-second", every=duration(1), job=js.EnqueueRequest(kind="tick", queue="t")
         )
         await stub.CreateSchedule(ss.CreateScheduleRequest(schedule=s))
-        rows = await eventually(
-            lambda: tick_times(db, s.id), lambda r: len(r) >= 10, within=30, every=0.2
+        rows = await wait_for_value(
+            lambda: tick_times(db, s.id), lambda r: len(r) >= 10, within=30, interval=0.2
         )
         await stub.PauseSchedule(ss.PauseScheduleRequest(id=s.id))
     rows = await tick_times(db, s.id)  # a pass may have committed since
@@ -114,6 +115,9 @@ class Replica:
         proc = self.proc
 
         async def listening() -> bool:
+            if proc.returncode is not None:  # fail early: it will never serve
+                out = await proc.stdout.read() if proc.stdout else b""
+                pytest.fail(f"server exited ({proc.returncode}) first:\n{out.decode()}")
             async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as ch:
                 try:
                     await ssg.ScheduleServiceStub(ch).ListSchedules(
@@ -123,7 +127,7 @@ class Replica:
                     return False
                 return True
 
-        await until("serving", listening, START_DEADLINE, proc)
+        await wait_until(listening, within=START_DEADLINE, interval=0.1, what="serving")
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -157,7 +161,7 @@ async def test_a_replica_killed_mid_tick_loses_no_tick_and_doubles_none(
                 " WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
             )
 
-        [waiter] = await eventually(held, lambda r: len(r) == 1, within=30, every=0.05)
+        [waiter] = await wait_for_value(held, lambda r: len(r) == 1, within=30, interval=0.05)
         assert a.proc is not None
         a.proc.kill()
         await a.proc.wait()
@@ -166,8 +170,8 @@ async def test_a_replica_killed_mid_tick_loses_no_tick_and_doubles_none(
         await db.execute("SELECT pg_terminate_backend($1)", waiter["pid"])
         before = len(await tick_times(db, s.id))
         # b takes over: the held tick (late, caught up) and five more after it
-        await eventually(
-            lambda: tick_times(db, s.id), lambda r: len(r) >= before + 5, within=30, every=0.2
+        await wait_for_value(
+            lambda: tick_times(db, s.id), lambda r: len(r) >= before + 5, within=30, interval=0.2
         )
         async with grpc.aio.insecure_channel(f"127.0.0.1:{b.port}") as ch:
             await ssg.ScheduleServiceStub(ch).PauseSchedule(ss.PauseScheduleRequest(id=s.id))

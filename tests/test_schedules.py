@@ -20,7 +20,8 @@ from jobqueue_grpc.gen.jobqueue.v1 import schedule_service_pb2 as ss
 from jobqueue_grpc.gen.jobqueue.v1 import schedule_service_pb2_grpc as ssg
 from jobqueue_grpc.store import Store
 from tests.conftest import ServerFactory
-from tests.lease_helpers import duration, eventually, get_job
+from tests.lease_helpers import duration, get_job
+from tests.support import wait_for_value
 from tests.test_job_service import fails
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -154,7 +155,7 @@ async def test_a_tick_enqueues_its_job_on_time(
     await stub.CreateSchedule(
         ss.CreateScheduleRequest(schedule=schedule("soon", every=duration(1)))
     )
-    rows = await eventually(lambda: tick_jobs(db, "soon"), lambda r: len(r) >= 1, within=10)
+    rows = await wait_for_value(lambda: tick_jobs(db, "soon"), lambda r: len(r) >= 1, within=10)
     job = await get_job(channel, str(rows[0]["id"]))
     tick = rows[0]["run_at"]
     assert job.idempotency_key == sched.tick_key("soon", tick)
@@ -191,7 +192,7 @@ async def test_missed_tick_policies_after_the_servers_were_down(
     )
     missed_before = metrics.TICKS_MISSED.labels(s.id)._value.get()
     srv = await make_server()
-    after = await eventually(
+    after = await wait_for_value(
         lambda: db.fetchval(
             "SELECT next_run_at - now() FROM jobqueue.schedules WHERE id = $1", s.id
         ),

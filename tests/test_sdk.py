@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,25 +14,7 @@ import pytest
 from jobqueue_grpc import AsyncClient, Client, DoNotRetry, JobContext, RetryAfter, Worker
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2, job_service_pb2
 from jobqueue_grpc.server import JobQueueServer
-
-
-async def wait_for(pred: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not await pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.connected.wait(), 10)
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
+from tests.support import running, wait_until
 
 
 @pytest.fixture
@@ -58,7 +39,7 @@ async def test_worker_completes_with_result_and_progress(
 
     async with running(worker):
         r = await client.enqueue("greet", {"name": "ada"})
-        await wait_for(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_SUCCEEDED))
+        await wait_until(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_SUCCEEDED), within=15)
     job = await client.get_job(r.job.id)
     assert dict(job.result) == {"hello": "ada"}
     assert dict(job.progress) == {"pct": 50}
@@ -90,7 +71,7 @@ async def test_do_not_retry_dead_letters_at_once(
 
     async with running(worker):
         r = await client.enqueue("bad", {}, max_attempts=5)
-        await wait_for(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_FAILED))
+        await wait_until(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_FAILED), within=15)
     job = await client.get_job(r.job.id)
     assert job.attempt == 1
     assert "payload is nonsense" in job.last_error.message
@@ -114,7 +95,7 @@ async def test_exceptions_retry_until_attempts_run_out(
 
     async with AsyncClient(f"127.0.0.1:{srv.port}") as client, running(worker):
         r = await client.enqueue("flaky", {}, max_attempts=3)
-        await wait_for(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_FAILED))
+        await wait_until(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_FAILED), within=15)
         job = await client.get_job(r.job.id)
     assert calls == [1, 2, 3]
     assert [e.message for e in job.errors] == [f"RuntimeError: boom {n}" for n in (1, 2, 3)]
@@ -133,7 +114,7 @@ async def test_retry_after_is_honoured(server: JobQueueServer, client: AsyncClie
 
     async with running(worker):
         r = await client.enqueue("later", {})
-        await wait_for(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_SUCCEEDED))
+        await wait_until(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_SUCCEEDED), within=15)
     assert len(seen) == 2
     assert seen[1] - seen[0] >= 0.45  # not before the delay the handler asked for
 
@@ -158,7 +139,7 @@ async def test_cancel_reaches_async_handler(server: JobQueueServer, client: Asyn
         resp = await client.cancel_job(r.job.id)
         assert resp.outcome == job_service_pb2.CANCEL_OUTCOME_CANCEL_REQUESTED
         await asyncio.wait_for(cancelled.wait(), 10)
-        await wait_for(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_CANCELLED))
+        await wait_until(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_CANCELLED), within=15)
 
 
 async def test_sync_client(server: JobQueueServer) -> None:
@@ -185,7 +166,7 @@ async def test_a_result_that_is_not_json_fails_the_job(
 
     async with running(worker):
         r = await client.enqueue("odd", {}, max_attempts=3)
-        await wait_for(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_FAILED))
+        await wait_until(lambda: _is(client, r.job.id, job_pb2.JOB_STATE_FAILED), within=15)
     job = await client.get_job(r.job.id)
     assert job.attempt == 1  # do not retry: it would fail the same way
     assert job.last_error.message

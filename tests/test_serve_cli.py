@@ -5,11 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import sys
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -20,17 +16,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from jobqueue_grpc.store.migrate import migration_files
-from tests.conftest import with_database
+from tests.support import CLI, free_port, run_cli, scratch_database, wait_until
 
-CLI = Path(sys.executable).with_name("jobqueue-grpc")
 START_DEADLINE = 90.0  # initdb on a slow, shared machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def clean_env() -> dict[str, str]:
@@ -53,25 +41,6 @@ def postgres_pids(pgdata: Path) -> list[int]:
         if needle in cmdline and "\nState:\tZ" not in status:
             pids.append(int(proc.name))
     return pids
-
-
-async def until(
-    what: str, check: Callable[[], object], deadline: float, proc: asyncio.subprocess.Process
-) -> None:
-    """Polls an async `check` until it returns truthy; fails early if `proc` exits."""
-    end = time.monotonic() + deadline
-    while True:
-        if proc.returncode is not None:
-            out = await proc.stdout.read() if proc.stdout else b""
-            pytest.fail(f"server exited ({proc.returncode}) before {what}:\n{out.decode()}")
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 class Serve:
@@ -108,13 +77,17 @@ class Serve:
             health = health_pb2_grpc.HealthStub(ch)
 
             async def serving() -> bool:
+                assert self.proc is not None
+                if self.proc.returncode is not None:  # fail early: it will never serve
+                    out = await self.proc.stdout.read() if self.proc.stdout else b""
+                    pytest.fail(f"server exited ({self.proc.returncode}) first:\n{out.decode()}")
                 try:
                     resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
                 except grpc.aio.AioRpcError:
                     return False
                 return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
-            await until("health SERVING", serving, START_DEADLINE, self.proc)
+            await wait_until(serving, within=START_DEADLINE, interval=0.1, what="health SERVING")
 
     async def terminate(self) -> tuple[int, str]:
         assert self.proc is not None and self.proc.stdout is not None
@@ -205,35 +178,15 @@ async def test_serve_on_embedded_postgres_survives_a_restart(data_dir: Path) -> 
 @pytest.fixture
 async def empty_db_url(pg_url: str) -> AsyncIterator[str]:
     """A database with no schema at all (not a copy of the migrated template)."""
-    name = "m_" + uuid.uuid4().hex[:16]
-    admin = await asyncpg.connect(pg_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield with_database(pg_url, name)
-    admin = await asyncpg.connect(pg_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(pg_url, prefix="m_") as url:
+        yield url
 
 
 async def migrate(url: str) -> tuple[int, str]:
     """Runs `jobqueue-grpc migrate`; returns its exit code and what it printed on stdout."""
-    proc = await asyncio.create_subprocess_exec(
-        str(CLI),
-        "migrate",
-        "--database-url",
-        url,
-        env=clean_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    assert proc.returncode == 0 or not out, err.decode()
-    return proc.returncode, out.decode()
+    code, out, err = await run_cli("migrate", "--database-url", url, env=clean_env())
+    assert code == 0 or not out, err
+    return code, out
 
 
 async def applied_versions(url: str) -> list[int]:
@@ -267,13 +220,6 @@ async def test_concurrent_migrates_all_succeed(empty_db_url: str) -> None:
 
 
 async def test_migrate_without_a_database_url_fails_clearly() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        str(CLI),
-        "migrate",
-        env=clean_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode != 0
-    assert b"--database-url" in err
+    code, _, err = await run_cli("migrate", env=clean_env())
+    assert code != 0
+    assert "--database-url" in err

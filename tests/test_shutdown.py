@@ -7,23 +7,15 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
 from jobqueue_grpc.server import JobQueueServer
 from tests.lease_helpers import RawWorker, enqueue, get_job
+from tests.support import error_info
 
 
 def _reason(err: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    return ""
+    return error_info(err).reason
 
 
 async def test_draining_refuses_new_calls_and_accepts_outcomes(

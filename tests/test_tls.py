@@ -7,7 +7,6 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from jobqueue_grpc.config import Settings
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from jobqueue_grpc.tls import channel_credentials
 from tests.conftest import ServerFactory
-from tests.hardening import eventually
+from tests.support import run_cli, wait_until
 
 
 @dataclass(frozen=True)
@@ -240,16 +239,7 @@ def test_client_certificate_needs_its_key(pki: Pki) -> None:
 
 
 async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).with_name("jobqueue-grpc")),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(*args, env={**os.environ, **(env or {})})
 
 
 async def test_sdk_worker_and_cli_with_tokens_over_mtls(
@@ -279,7 +269,7 @@ async def test_sdk_worker_and_cli_with_tokens_over_mtls(
                 job = await client.get_job(made.job.id)
                 return bool(job.state == job_pb2.JOB_STATE_SUCCEEDED)
 
-            await eventually(done)
+            await wait_until(done, within=15, interval=0.05)
         finally:
             worker.stop()
             await asyncio.wait_for(task, 30)

@@ -26,7 +26,7 @@ from jobqueue_grpc.server import JobQueueServer
 from jobqueue_grpc.store import Store
 from jobqueue_grpc.worker import JobContext, Worker
 from tests import conftest
-from tests.test_sdk import running, wait_for
+from tests.support import running, wait_until
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -101,7 +101,7 @@ async def test_one_trace_from_the_producer_through_enqueue_to_every_attempt_of_t
             jobs = [await client.get_job(j.id) for j in (flaky_job, sync_job)]
             return all(j.state == succeeded for j in jobs)
 
-        await wait_for(done)
+        await wait_until(done, within=15)
 
     producer_ctx = producer.get_span_context()
     # The job stored the producer's context (from the call's traceparent metadata).

@@ -31,17 +31,16 @@ HOUR = timedelta(hours=1)
 TIMESTAMPS = {"id", "run_at", "created_at", "updated_at", "started_at", "finished_at"}
 
 
-def migrations() -> list[str]:
-    """Every migration that (re)defines jobqueue.enqueue: 0030, then 0051 (unique keys)."""
-    texts = [p.read_text() for p in sorted(Path(MIGRATIONS_DIR).glob("*.sql"))]
-    return [t for t in texts if "CREATE FUNCTION jobqueue.enqueue(" in t]
+def migration(version: str) -> str:
+    [path] = sorted(Path(MIGRATIONS_DIR).glob(f"{version}_*.sql"))
+    return path.read_text()
 
 
-def test_the_function_notifies_on_the_channel_the_servers_listen_on() -> None:
+# 0041 replaces 0030's function, 0051 0041's
+@pytest.mark.parametrize("version", ["0030", "0041", "0051"])
+def test_the_function_notifies_on_the_channel_the_servers_listen_on(version: str) -> None:
     # The migration cannot use store/notify.py's placeholder: it writes the name as a literal.
-    assert len(migrations()) == 2
-    for text in migrations():
-        assert re.findall(r"pg_notify\('([a-z_]+)'", text) == [JOBS_CHANNEL]
+    assert re.findall(r"pg_notify\('([a-z_]+)'", migration(version)) == [JOBS_CHANNEL]
 
 
 class Heard:
@@ -152,6 +151,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("metadata", {"metadata": '{"n": 1}'}, "metadata[n] must be a string"),
     ("traceparent", {"traceparent": "00-abc"}, "W3C traceparent"),
     ("tracestate", {"tracestate": "a=1"}, "tracestate needs a traceparent"),
+    ("concurrency_key", {"concurrency_key": "a b"}, "must match [A-Za-z0-9_.:/@-]{1,128}"),
+    ("concurrency_key", {"concurrency_key": "k" * 129}, "must match"),
     ("unique.key", {"unique_key": "k" * 256}, "longer than 255"),
     ("unique.key", {"unique_key": "derived:abc"}, "may not start with 'derived:'"),
     ("unique.key", {"unique_period": "1 hour"}, "unique.key is required"),
@@ -224,6 +225,7 @@ async def test_the_function_and_the_rpc_store_the_same_row(
             "metadata": {"tenant": "t1", "region": "eu"},
             "traceparent": TRACEPARENT,
             "tracestate": "vendor=1",
+            "concurrency_key": "tenant-1",
         }
         if full
         else {}
@@ -240,6 +242,7 @@ async def test_the_function_and_the_rpc_store_the_same_row(
     assert sql_row == rpc_row
     assert sql_row["max_attempts"] == (4 if full else 7)
     assert sql_row["lease_seconds"] == (90.5 if full else 45)
+    assert sql_row["concurrency_key"] == ("tenant-1" if full else None)
     assert by_sql.state == ("scheduled" if full else "queued")
 
 

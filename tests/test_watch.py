@@ -22,7 +22,7 @@ from jobqueue_grpc.store.migrate import MIGRATIONS_DIR
 from jobqueue_grpc.store.notify import CHANGES_CHANNEL
 from jobqueue_grpc.store.queries import q
 from tests import conftest
-from tests.test_sdk import running, wait_for
+from tests.support import running, wait_until
 
 S = job_pb2
 
@@ -31,7 +31,7 @@ async def until(pred: Any) -> None:
     async def check() -> bool:
         return bool(pred())
 
-    await wait_for(check)
+    await wait_until(check, within=15)
 
 
 @pytest.fixture
@@ -204,7 +204,7 @@ async def test_watches_are_bounded_per_connection(
     async def no_row() -> bool:
         return await db.fetchval("SELECT count(*) FROM jobqueue.job_watchers") == 0
 
-    await wait_for(no_row)
+    await wait_until(no_row, within=15)
 
 
 async def test_watch_jobs_sends_changes_in_its_queue(
@@ -246,7 +246,7 @@ async def test_sync_client_wait(server: JobQueueServer, client: AsyncClient) -> 
     async def watched() -> bool:
         return server.engine.watches.count == 1
 
-    await wait_for(watched)
+    await wait_until(watched, within=15)
     await client.cancel_job(r.job.id)
     assert (await waiting).state == S.JOB_STATE_CANCELLED
 
@@ -289,7 +289,7 @@ async def test_a_lost_listen_link_tells_watchers_to_list_again(
             == 1
         )
 
-    await wait_for(listening_again)
+    await wait_until(listening_again, within=15)
     r = await client.enqueue("k", queue="relink")
     while True:
         resp = await asyncio.wait_for(call.read(), 10)
@@ -326,7 +326,7 @@ async def test_a_watch_the_client_drops_is_counted_cancelled(
     async def counted() -> bool:
         return bool(series._value.get() == before + 1) and srv.engine.watches.count == 0
 
-    await wait_for(counted)
+    await wait_until(counted, within=15)
 
 
 def test_a_server_stream_closed_under_it_counts_as_cancelled() -> None:

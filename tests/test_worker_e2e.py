@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import asyncpg
 import grpc
@@ -30,66 +27,12 @@ from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
 from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
 from jobqueue_grpc.server import JobQueueServer
 from tests.conftest import ServerFactory
-from tests.lease_helpers import enqueue_many, eventually, job_in_state
+from tests.lease_helpers import enqueue_many, job_in_state
+from tests.support import Processes, exit_code, free_port, wait_for_value, wait_until
 
 S = job_pb2
-ROOT = Path(__file__).resolve().parent.parent
-CLI = str(Path(sys.executable).parent / "jobqueue-grpc")
 
 pytestmark = pytest.mark.slow
-
-
-class Processes:
-    """Worker and server subprocesses of one test; whatever is still running is killed after."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.log = tmp / "executions.jsonl"
-        self.log.touch()
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.outputs: dict[int, Path] = {}
-        self._files: list[IO[bytes]] = []
-
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        out_path = self.tmp / f"{name}-{len(self.procs)}.log"
-        out = out_path.open("wb")
-        self._files.append(out)
-        p = subprocess.Popen(
-            argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
-        )
-        self.procs.append(p)
-        self.outputs[p.pid] = out_path
-        return p
-
-    def worker(self, address: str, concurrency: int = 10) -> subprocess.Popen[bytes]:
-        return self._spawn(
-            "worker",
-            [CLI, "worker", "tests.workers_app:worker", "--address", address],
-            {"JQ_LOG": str(self.log), "JQ_CONCURRENCY": str(concurrency)},
-        )
-
-    def server(self, db_url: str, port: int, grace: float, **env: str) -> subprocess.Popen[bytes]:
-        argv = [CLI, "serve", "--database-url", db_url, "--port", str(port)]
-        argv += ["--metrics-port", "0", "--http-port", "0", "--grace-period", str(grace)]
-        return self._spawn("server", argv, env)
-
-    def output(self, p: subprocess.Popen[bytes]) -> str:
-        return self.outputs[p.pid].read_text(errors="replace")
-
-    def executions(self) -> list[dict[str, Any]]:
-        lines = self.log.read_text().splitlines()
-        return [json.loads(line) for line in lines if line]
-
-    def of(self, job_id: str, event: str) -> list[dict[str, Any]]:
-        return [e for e in self.executions() if e["job"] == job_id and e["event"] == event]
-
-    def cleanup(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in self._files:
-            f.close()
 
 
 @pytest.fixture
@@ -115,36 +58,24 @@ def address(srv: JobQueueServer) -> str:
     return f"127.0.0.1:{srv.port}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def exit_code(p: subprocess.Popen[bytes], within: float = 30) -> int:
-    async def poll() -> int | None:
-        return p.poll()
-
-    code = await eventually(poll, lambda c: c is not None, within, 0.05, f"pid {p.pid} to exit")
-    assert code is not None
-    return code
-
-
 async def streams(srv: JobQueueServer, n: int) -> None:
     """Waits until `n` worker streams are open on the in-process server."""
 
     async def count() -> int:
         return len(srv.engine.registry)
 
-    await eventually(count, lambda c: c == n, 30, 0.05, f"{n} worker streams")
+    await wait_for_value(
+        count, lambda c: c == n, within=30, interval=0.05, what=f"{n} worker streams"
+    )
 
 
 async def logged(procs: Processes, job_id: str, event: str, n: int = 1) -> list[dict[str, Any]]:
     async def read() -> list[dict[str, Any]]:
         return procs.of(job_id, event)
 
-    return await eventually(read, lambda es: len(es) >= n, 30, 0.05, f"{n} {event!r} of {job_id}")
+    return await wait_for_value(
+        read, lambda es: len(es) >= n, within=30, interval=0.05, what=f"{n} {event!r} of {job_id}"
+    )
 
 
 # -- worker death ---------------------------------------------------------------------------------
@@ -198,7 +129,7 @@ async def test_a_handler_longer_than_its_lease_keeps_it_by_extension(
     (started,) = await logged(procs, job.id, "start")
     first = await client.get_job(job.id)
     first_expiry = first.lease_expires_at.ToDatetime()
-    await eventually(
+    await wait_for_value(
         lambda: client.get_job(job.id),
         lambda j: j.lease_expires_at.ToDatetime() > first_expiry,
         within=10,
@@ -245,7 +176,9 @@ async def test_sixteen_workers_drain_ten_thousand_jobs_once_each(
             await db.fetchval("SELECT count(*) FROM jobqueue.jobs WHERE state = 'succeeded'")
         )
 
-    await eventually(succeeded, lambda c: c == n_jobs, 60, 0.2, "every job SUCCEEDED")
+    await wait_for_value(
+        succeeded, lambda c: c == n_jobs, within=60, interval=0.2, what="every job SUCCEEDED"
+    )
     stats = await db.fetchrow(
         "SELECT count(*) AS n, max(attempt) AS max_attempt,"
         " count(*) FILTER (WHERE errors <> '[]') AS with_errors FROM jobqueue.jobs"
@@ -292,7 +225,9 @@ async def test_server_sigterm_with_jobs_in_flight_loses_none(
     env = {"JOBQUEUE_BACKOFF_BASE": "0.1", "JOBQUEUE_BACKOFF_CAP": "0.5"}
     server = procs.server(db_url, port, grace=5, **env)
     async with grpc.aio.insecure_channel(addr) as ch:
-        await eventually(lambda: _ready(ch), lambda ok: ok, 30, 0.1, "the server to accept calls")
+        await wait_until(
+            lambda: _ready(ch), within=30, interval=0.1, what="the server to accept calls"
+        )
     workers = [procs.worker(addr, concurrency=5) for _ in range(2)]
     async with AsyncClient(addr) as c:
         long = (await c.enqueue("sleep", {"seconds": 60, "first_only": True})).job
@@ -302,7 +237,7 @@ async def test_server_sigterm_with_jobs_in_flight_loses_none(
     async def running() -> int:
         return int(await db.fetchval("SELECT count(*) FROM jobqueue.jobs WHERE state = 'running'"))
 
-    await eventually(running, lambda n: n >= 6, 30, 0.05, "jobs in flight")
+    await wait_for_value(running, lambda n: n >= 6, within=30, interval=0.05, what="jobs in flight")
     server.send_signal(signal.SIGTERM)
     assert await exit_code(server, within=30) == 0, procs.output(server)
 
@@ -315,14 +250,18 @@ async def test_server_sigterm_with_jobs_in_flight_loses_none(
     assert parked["state"] in ("retrying", "queued")
     assert [e["source"] for e in json.loads(parked["errors"])] == ["server_shutdown"]
     for w in workers:
-        await eventually(
-            _text(procs, w), lambda t: "draining" in t, 10, 0.1, "the worker to see draining"
+        await wait_for_value(
+            _text(procs, w),
+            lambda t: "draining" in t,
+            within=10,
+            interval=0.1,
+            what="the worker to see draining",
         )
 
     # A new server on the same address: the workers reconnect and every job ends SUCCEEDED.
     again = procs.server(db_url, port, grace=5, **env)
     async with AsyncClient(addr) as c:
-        await eventually(lambda: _ready(c.channel), bool, 30, 0.1, "the new server")
+        await wait_until(lambda: _ready(c.channel), within=30, interval=0.1, what="the new server")
         for j in [long, *short]:
             done = await job_in_state(c.channel, j.id, S.JOB_STATE_SUCCEEDED, within=60)
             assert len(procs.of(j.id, "end")) == 1, j.id

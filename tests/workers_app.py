@@ -41,6 +41,14 @@ async def noop(ctx: JobContext) -> dict[str, Any]:
     return {"pid": os.getpid()}
 
 
+@worker.handler("work")
+async def work(ctx: JobContext) -> dict[str, Any]:
+    """A few milliseconds of work (payload["ms"]), recorded when it is done."""
+    await asyncio.sleep(float(ctx.payload.get("ms", 5)) / 1000)
+    record("run", ctx, t=time.time())
+    return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
 @worker.handler("sleep")
 async def sleep(ctx: JobContext) -> dict[str, Any]:
     """Sleeps payload["seconds"]; only on the first attempt if payload["first_only"]."""

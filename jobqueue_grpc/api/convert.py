@@ -141,6 +141,7 @@ def new_job(
         backoff_base=base,
         backoff_cap=cap,
         limits=limits,
+        concurrency_key=req.concurrency_key,
     )
     # issue 16: labels and trace context
     if req.metadata:
@@ -165,6 +166,7 @@ def new_job(
         backoff_base=base,
         backoff_cap=cap,
         unique=unique,
+        concurrency_key=req.concurrency_key or None,
         metadata_json=metadata_json(req.metadata),
         traceparent=trace[0],
         tracestate=trace[1],
@@ -229,6 +231,7 @@ def new_jobs(
             has("run_at")
             or has("lease_duration")
             or has("retry_policy")
+            or req.concurrency_key
             or req.metadata
             or req.traceparent
             or req.tracestate
@@ -293,6 +296,7 @@ def _pad(out: NewJobs, default_lease: float, trace: TraceContext) -> None:
         out.lease_seconds += [default_lease] * n
         out.backoff_base += [None] * n
         out.backoff_cap += [None] * n
+        out.concurrency_key += [None] * n
         out.metadata_json += [None] * n
         out.traceparent += [trace[0]] * n
         out.tracestate += [trace[1]] * n
@@ -365,6 +369,8 @@ def enqueue_batch_response(
         key = keys[i]
         if key is not None:
             j.idempotency_key = key
+        if (ck := jobs.concurrency_key[i]) is not None:
+            j.concurrency_key = ck
         if payloads is not None and payloads[i] != "{}":
             j.payload.CopyFrom(reqs[i].payload)
         if run_ats is not None and (run_at := run_ats[i]) is not None:
@@ -438,6 +444,7 @@ def job(r: JobRecord) -> job_pb2.Job:
         cancel_requested=r.cancel_requested,
         worker_id=r.worker_id or "",
         unique_key=r.unique_key or "",
+        concurrency_key=r.concurrency_key or "",
     )
     for text, out in ((r.payload, j.payload), (r.result, j.result), (r.progress, j.progress)):
         if text and text != "{}":
@@ -514,3 +521,5 @@ def fill_leased_job(j: job_pb2.Job, r: LeasedJob) -> None:
     _fill_common(j, r.lease_seconds, r.backoff_base, r.backoff_cap, r.errors)
     if r.metadata is not None or r.traceparent is not None:
         _fill_labels(j, r.metadata, r.traceparent, r.tracestate)
+    if r.concurrency_key is not None:
+        j.concurrency_key = r.concurrency_key

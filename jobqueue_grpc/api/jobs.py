@@ -104,7 +104,10 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.GetJobRequest, context: Ctx
     ) -> job_service_pb2.GetJobResponse:
         row = await self.store.jobs.get(parse_uuid("id", request.id))
-        return job_service_pb2.GetJobResponse(job=convert.job(row))
+        out = convert.job(row)
+        if row.state == JobState.QUEUED:  # flow control: what holds it, if anything
+            out.held_reason = await self.store.limits.held_reason(row.queue, row.concurrency_key)
+        return job_service_pb2.GetJobResponse(job=out)
 
     async def ListJobs(
         self, request: job_service_pb2.ListJobsRequest, context: Ctx

@@ -466,16 +466,51 @@ def _one_queue(args: argparse.Namespace, q: qs.Queue, said: str = "") -> int:
             ("name", q.name),
             ("paused", f"yes, since {output.when(q.paused_at)}" if q.paused else "no"),
             *((s, getattr(q.counts, s)) for s in STATES),
+            *((("limits", _limits_text(q.limits)),) if q.HasField("limits") else ()),
+            *((f"running[{k.key}]", k.running) for k in q.running_by_key),
         ]
     )
     return 0
 
 
+def _limits_text(lim: qs.QueueLimits) -> str:
+    parts = []
+    if lim.max_running:
+        parts.append(f"max {lim.max_running} running")
+    if lim.key_max_running:
+        parts.append(f"max {lim.key_max_running} running per key")
+    if lim.rate:
+        parts.append(f"{lim.rate:g}/s (burst {lim.burst:g})")
+    if lim.key_rate:
+        parts.append(f"{lim.key_rate:g}/s per key (burst {lim.key_burst:g})")
+    if lim.fair_share or not parts:
+        parts.append("fair share across keys")
+    return ", ".join(parts)
+
+
+def queues_limit(args: argparse.Namespace, ch: grpc.Channel) -> int:
+    stub = qs_grpc.QueueServiceStub(ch)
+    lim = qs.QueueLimits(
+        max_running=args.max_running or 0,
+        key_max_running=args.key_max_running or 0,
+        rate=args.rate or 0.0,
+        burst=args.burst or 0.0,
+        key_rate=args.key_rate or 0.0,
+        key_burst=args.key_burst or 0.0,
+        fair_share=args.fair_share,
+    )
+    if args.clear:
+        lim = qs.QueueLimits()
+    req = qs.SetQueueLimitsRequest(name=args.name, limits=lim)
+    q = stub.SetQueueLimits(req, timeout=TIMEOUT).queue
+    said = f"limits of {q.name} set" if q.HasField("limits") else f"limits of {q.name} cleared"
+    return _one_queue(args, q, said)
+
+
 def queues_show(args: argparse.Namespace, ch: grpc.Channel) -> int:
     stub = qs_grpc.QueueServiceStub(ch)
-    return _one_queue(
-        args, stub.GetQueue(qs.GetQueueRequest(name=args.name), timeout=TIMEOUT).queue
-    )
+    req = qs.GetQueueRequest(name=args.name, include_running_by_key=args.by_key)
+    return _one_queue(args, stub.GetQueue(req, timeout=TIMEOUT).queue)
 
 
 def queues_pause(args: argparse.Namespace, ch: grpc.Channel) -> int:
@@ -598,10 +633,22 @@ def register(sub: Any) -> None:
     _dlq_filters(p)
     _bulk_flags(p)
 
-    queues = sub.add_parser("queues", help="queues: live counts, pause and resume")
+    queues = sub.add_parser("queues", help="queues: live counts, pause, resume, limits")
     g = queues.add_subparsers(dest="action", required=True)
     leaf(g, "list", queues_list, "every queue with live counts by state")
-    leaf(g, "show", queues_show, "one queue").add_argument("name")
+    p = leaf(g, "show", queues_show, "one queue")
+    p.add_argument("name")
+    p.add_argument("--by-key", action="store_true", help="jobs running per concurrency key")
+    p = leaf(g, "limit", queues_limit, "set or clear a queue's flow control (every flag: 0 = none)")
+    p.add_argument("name")
+    p.add_argument("--max-running", type=int, help="at most N running in the queue")
+    p.add_argument("--key-max-running", type=int, help="at most N running per concurrency key")
+    p.add_argument("--rate", type=float, help="at most N starts per second in the queue")
+    p.add_argument("--burst", type=float, help="the queue's bucket (default: the rate, >= 1)")
+    p.add_argument("--key-rate", type=float, help="at most N starts per second per key")
+    p.add_argument("--key-burst", type=float, help="each key's bucket (default: the key rate)")
+    p.add_argument("--fair-share", action="store_true", help="round-robin across keys")
+    p.add_argument("--clear", action="store_true", help="remove every limit")
     leaf(g, "pause", queues_pause, "stop dispatch from a queue (enqueue still works)").add_argument(
         "name"
     )

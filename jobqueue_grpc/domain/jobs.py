@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from jobqueue_grpc.domain.errors import FieldViolation
+from jobqueue_grpc.domain.limits import concurrency_key_violation
 from jobqueue_grpc.domain.outcomes import MAX_DELAY_SECONDS, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS
 from jobqueue_grpc.domain.unique import Unique
 from jobqueue_grpc.domain.validation import (
@@ -95,6 +96,7 @@ class NewJob:
     backoff_cap: float | None
     id: uuid.UUID = field(default_factory=uuid7)
     unique: Unique | None = None  # EnqueueRequest.unique, validated (domain/unique.py)
+    concurrency_key: str | None = None  # flow control (domain/limits.py)
     # issue 16: labels (a JSON object of strings; None when none) and the producer's trace context
     metadata_json: str | None = None
     traceparent: str | None = None
@@ -119,6 +121,7 @@ class NewJobs:
     lease_seconds: list[float] = field(default_factory=list)
     backoff_base: list[float | None] = field(default_factory=list)
     backoff_cap: list[float | None] = field(default_factory=list)
+    concurrency_key: list[str | None] = field(default_factory=list)
     # issue 16 (see NewJob)
     metadata_json: list[str | None] = field(default_factory=list)
     traceparent: list[str | None] = field(default_factory=list)
@@ -139,6 +142,7 @@ class NewJobs:
         self.lease_seconds.append(job.lease_seconds)
         self.backoff_base.append(job.backoff_base)
         self.backoff_cap.append(job.backoff_cap)
+        self.concurrency_key.append(job.concurrency_key)
         self.metadata_json.append(job.metadata_json)
         self.traceparent.append(job.traceparent)
         self.tracestate.append(job.tracestate)
@@ -157,6 +161,7 @@ def check_new_job(
     backoff_base: float | None,
     backoff_cap: float | None,
     limits: Limits,
+    concurrency_key: str = "",
 ) -> list[FieldViolation]:
     """Every problem with one enqueue request; `prefix` names it inside a batch ("jobs[3].")."""
     out: list[FieldViolation] = []
@@ -167,6 +172,7 @@ def check_new_job(
 
     add(queue_violation(prefix + "queue", queue))
     add(kind_violation(prefix + "kind", kind))
+    add(concurrency_key_violation(prefix + "concurrency_key", concurrency_key))
     if payload_bytes > limits.payload_max_bytes:
         out.append(
             FieldViolation(

@@ -45,6 +45,7 @@ class JobRecord(NamedTuple):
     started_at: datetime | None
     finished_at: datetime | None
     unique_key: str | None
+    concurrency_key: str | None  # flow control (issue 14)
     # issue 16: labels (jsonb text, None when none) and the producer's W3C trace context
     metadata: str | None
     traceparent: str | None
@@ -81,6 +82,7 @@ class LeasedJob(NamedTuple):
     metadata: str | None
     traceparent: str | None
     tracestate: str | None
+    concurrency_key: str | None  # flow control (issue 14): the worker sees the key too
 
 
 # LeasedJob's epoch fields: the store reads them as date_part('epoch', <column>).

@@ -13,6 +13,7 @@ import logging
 from jobqueue_grpc._aio import spawn, wait
 from jobqueue_grpc.domain.outcomes import LostBecause
 from jobqueue_grpc.domain.records import LeasedJob
+from jobqueue_grpc.engine.flow import FlowControl
 from jobqueue_grpc.engine.loops import report
 from jobqueue_grpc.engine.ports import LeasePort
 from jobqueue_grpc.engine.settle import Releaser
@@ -30,9 +31,15 @@ IDLE_POLL = 1.0  # seconds: the longest a lost notification can delay a job
 
 class Claimer:
     def __init__(
-        self, leases: LeasePort, registry: Registry, bus: WakeBus, releaser: Releaser
+        self,
+        leases: LeasePort,
+        registry: Registry,
+        bus: WakeBus,
+        releaser: Releaser,
+        flow: FlowControl,
     ) -> None:
         self.leases = leases
+        self.flow = flow  # limited queues go through the flow-controlled claim (engine/flow.py)
         self.registry = registry
         self.bus = bus
         self.releaser = releaser
@@ -91,7 +98,7 @@ class Claimer:
                 s.reserved += 1
             generation = self.bus.generation
             try:
-                jobs = await self.leases.claim(
+                jobs = await self.flow.claim(
                     group[0], group[1], [(s.id, s.worker_id) for s in slots]
                 )
             finally:

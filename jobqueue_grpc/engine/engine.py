@@ -2,6 +2,7 @@
 
     streams.py      the stream registry and flow control (room per stream, groups, delivery)
     claims.py       claim rounds
+    flow.py         flow control: limited queues' claims (store/limits.py)
     handoff.py      new jobs straight to idle streams
     intake.py       what workers send: outcomes, extensions, progress
     settle.py       outcomes group-committed; leases ended without one released
@@ -30,6 +31,7 @@ from jobqueue_grpc.domain.outcomes import LostBecause, RetryDefaults
 from jobqueue_grpc.engine import events as ev
 from jobqueue_grpc.engine.claims import CLAIMERS, Claimer
 from jobqueue_grpc.engine.enqueue import Enqueuer
+from jobqueue_grpc.engine.flow import FlowControl
 from jobqueue_grpc.engine.handoff import HandOffs
 from jobqueue_grpc.engine.intake import Intake
 from jobqueue_grpc.engine.maintenance.pruner import Pruner
@@ -56,8 +58,9 @@ class Engine:
         self.bus = bus = WakeBus()
         self.registry = registry = Registry(bus)
         self.releaser = Releaser(leases, defaults)
-        self.claimer = Claimer(leases, registry, bus, self.releaser)
-        self.handoffs = HandOffs(leases, registry, bus, self.claimer, store.commits)
+        self.flow = FlowControl(leases, store.limits, bus)
+        self.claimer = Claimer(leases, registry, bus, self.releaser, self.flow)
+        self.handoffs = HandOffs(leases, registry, bus, self.claimer, store.commits, self.flow)
         self.settler = Settler(leases, registry, bus)
         self.intake = Intake(
             leases, registry, bus, self.settler, defaults, settings.payload_max_bytes
@@ -70,7 +73,10 @@ class Engine:
             store.schedules, bus, store.commits, settings.schedule_misfire_grace
         )
         self.listener = store.listener(
-            on_jobs=bus.jobs_ready, on_cancel=bus.cancel_requested, on_changes=bus.jobs_changed
+            on_jobs=bus.jobs_ready,
+            on_cancel=bus.cancel_requested,
+            on_limits=self.flow.changed,
+            on_changes=bus.jobs_changed,
         )
         self.watches = Watches(
             self.listener,
@@ -136,6 +142,7 @@ class Engine:
         with contextlib.suppress(ValueError):  # stopped twice
             commits.ready.remove(self.bus.jobs_ready)
             commits.scheduled.remove(self.bus.jobs_scheduled)
+        self.flow.stop()
         self.bus.stop()
         await self.listener.stop()
         for t in self._tasks:

@@ -18,6 +18,7 @@ from jobqueue_grpc._aio import spawn
 from jobqueue_grpc.domain.jobs import NewJob
 from jobqueue_grpc.domain.records import LeasedJob
 from jobqueue_grpc.engine.claims import Claimer
+from jobqueue_grpc.engine.flow import FlowControl
 from jobqueue_grpc.engine.ports import LeasePort
 from jobqueue_grpc.engine.streams import Registry, Stream
 from jobqueue_grpc.engine.wakeups import WakeBus
@@ -74,8 +75,10 @@ class HandOffs:
         bus: WakeBus,
         claimer: Claimer,
         commits: Commits,
+        flow: FlowControl | None = None,
     ) -> None:
         self.leases = leases
+        self.flow = flow  # a job of a queue with limits is never handed off: the claim counts it
         self.registry = registry
         self.bus = bus
         self.claimer = claimer
@@ -88,6 +91,8 @@ class HandOffs:
     def waiting(self, queue: str, kind: str) -> bool:
         """A stream here has room for such a job and nothing known to claim: one enqueued now
         would be handed off to it."""
+        if self.flow is not None and self.flow.is_limited(queue):
+            return False
         return any(s.wants(queue, kind) for s in self._idle_streams())
 
     def offer(self, jobs: Sequence[NewJob]) -> HandOff | None:
@@ -106,6 +111,8 @@ class HandOffs:
         for i in order:
             j = jobs[i]
             if j.run_at is not None and j.run_at > now:
+                continue
+            if self.flow is not None and self.flow.is_limited(j.queue):
                 continue
             best: Stream | None = None
             for s in streams:

@@ -25,6 +25,7 @@ from jobqueue_grpc.domain.records import (
     Settled,
 )
 from jobqueue_grpc.store.leases import Decide
+from jobqueue_grpc.store.limits import LimitedClaim
 from jobqueue_grpc.store.notify import Commits
 
 Slot = tuple[uuid.UUID, str]
@@ -61,6 +62,14 @@ class LeasePort(Protocol):
     async def release(
         self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], decide: Decide
     ) -> list[Ended]: ...
+
+
+class LimitPort(Protocol):
+    async def limited_queues(self) -> frozenset[str]: ...
+
+    async def claim(
+        self, queue: str, kinds: Sequence[str] | None, slots: Sequence[Slot]
+    ) -> LimitedClaim | None: ...
 
 
 class JobPort(Protocol):
@@ -111,6 +120,9 @@ class StorePort(Protocol):
     def schedules(self) -> SchedulePort: ...
 
     @property
+    def limits(self) -> LimitPort: ...
+
+    @property
     def commits(self) -> Commits: ...
 
     def listener(
@@ -118,5 +130,6 @@ class StorePort(Protocol):
         *,
         on_jobs: Callable[[str], None],
         on_cancel: Callable[[uuid.UUID, uuid.UUID], None],
+        on_limits: Callable[[str], None] = ...,
         on_changes: Callable[[list[uuid.UUID] | None], None],
     ) -> ListenerPort: ...

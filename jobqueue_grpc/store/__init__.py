@@ -18,6 +18,7 @@ from jobqueue_grpc.store.dead_letters import DeadLetterStore
 from jobqueue_grpc.store.errors import translated
 from jobqueue_grpc.store.jobs import JobStore
 from jobqueue_grpc.store.leases import LeaseStore
+from jobqueue_grpc.store.limits import LimitStore
 from jobqueue_grpc.store.notify import Commits, Listener, Peers
 from jobqueue_grpc.store.pool import CLAIM_SETTINGS, connect_pool
 from jobqueue_grpc.store.queries import q
@@ -58,6 +59,7 @@ class Store:
         self.retention = RetentionStore(pool)
         self.schedules = ScheduleStore(pool, self.peers)
         self.leases = LeaseStore(pool, claim_pool or pool)
+        self.limits = LimitStore(pool, claim_pool or pool)  # flow control
         self._page_token_key: bytes | None = None
         self.watch = WatchStore(pool)
 
@@ -81,16 +83,18 @@ class Store:
         *,
         on_jobs: Callable[[str], None],
         on_cancel: Callable[[uuid.UUID, uuid.UUID], None],
+        on_limits: Callable[[str], None] = lambda _queue: None,
         on_changes: Callable[[list[uuid.UUID] | None], None] = lambda _ids: None,
     ) -> Listener:
         """A LISTEN connection of its own (run it as a task) for wake-ups from other replicas,
-        and job changes from every replica while this one has watchers."""
+        flow control changes, and job changes from every replica while this one has watchers."""
         return Listener(
             self.url,
             self.peers,
             self.backends,
             on_jobs=on_jobs,
             on_cancel=on_cancel,
+            on_limits=on_limits,
             on_changes=on_changes,
         )
 

@@ -103,6 +103,7 @@ class JobStore:
             [j.metadata_json for j in jobs],
             [j.traceparent for j in jobs],
             [j.tracestate for j in jobs],
+            [j.concurrency_key for j in jobs],
         )
         inserted = {r[0]: r for r in rows}
         leased = [_leased(r) for r in rows if r["state"] == JobState.RUNNING] if streams else []
@@ -156,9 +157,10 @@ class JobStore:
         keyless = jobs.idempotency_key.count(None) == len(jobs)
         statement = q("insert_job_batch_without_keys" if keyless else "insert_job_batch")
         async with self.pool.acquire() as conn:
-            extra: list[Any] = []  # issue 16's columns, after $22
+            extra: list[Any] = []  # after $22: issue 16's columns, then the concurrency key
             for values in (jobs.metadata_json, jobs.traceparent, jobs.tracestate):
                 extra += _array_or_value(values)
+            extra += _array_or_value(jobs.concurrency_key)  # flow control: $29, $30
             groups = await conn.fetch(statement, ids, *columns, self.peers.listening, *extra)
             counts = {(g["queue"], g["state"]): g["n"] for g in groups}
             inserted = sum(counts.values())
@@ -300,6 +302,7 @@ async def insert_unique(
         [j.metadata_json for j in jobs],
         [j.traceparent for j in jobs],
         [j.tracestate for j in jobs],
+        [j.concurrency_key for j in jobs],
     )
     inserted = {r[0]: _JOB(r) for r in rows}
     skipped = [j for j in jobs if j.id not in inserted]

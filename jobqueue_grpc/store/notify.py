@@ -1,8 +1,8 @@
 """LISTEN/NOTIFY, and the in-process signals of commits that made jobs claimable.
 
 Every channel name is here; the SQL statements that NOTIFY name them through placeholders
-(store/queries.py). Payloads: jobs, the queue name; cancel, "<job id> <stream id>"; replicas, empty;
-changes, the ids of the jobs that changed, separated by spaces.
+(store/queries.py). Payloads: jobs, the queue name; cancel, "<job id> <stream id>"; replicas,
+empty; limits, the queue name; changes, the ids of the jobs that changed, separated by spaces.
 
 Two ways a commit wakes dispatch:
 - in this process, `Commits`: every engine on the store hears it at once (their listeners ignore
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 JOBS_CHANNEL = "jobqueue_jobs"  # jobs became claimable in a queue
 CANCEL_CHANNEL = "jobqueue_cancel"  # a running job's cancel was requested
 REPLICAS_CHANNEL = "jobqueue_replicas"  # a replica started listening
+LIMITS_CHANNEL = "jobqueue_limits"  # a queue's flow control changed (payload: the queue)
 # jobs changed (state, attempt, progress, result, cancel request); written literally in the
 # trigger of migrations/0050_job_watch.sql, which a migration cannot take as a placeholder
 CHANGES_CHANNEL = "jobqueue_job_changes"
@@ -42,6 +43,7 @@ CHANNELS = {
     "jobs_channel": JOBS_CHANNEL,
     "cancel_channel": CANCEL_CHANNEL,
     "replicas_channel": REPLICAS_CHANNEL,
+    "limits_channel": LIMITS_CHANNEL,
     "changes_channel": CHANGES_CHANNEL,
 }
 
@@ -98,9 +100,11 @@ class Listener:
         *,
         on_jobs: Callable[[str], None],
         on_cancel: Callable[[uuid.UUID, uuid.UUID], None],
+        on_limits: Callable[[str], None] = lambda _queue: None,
         on_changes: Callable[[list[uuid.UUID] | None], None] = lambda _ids: None,
     ) -> None:
         self.url = url
+        self.on_limits = on_limits
         self.peers = peers
         self.own_backends = own_backends  # NOTIFYs from these were heard in-process already
         self.on_jobs = on_jobs
@@ -125,6 +129,7 @@ class Listener:
                 await conn.add_listener(JOBS_CHANNEL, self._heard_jobs)
                 await conn.add_listener(CANCEL_CHANNEL, self._heard_cancel)
                 await conn.add_listener(REPLICAS_CHANNEL, self._heard_replica)
+                await conn.add_listener(LIMITS_CHANNEL, self._heard_limits)
                 self._row = False
                 await conn.add_listener(CHANGES_CHANNEL, self._heard_changes)
                 await conn.execute(_q("announce_listener"))
@@ -194,6 +199,9 @@ class Listener:
         job_id, _, stream_id = str(payload).partition(" ")
         with contextlib.suppress(ValueError):
             self.on_cancel(uuid.UUID(job_id), uuid.UUID(stream_id))
+
+    def _heard_limits(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        self.on_limits(str(payload))  # this process's own too: its other engines must hear it
 
     def _heard_changes(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         ids = []

@@ -263,6 +263,11 @@ type Job struct {
 	// "derived:<sha256>" of its queue, kind and payload, then "@<window start, epoch seconds>" when
 	// it has a period. Empty for a job enqueued without `unique`.
 	UniqueKey string `protobuf:"bytes,24,opt,name=unique_key,json=uniqueKey,proto3" json:"unique_key,omitempty"`
+	// The concurrency key the job was enqueued with.
+	ConcurrencyKey string `protobuf:"bytes,27,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
+	// Why a QUEUED job is held back by its queue's limits (GetJob only): "concurrency_key limit",
+	// "queue limit", "rate limit"; empty when nothing holds it.
+	HeldReason string `protobuf:"bytes,28,opt,name=held_reason,json=heldReason,proto3" json:"held_reason,omitempty"`
 	// Labels given at enqueue.
 	Metadata map[string]string `protobuf:"bytes,30,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The W3C trace context of the producer that enqueued the job (empty if it had none): a
@@ -471,6 +476,20 @@ func (x *Job) GetUniqueKey() string {
 	return ""
 }
 
+func (x *Job) GetConcurrencyKey() string {
+	if x != nil {
+		return x.ConcurrencyKey
+	}
+	return ""
+}
+
+func (x *Job) GetHeldReason() string {
+	if x != nil {
+		return x.HeldReason
+	}
+	return ""
+}
+
 func (x *Job) GetMetadata() map[string]string {
 	if x != nil {
 		return x.Metadata
@@ -506,7 +525,8 @@ const file_jobqueue_v1_job_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x121\n" +
 	"\adetails\x18\x03 \x01(\v2\x17.google.protobuf.StructR\adetails\x127\n" +
 	"\tfailed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
-	"\x06source\x18\x05 \x01(\tR\x06source\"\xfc\t\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\"\xc6\n" +
+	"\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x12\n" +
@@ -538,7 +558,10 @@ const file_jobqueue_v1_job_proto_rawDesc = "" +
 	"\x10lease_expires_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x12\x1b\n" +
 	"\tworker_id\x18\x17 \x01(\tR\bworkerId\x12\x1d\n" +
 	"\n" +
-	"unique_key\x18\x18 \x01(\tR\tuniqueKey\x12:\n" +
+	"unique_key\x18\x18 \x01(\tR\tuniqueKey\x12'\n" +
+	"\x0fconcurrency_key\x18\x1b \x01(\tR\x0econcurrencyKey\x12\x1f\n" +
+	"\vheld_reason\x18\x1c \x01(\tR\n" +
+	"heldReason\x12:\n" +
 	"\bmetadata\x18\x1e \x03(\v2\x1e.jobqueue.v1.Job.MetadataEntryR\bmetadata\x12 \n" +
 	"\vtraceparent\x18\x1f \x01(\tR\vtraceparent\x12\x1e\n" +
 	"\n" +

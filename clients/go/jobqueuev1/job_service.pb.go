@@ -98,6 +98,9 @@ type EnqueueRequest struct {
 	// Optional: refuse a duplicate while a job with the same unique key exists in one of the
 	// states given. A duplicate inserts nothing and returns the existing job with created = false.
 	Unique *UniqueOptions `protobuf:"bytes,10,opt,name=unique,proto3" json:"unique,omitempty"`
+	// Optional; [A-Za-z0-9_.:/@-]{1,128}, e.g. a tenant id. The queue's limits per key
+	// (QueueLimits.key_max_running, key_rate) apply to the jobs that share it.
+	ConcurrencyKey string `protobuf:"bytes,11,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
 	// Labels for dashboards and ListJobs filters: at most 32 pairs; keys [a-zA-Z0-9_.:/-]{1,64},
 	// values up to 512 characters.
 	Metadata map[string]string `protobuf:"bytes,12,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
@@ -208,6 +211,13 @@ func (x *EnqueueRequest) GetUnique() *UniqueOptions {
 		return x.Unique
 	}
 	return nil
+}
+
+func (x *EnqueueRequest) GetConcurrencyKey() string {
+	if x != nil {
+		return x.ConcurrencyKey
+	}
+	return ""
 }
 
 func (x *EnqueueRequest) GetMetadata() map[string]string {
@@ -1169,7 +1179,7 @@ var File_jobqueue_v1_job_service_proto protoreflect.FileDescriptor
 
 const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\x81\x05\n" +
+	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xaa\x05\n" +
 	"\x0eEnqueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x121\n" +
@@ -1181,7 +1191,8 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\x0elease_duration\x18\b \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12;\n" +
 	"\fretry_policy\x18\t \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\x122\n" +
 	"\x06unique\x18\n" +
-	" \x01(\v2\x1a.jobqueue.v1.UniqueOptionsR\x06unique\x12E\n" +
+	" \x01(\v2\x1a.jobqueue.v1.UniqueOptionsR\x06unique\x12'\n" +
+	"\x0fconcurrency_key\x18\v \x01(\tR\x0econcurrencyKey\x12E\n" +
 	"\bmetadata\x18\f \x03(\v2).jobqueue.v1.EnqueueRequest.MetadataEntryR\bmetadata\x12 \n" +
 	"\vtraceparent\x18\r \x01(\tR\vtraceparent\x12\x1e\n" +
 	"\n" +

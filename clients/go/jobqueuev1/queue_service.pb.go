@@ -22,6 +22,159 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// QueueLimits is a queue's flow control. An unset field (0) is no limit. Any field set turns on
+// the flow-controlled claim for the queue: jobs are taken round-robin across concurrency keys.
+type QueueLimits struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many running in the queue, across every worker and replica.
+	MaxRunning int32 `protobuf:"varint,1,opt,name=max_running,json=maxRunning,proto3" json:"max_running,omitempty"`
+	// At most this many running per concurrency key (jobs without a key are not capped per key).
+	KeyMaxRunning int32 `protobuf:"varint,2,opt,name=key_max_running,json=keyMaxRunning,proto3" json:"key_max_running,omitempty"`
+	// At most `rate` job starts per second in the queue, in bursts of up to `burst` (default: the
+	// rate, at least 1).
+	Rate  float64 `protobuf:"fixed64,3,opt,name=rate,proto3" json:"rate,omitempty"`
+	Burst float64 `protobuf:"fixed64,4,opt,name=burst,proto3" json:"burst,omitempty"`
+	// The same per concurrency key.
+	KeyRate  float64 `protobuf:"fixed64,5,opt,name=key_rate,json=keyRate,proto3" json:"key_rate,omitempty"`
+	KeyBurst float64 `protobuf:"fixed64,6,opt,name=key_burst,json=keyBurst,proto3" json:"key_burst,omitempty"`
+	// Take jobs round-robin across concurrency keys even with no cap or rate set.
+	FairShare     bool `protobuf:"varint,7,opt,name=fair_share,json=fairShare,proto3" json:"fair_share,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueLimits) Reset() {
+	*x = QueueLimits{}
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueLimits) ProtoMessage() {}
+
+func (x *QueueLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueLimits.ProtoReflect.Descriptor instead.
+func (*QueueLimits) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *QueueLimits) GetMaxRunning() int32 {
+	if x != nil {
+		return x.MaxRunning
+	}
+	return 0
+}
+
+func (x *QueueLimits) GetKeyMaxRunning() int32 {
+	if x != nil {
+		return x.KeyMaxRunning
+	}
+	return 0
+}
+
+func (x *QueueLimits) GetRate() float64 {
+	if x != nil {
+		return x.Rate
+	}
+	return 0
+}
+
+func (x *QueueLimits) GetBurst() float64 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+func (x *QueueLimits) GetKeyRate() float64 {
+	if x != nil {
+		return x.KeyRate
+	}
+	return 0
+}
+
+func (x *QueueLimits) GetKeyBurst() float64 {
+	if x != nil {
+		return x.KeyBurst
+	}
+	return 0
+}
+
+func (x *QueueLimits) GetFairShare() bool {
+	if x != nil {
+		return x.FairShare
+	}
+	return false
+}
+
+// KeyRunning is how many of a queue's jobs run under one concurrency key (flow-controlled leases).
+type KeyRunning struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Running       int64                  `protobuf:"varint,2,opt,name=running,proto3" json:"running,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyRunning) Reset() {
+	*x = KeyRunning{}
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyRunning) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyRunning) ProtoMessage() {}
+
+func (x *KeyRunning) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyRunning.ProtoReflect.Descriptor instead.
+func (*KeyRunning) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *KeyRunning) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *KeyRunning) GetRunning() int64 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
 // QueueCounts are live counts of a queue's jobs by state.
 type QueueCounts struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -38,7 +191,7 @@ type QueueCounts struct {
 
 func (x *QueueCounts) Reset() {
 	*x = QueueCounts{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[0]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -50,7 +203,7 @@ func (x *QueueCounts) String() string {
 func (*QueueCounts) ProtoMessage() {}
 
 func (x *QueueCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[0]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -63,7 +216,7 @@ func (x *QueueCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueCounts.ProtoReflect.Descriptor instead.
 func (*QueueCounts) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{0}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *QueueCounts) GetQueued() int64 {
@@ -116,18 +269,22 @@ func (x *QueueCounts) GetCancelled() int64 {
 }
 
 type Queue struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Paused        bool                   `protobuf:"varint,2,opt,name=paused,proto3" json:"paused,omitempty"`
-	Counts        *QueueCounts           `protobuf:"bytes,3,opt,name=counts,proto3" json:"counts,omitempty"`
-	PausedAt      *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=paused_at,json=pausedAt,proto3" json:"paused_at,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Paused   bool                   `protobuf:"varint,2,opt,name=paused,proto3" json:"paused,omitempty"`
+	Counts   *QueueCounts           `protobuf:"bytes,3,opt,name=counts,proto3" json:"counts,omitempty"`
+	PausedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=paused_at,json=pausedAt,proto3" json:"paused_at,omitempty"`
+	// Unset: no flow control.
+	Limits *QueueLimits `protobuf:"bytes,5,opt,name=limits,proto3" json:"limits,omitempty"`
+	// Jobs running under flow control, per concurrency key, most first (on request).
+	RunningByKey  []*KeyRunning `protobuf:"bytes,6,rep,name=running_by_key,json=runningByKey,proto3" json:"running_by_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Queue) Reset() {
 	*x = Queue{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[1]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -139,7 +296,7 @@ func (x *Queue) String() string {
 func (*Queue) ProtoMessage() {}
 
 func (x *Queue) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[1]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -152,7 +309,7 @@ func (x *Queue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Queue.ProtoReflect.Descriptor instead.
 func (*Queue) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{1}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Queue) GetName() string {
@@ -183,15 +340,30 @@ func (x *Queue) GetPausedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Queue) GetLimits() *QueueLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *Queue) GetRunningByKey() []*KeyRunning {
+	if x != nil {
+		return x.RunningByKey
+	}
+	return nil
+}
+
 type ListQueuesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	IncludeRunningByKey bool                   `protobuf:"varint,1,opt,name=include_running_by_key,json=includeRunningByKey,proto3" json:"include_running_by_key,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *ListQueuesRequest) Reset() {
 	*x = ListQueuesRequest{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[2]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -203,7 +375,7 @@ func (x *ListQueuesRequest) String() string {
 func (*ListQueuesRequest) ProtoMessage() {}
 
 func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[2]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -216,7 +388,14 @@ func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesRequest.ProtoReflect.Descriptor instead.
 func (*ListQueuesRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{2}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ListQueuesRequest) GetIncludeRunningByKey() bool {
+	if x != nil {
+		return x.IncludeRunningByKey
+	}
+	return false
 }
 
 type ListQueuesResponse struct {
@@ -228,7 +407,7 @@ type ListQueuesResponse struct {
 
 func (x *ListQueuesResponse) Reset() {
 	*x = ListQueuesResponse{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[3]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -240,7 +419,7 @@ func (x *ListQueuesResponse) String() string {
 func (*ListQueuesResponse) ProtoMessage() {}
 
 func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[3]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -253,7 +432,7 @@ func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesResponse.ProtoReflect.Descriptor instead.
 func (*ListQueuesResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{3}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListQueuesResponse) GetQueues() []*Queue {
@@ -264,15 +443,16 @@ func (x *ListQueuesResponse) GetQueues() []*Queue {
 }
 
 type GetQueueRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Name                string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	IncludeRunningByKey bool                   `protobuf:"varint,2,opt,name=include_running_by_key,json=includeRunningByKey,proto3" json:"include_running_by_key,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *GetQueueRequest) Reset() {
 	*x = GetQueueRequest{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[4]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -284,7 +464,7 @@ func (x *GetQueueRequest) String() string {
 func (*GetQueueRequest) ProtoMessage() {}
 
 func (x *GetQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[4]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -297,7 +477,7 @@ func (x *GetQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueRequest.ProtoReflect.Descriptor instead.
 func (*GetQueueRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{4}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetQueueRequest) GetName() string {
@@ -305,6 +485,13 @@ func (x *GetQueueRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *GetQueueRequest) GetIncludeRunningByKey() bool {
+	if x != nil {
+		return x.IncludeRunningByKey
+	}
+	return false
 }
 
 type GetQueueResponse struct {
@@ -316,7 +503,7 @@ type GetQueueResponse struct {
 
 func (x *GetQueueResponse) Reset() {
 	*x = GetQueueResponse{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[5]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -328,7 +515,7 @@ func (x *GetQueueResponse) String() string {
 func (*GetQueueResponse) ProtoMessage() {}
 
 func (x *GetQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[5]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -341,7 +528,7 @@ func (x *GetQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueResponse.ProtoReflect.Descriptor instead.
 func (*GetQueueResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{5}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetQueueResponse) GetQueue() *Queue {
@@ -360,7 +547,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[6]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -372,7 +559,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[6]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -385,7 +572,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{6}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PauseQueueRequest) GetName() string {
@@ -404,7 +591,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[7]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +603,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[7]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +616,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{7}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PauseQueueResponse) GetQueue() *Queue {
@@ -448,7 +635,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[8]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +647,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[8]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +660,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{8}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ResumeQueueRequest) GetName() string {
@@ -492,7 +679,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[9]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -504,7 +691,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[9]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -517,10 +704,107 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{9}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ResumeQueueResponse) GetQueue() *Queue {
+	if x != nil {
+		return x.Queue
+	}
+	return nil
+}
+
+type SetQueueLimitsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Unset or all zero: the queue's limits are cleared.
+	Limits        *QueueLimits `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetQueueLimitsRequest) Reset() {
+	*x = SetQueueLimitsRequest{}
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetQueueLimitsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetQueueLimitsRequest) ProtoMessage() {}
+
+func (x *SetQueueLimitsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetQueueLimitsRequest.ProtoReflect.Descriptor instead.
+func (*SetQueueLimitsRequest) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SetQueueLimitsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetQueueLimitsRequest) GetLimits() *QueueLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+type SetQueueLimitsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Queue         *Queue                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetQueueLimitsResponse) Reset() {
+	*x = SetQueueLimitsResponse{}
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetQueueLimitsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetQueueLimitsResponse) ProtoMessage() {}
+
+func (x *SetQueueLimitsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetQueueLimitsResponse.ProtoReflect.Descriptor instead.
+func (*SetQueueLimitsResponse) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SetQueueLimitsResponse) GetQueue() *Queue {
 	if x != nil {
 		return x.Queue
 	}
@@ -531,7 +815,21 @@ var File_jobqueue_v1_queue_service_proto protoreflect.FileDescriptor
 
 const file_jobqueue_v1_queue_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fjobqueue/v1/queue_service.proto\x12\vjobqueue.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x01\n" +
+	"\x1fjobqueue/v1/queue_service.proto\x12\vjobqueue.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x01\n" +
+	"\vQueueLimits\x12\x1f\n" +
+	"\vmax_running\x18\x01 \x01(\x05R\n" +
+	"maxRunning\x12&\n" +
+	"\x0fkey_max_running\x18\x02 \x01(\x05R\rkeyMaxRunning\x12\x12\n" +
+	"\x04rate\x18\x03 \x01(\x01R\x04rate\x12\x14\n" +
+	"\x05burst\x18\x04 \x01(\x01R\x05burst\x12\x19\n" +
+	"\bkey_rate\x18\x05 \x01(\x01R\akeyRate\x12\x1b\n" +
+	"\tkey_burst\x18\x06 \x01(\x01R\bkeyBurst\x12\x1d\n" +
+	"\n" +
+	"fair_share\x18\a \x01(\bR\tfairShare\"8\n" +
+	"\n" +
+	"KeyRunning\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
+	"\arunning\x18\x02 \x01(\x03R\arunning\"\xcd\x01\n" +
 	"\vQueueCounts\x12\x16\n" +
 	"\x06queued\x18\x01 \x01(\x03R\x06queued\x12\x1c\n" +
 	"\tscheduled\x18\x02 \x01(\x03R\tscheduled\x12\x18\n" +
@@ -539,17 +837,21 @@ const file_jobqueue_v1_queue_service_proto_rawDesc = "" +
 	"\bretrying\x18\x04 \x01(\x03R\bretrying\x12\x1c\n" +
 	"\tsucceeded\x18\x05 \x01(\x03R\tsucceeded\x12\x16\n" +
 	"\x06failed\x18\x06 \x01(\x03R\x06failed\x12\x1c\n" +
-	"\tcancelled\x18\a \x01(\x03R\tcancelled\"\x9e\x01\n" +
+	"\tcancelled\x18\a \x01(\x03R\tcancelled\"\x8f\x02\n" +
 	"\x05Queue\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06paused\x18\x02 \x01(\bR\x06paused\x120\n" +
 	"\x06counts\x18\x03 \x01(\v2\x18.jobqueue.v1.QueueCountsR\x06counts\x127\n" +
-	"\tpaused_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bpausedAt\"\x13\n" +
-	"\x11ListQueuesRequest\"@\n" +
+	"\tpaused_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bpausedAt\x120\n" +
+	"\x06limits\x18\x05 \x01(\v2\x18.jobqueue.v1.QueueLimitsR\x06limits\x12=\n" +
+	"\x0erunning_by_key\x18\x06 \x03(\v2\x17.jobqueue.v1.KeyRunningR\frunningByKey\"H\n" +
+	"\x11ListQueuesRequest\x123\n" +
+	"\x16include_running_by_key\x18\x01 \x01(\bR\x13includeRunningByKey\"@\n" +
 	"\x12ListQueuesResponse\x12*\n" +
-	"\x06queues\x18\x01 \x03(\v2\x12.jobqueue.v1.QueueR\x06queues\"%\n" +
+	"\x06queues\x18\x01 \x03(\v2\x12.jobqueue.v1.QueueR\x06queues\"Z\n" +
 	"\x0fGetQueueRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"<\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x123\n" +
+	"\x16include_running_by_key\x18\x02 \x01(\bR\x13includeRunningByKey\"<\n" +
 	"\x10GetQueueResponse\x12(\n" +
 	"\x05queue\x18\x01 \x01(\v2\x12.jobqueue.v1.QueueR\x05queue\"'\n" +
 	"\x11PauseQueueRequest\x12\x12\n" +
@@ -559,14 +861,20 @@ const file_jobqueue_v1_queue_service_proto_rawDesc = "" +
 	"\x12ResumeQueueRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"?\n" +
 	"\x13ResumeQueueResponse\x12(\n" +
-	"\x05queue\x18\x01 \x01(\v2\x12.jobqueue.v1.QueueR\x05queue2\xc7\x02\n" +
+	"\x05queue\x18\x01 \x01(\v2\x12.jobqueue.v1.QueueR\x05queue\"]\n" +
+	"\x15SetQueueLimitsRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
+	"\x06limits\x18\x02 \x01(\v2\x18.jobqueue.v1.QueueLimitsR\x06limits\"B\n" +
+	"\x16SetQueueLimitsResponse\x12(\n" +
+	"\x05queue\x18\x01 \x01(\v2\x12.jobqueue.v1.QueueR\x05queue2\xa2\x03\n" +
 	"\fQueueService\x12M\n" +
 	"\n" +
 	"ListQueues\x12\x1e.jobqueue.v1.ListQueuesRequest\x1a\x1f.jobqueue.v1.ListQueuesResponse\x12G\n" +
 	"\bGetQueue\x12\x1c.jobqueue.v1.GetQueueRequest\x1a\x1d.jobqueue.v1.GetQueueResponse\x12M\n" +
 	"\n" +
 	"PauseQueue\x12\x1e.jobqueue.v1.PauseQueueRequest\x1a\x1f.jobqueue.v1.PauseQueueResponse\x12P\n" +
-	"\vResumeQueue\x12\x1f.jobqueue.v1.ResumeQueueRequest\x1a .jobqueue.v1.ResumeQueueResponseBIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3"
+	"\vResumeQueue\x12\x1f.jobqueue.v1.ResumeQueueRequest\x1a .jobqueue.v1.ResumeQueueResponse\x12Y\n" +
+	"\x0eSetQueueLimits\x12\".jobqueue.v1.SetQueueLimitsRequest\x1a#.jobqueue.v1.SetQueueLimitsResponseBIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3"
 
 var (
 	file_jobqueue_v1_queue_service_proto_rawDescOnce sync.Once
@@ -580,40 +888,50 @@ func file_jobqueue_v1_queue_service_proto_rawDescGZIP() []byte {
 	return file_jobqueue_v1_queue_service_proto_rawDescData
 }
 
-var file_jobqueue_v1_queue_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_jobqueue_v1_queue_service_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_jobqueue_v1_queue_service_proto_goTypes = []any{
-	(*QueueCounts)(nil),           // 0: jobqueue.v1.QueueCounts
-	(*Queue)(nil),                 // 1: jobqueue.v1.Queue
-	(*ListQueuesRequest)(nil),     // 2: jobqueue.v1.ListQueuesRequest
-	(*ListQueuesResponse)(nil),    // 3: jobqueue.v1.ListQueuesResponse
-	(*GetQueueRequest)(nil),       // 4: jobqueue.v1.GetQueueRequest
-	(*GetQueueResponse)(nil),      // 5: jobqueue.v1.GetQueueResponse
-	(*PauseQueueRequest)(nil),     // 6: jobqueue.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 7: jobqueue.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 8: jobqueue.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 9: jobqueue.v1.ResumeQueueResponse
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*QueueLimits)(nil),            // 0: jobqueue.v1.QueueLimits
+	(*KeyRunning)(nil),             // 1: jobqueue.v1.KeyRunning
+	(*QueueCounts)(nil),            // 2: jobqueue.v1.QueueCounts
+	(*Queue)(nil),                  // 3: jobqueue.v1.Queue
+	(*ListQueuesRequest)(nil),      // 4: jobqueue.v1.ListQueuesRequest
+	(*ListQueuesResponse)(nil),     // 5: jobqueue.v1.ListQueuesResponse
+	(*GetQueueRequest)(nil),        // 6: jobqueue.v1.GetQueueRequest
+	(*GetQueueResponse)(nil),       // 7: jobqueue.v1.GetQueueResponse
+	(*PauseQueueRequest)(nil),      // 8: jobqueue.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),     // 9: jobqueue.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),     // 10: jobqueue.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),    // 11: jobqueue.v1.ResumeQueueResponse
+	(*SetQueueLimitsRequest)(nil),  // 12: jobqueue.v1.SetQueueLimitsRequest
+	(*SetQueueLimitsResponse)(nil), // 13: jobqueue.v1.SetQueueLimitsResponse
+	(*timestamppb.Timestamp)(nil),  // 14: google.protobuf.Timestamp
 }
 var file_jobqueue_v1_queue_service_proto_depIdxs = []int32{
-	0,  // 0: jobqueue.v1.Queue.counts:type_name -> jobqueue.v1.QueueCounts
-	10, // 1: jobqueue.v1.Queue.paused_at:type_name -> google.protobuf.Timestamp
-	1,  // 2: jobqueue.v1.ListQueuesResponse.queues:type_name -> jobqueue.v1.Queue
-	1,  // 3: jobqueue.v1.GetQueueResponse.queue:type_name -> jobqueue.v1.Queue
-	1,  // 4: jobqueue.v1.PauseQueueResponse.queue:type_name -> jobqueue.v1.Queue
-	1,  // 5: jobqueue.v1.ResumeQueueResponse.queue:type_name -> jobqueue.v1.Queue
-	2,  // 6: jobqueue.v1.QueueService.ListQueues:input_type -> jobqueue.v1.ListQueuesRequest
-	4,  // 7: jobqueue.v1.QueueService.GetQueue:input_type -> jobqueue.v1.GetQueueRequest
-	6,  // 8: jobqueue.v1.QueueService.PauseQueue:input_type -> jobqueue.v1.PauseQueueRequest
-	8,  // 9: jobqueue.v1.QueueService.ResumeQueue:input_type -> jobqueue.v1.ResumeQueueRequest
-	3,  // 10: jobqueue.v1.QueueService.ListQueues:output_type -> jobqueue.v1.ListQueuesResponse
-	5,  // 11: jobqueue.v1.QueueService.GetQueue:output_type -> jobqueue.v1.GetQueueResponse
-	7,  // 12: jobqueue.v1.QueueService.PauseQueue:output_type -> jobqueue.v1.PauseQueueResponse
-	9,  // 13: jobqueue.v1.QueueService.ResumeQueue:output_type -> jobqueue.v1.ResumeQueueResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	2,  // 0: jobqueue.v1.Queue.counts:type_name -> jobqueue.v1.QueueCounts
+	14, // 1: jobqueue.v1.Queue.paused_at:type_name -> google.protobuf.Timestamp
+	0,  // 2: jobqueue.v1.Queue.limits:type_name -> jobqueue.v1.QueueLimits
+	1,  // 3: jobqueue.v1.Queue.running_by_key:type_name -> jobqueue.v1.KeyRunning
+	3,  // 4: jobqueue.v1.ListQueuesResponse.queues:type_name -> jobqueue.v1.Queue
+	3,  // 5: jobqueue.v1.GetQueueResponse.queue:type_name -> jobqueue.v1.Queue
+	3,  // 6: jobqueue.v1.PauseQueueResponse.queue:type_name -> jobqueue.v1.Queue
+	3,  // 7: jobqueue.v1.ResumeQueueResponse.queue:type_name -> jobqueue.v1.Queue
+	0,  // 8: jobqueue.v1.SetQueueLimitsRequest.limits:type_name -> jobqueue.v1.QueueLimits
+	3,  // 9: jobqueue.v1.SetQueueLimitsResponse.queue:type_name -> jobqueue.v1.Queue
+	4,  // 10: jobqueue.v1.QueueService.ListQueues:input_type -> jobqueue.v1.ListQueuesRequest
+	6,  // 11: jobqueue.v1.QueueService.GetQueue:input_type -> jobqueue.v1.GetQueueRequest
+	8,  // 12: jobqueue.v1.QueueService.PauseQueue:input_type -> jobqueue.v1.PauseQueueRequest
+	10, // 13: jobqueue.v1.QueueService.ResumeQueue:input_type -> jobqueue.v1.ResumeQueueRequest
+	12, // 14: jobqueue.v1.QueueService.SetQueueLimits:input_type -> jobqueue.v1.SetQueueLimitsRequest
+	5,  // 15: jobqueue.v1.QueueService.ListQueues:output_type -> jobqueue.v1.ListQueuesResponse
+	7,  // 16: jobqueue.v1.QueueService.GetQueue:output_type -> jobqueue.v1.GetQueueResponse
+	9,  // 17: jobqueue.v1.QueueService.PauseQueue:output_type -> jobqueue.v1.PauseQueueResponse
+	11, // 18: jobqueue.v1.QueueService.ResumeQueue:output_type -> jobqueue.v1.ResumeQueueResponse
+	13, // 19: jobqueue.v1.QueueService.SetQueueLimits:output_type -> jobqueue.v1.SetQueueLimitsResponse
+	15, // [15:20] is the sub-list for method output_type
+	10, // [10:15] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_jobqueue_v1_queue_service_proto_init() }
@@ -627,7 +945,7 @@ func file_jobqueue_v1_queue_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobqueue_v1_queue_service_proto_rawDesc), len(file_jobqueue_v1_queue_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

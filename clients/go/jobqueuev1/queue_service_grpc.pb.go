@@ -19,10 +19,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	QueueService_ListQueues_FullMethodName  = "/jobqueue.v1.QueueService/ListQueues"
-	QueueService_GetQueue_FullMethodName    = "/jobqueue.v1.QueueService/GetQueue"
-	QueueService_PauseQueue_FullMethodName  = "/jobqueue.v1.QueueService/PauseQueue"
-	QueueService_ResumeQueue_FullMethodName = "/jobqueue.v1.QueueService/ResumeQueue"
+	QueueService_ListQueues_FullMethodName     = "/jobqueue.v1.QueueService/ListQueues"
+	QueueService_GetQueue_FullMethodName       = "/jobqueue.v1.QueueService/GetQueue"
+	QueueService_PauseQueue_FullMethodName     = "/jobqueue.v1.QueueService/PauseQueue"
+	QueueService_ResumeQueue_FullMethodName    = "/jobqueue.v1.QueueService/ResumeQueue"
+	QueueService_SetQueueLimits_FullMethodName = "/jobqueue.v1.QueueService/SetQueueLimits"
 )
 
 // QueueServiceClient is the client API for QueueService service.
@@ -36,6 +37,10 @@ type QueueServiceClient interface {
 	// PauseQueue stops dispatch from a queue on every replica; enqueue still works.
 	PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error)
 	ResumeQueue(ctx context.Context, in *ResumeQueueRequest, opts ...grpc.CallOption) (*ResumeQueueResponse, error)
+	// SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
+	// the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
+	// replica applies it within a second.
+	SetQueueLimits(ctx context.Context, in *SetQueueLimitsRequest, opts ...grpc.CallOption) (*SetQueueLimitsResponse, error)
 }
 
 type queueServiceClient struct {
@@ -86,6 +91,16 @@ func (c *queueServiceClient) ResumeQueue(ctx context.Context, in *ResumeQueueReq
 	return out, nil
 }
 
+func (c *queueServiceClient) SetQueueLimits(ctx context.Context, in *SetQueueLimitsRequest, opts ...grpc.CallOption) (*SetQueueLimitsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetQueueLimitsResponse)
+	err := c.cc.Invoke(ctx, QueueService_SetQueueLimits_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // QueueServiceServer is the server API for QueueService service.
 // All implementations must embed UnimplementedQueueServiceServer
 // for forward compatibility.
@@ -97,6 +112,10 @@ type QueueServiceServer interface {
 	// PauseQueue stops dispatch from a queue on every replica; enqueue still works.
 	PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error)
 	ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error)
+	// SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
+	// the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
+	// replica applies it within a second.
+	SetQueueLimits(context.Context, *SetQueueLimitsRequest) (*SetQueueLimitsResponse, error)
 	mustEmbedUnimplementedQueueServiceServer()
 }
 
@@ -118,6 +137,9 @@ func (UnimplementedQueueServiceServer) PauseQueue(context.Context, *PauseQueueRe
 }
 func (UnimplementedQueueServiceServer) ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeQueue not implemented")
+}
+func (UnimplementedQueueServiceServer) SetQueueLimits(context.Context, *SetQueueLimitsRequest) (*SetQueueLimitsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetQueueLimits not implemented")
 }
 func (UnimplementedQueueServiceServer) mustEmbedUnimplementedQueueServiceServer() {}
 func (UnimplementedQueueServiceServer) testEmbeddedByValue()                      {}
@@ -212,6 +234,24 @@ func _QueueService_ResumeQueue_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QueueService_SetQueueLimits_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetQueueLimitsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServiceServer).SetQueueLimits(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueService_SetQueueLimits_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServiceServer).SetQueueLimits(ctx, req.(*SetQueueLimitsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // QueueService_ServiceDesc is the grpc.ServiceDesc for QueueService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -234,6 +274,10 @@ var QueueService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumeQueue",
 			Handler:    _QueueService_ResumeQueue_Handler,
+		},
+		{
+			MethodName: "SetQueueLimits",
+			Handler:    _QueueService_SetQueueLimits_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,17 +1,20 @@
--- Issue 13 on issue 16's jobqueue.enqueue(): unique jobs in the caller's transaction, as
--- EnqueueRequest.unique (domain/unique.py): unique_key, unique_states (state names, e.g.
--- '{queued,scheduled,running,retrying,succeeded}'), unique_period. The same stored key and states
--- as the RPC's, so the function and the RPC refuse each other's duplicates (the partial unique
--- index jobs_unique_key of migration 0020). The function derives no key: give one.
+-- Issue 13 on jobqueue.enqueue() (0030, with 0041's concurrency_key): unique jobs in the
+-- caller's transaction, as EnqueueRequest.unique (domain/unique.py): unique_key, unique_states
+-- (state names, e.g. '{queued,scheduled,running,retrying,succeeded}'), unique_period. The same
+-- stored key and states as the RPC's, so the function and the RPC refuse each other's duplicates
+-- (the partial unique index jobs_unique_key of migration 0020). The function derives no key:
+-- give one.
 --
 --   SELECT * FROM jobqueue.enqueue('rebuild_index', unique_key => 'rebuild');
 --
--- Numbered after 0030, which creates the function (and after 0040-0049), so that this definition
--- is the one left on a fresh database. New parameters change the signature, which CREATE OR
--- REPLACE cannot do (it would add an overload, and calls by name would be ambiguous): the old one
--- is dropped first. The rest of the body is 0030's.
+-- Numbered after 0041, which last defined the function, so that this definition is the one left
+-- on every database. New parameters change the signature, which CREATE OR REPLACE cannot do (it
+-- would add an overload, and calls by name would be ambiguous): 0041's is dropped first. The new
+-- parameters are last, so positional calls still work. The rest of the body is 0041's; the
+-- channel literal 'jobqueue_jobs' must stay store/notify.py JOBS_CHANNEL
+-- (tests/test_txn_enqueue.py checks every migration that defines the function).
 DROP FUNCTION jobqueue.enqueue(text, jsonb, text, integer, integer, timestamptz, text, interval,
-                               interval, interval, jsonb, text, text);
+                               interval, interval, jsonb, text, text, text);
 
 CREATE FUNCTION jobqueue.enqueue(
     kind             text,
@@ -27,6 +30,7 @@ CREATE FUNCTION jobqueue.enqueue(
     metadata         jsonb DEFAULT NULL,
     traceparent      text DEFAULT NULL,
     tracestate       text DEFAULT NULL,
+    concurrency_key  text DEFAULT NULL,
     unique_key       text DEFAULT NULL,
     unique_states    text[] DEFAULT NULL,
     unique_period    interval DEFAULT NULL,
@@ -47,6 +51,7 @@ DECLARE
     md             jsonb := enqueue.metadata;
     tp             text := nullif(enqueue.traceparent, '');
     ts             text := nullif(enqueue.tracestate, '');
+    ck             text := nullif(enqueue.concurrency_key, '');
     size           integer;
     pair           record;
     new_id         uuid := jobqueue.uuid7();
@@ -141,6 +146,10 @@ BEGIN
     IF length(ts) > 512 OR ts !~ '^[ -~]*$' THEN
         PERFORM jobqueue._bad_argument('tracestate', 'tracestate must be at most 512 printable ASCII characters');
     END IF;
+    -- concurrency key: domain/limits.py concurrency_key_violation
+    IF ck !~ '^[A-Za-z0-9_.:/@-]{1,128}$' THEN
+        PERFORM jobqueue._bad_argument('concurrency_key', 'concurrency_key must match [A-Za-z0-9_.:/@-]{1,128}');
+    END IF;
 
     -- unique: domain/unique.py check_unique and refusing_states. The function derives no key
     -- (the RPC's derived keys hash its Struct's JSON, whose numbers are floats): give one.
@@ -186,10 +195,10 @@ BEGIN
     INSERT INTO jobqueue.jobs AS j (id, queue, kind, payload, priority, state, max_attempts,
                                     run_at, idempotency_key, lease_seconds, backoff_base,
                                     backoff_cap, metadata, traceparent, tracestate,
-                                    unique_key, unique_states)
+                                    concurrency_key, unique_key, unique_states)
     VALUES (new_id, q, enqueue.kind, p, enqueue.priority, new_state,
             CASE WHEN enqueue.max_attempts = 0 THEN d.default_max_attempts ELSE enqueue.max_attempts END,
-            coalesce(enqueue.run_at, now()), key, lease, base, cap, md, tp, ts,
+            coalesce(enqueue.run_at, now()), key, lease, base, cap, md, tp, ts, ck,
             stored_key, us)
     ON CONFLICT DO NOTHING;
     IF FOUND THEN

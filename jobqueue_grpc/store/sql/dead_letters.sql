@@ -12,16 +12,17 @@
 -- fragment: requeue_upsert
 -- The job of each dead letter in `dl` back in its queue, 'queued' with fresh attempts. The job row
 -- is upserted, so a requeue works even after the failed row was pruned; an idempotency key since
--- taken by another job is dropped rather than refused.
+-- taken by another job is dropped rather than refused. The concurrency key (flow control) comes
+-- back with a pruned row; a row still there keeps its own.
     INSERT INTO jobqueue.jobs AS j (id, queue, kind, payload, priority, state, attempt, max_attempts,
                                     run_at, idempotency_key, lease_seconds, backoff_base,
-                                    backoff_cap, created_at)
+                                    backoff_cap, created_at, concurrency_key)
     SELECT dl.job_id, dl.queue, dl.kind, dl.payload, dl.priority, 'queued', 0, dl.max_attempts,
            now(),
            CASE WHEN EXISTS (SELECT 1 FROM jobqueue.jobs o
                              WHERE o.idempotency_key = dl.idempotency_key AND o.id <> dl.job_id)
                 THEN NULL ELSE dl.idempotency_key END,
-           dl.lease_seconds, dl.backoff_base, dl.backoff_cap, dl.created_at
+           dl.lease_seconds, dl.backoff_base, dl.backoff_cap, dl.created_at, dl.concurrency_key
     FROM dl
     ON CONFLICT (id) DO UPDATE
     SET state = 'queued', attempt = 0, errors = '[]', run_at = now(), last_sleep = NULL,

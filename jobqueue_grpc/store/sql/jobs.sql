@@ -13,13 +13,14 @@
 -- a stream whose last claim found nothing waiting (engine/handoff.py), so the job
 -- is the one the next claim would pick; this saves that claim and its round trip. The rows come
 -- back with {leased_columns}' epoch times too, for the dispatcher to push the leased ones.
--- $15-$17 (issue 16): metadata (JSON text or NULL), traceparent, tracestate, per job.
+-- $15-$17 (issue 16): metadata (JSON text or NULL), traceparent, tracestate, per job; $18 (issue
+-- 14): the concurrency key, per job.
 WITH ins AS (
 INSERT INTO jobqueue.jobs AS j (id, queue, kind, payload, priority, state, max_attempts, run_at,
                                 idempotency_key, lease_seconds, backoff_base, backoff_cap,
                                 attempt, lease_token, lease_expires_at, stream_id, worker_id,
                                 started_at,
-                                metadata, traceparent, tracestate)
+                                metadata, traceparent, tracestate, concurrency_key)
 SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority,
        CASE WHEN t.run_at > now() THEN 'scheduled' WHEN h.go THEN 'running' ELSE 'queued' END,
        t.max_attempts, coalesce(t.run_at, now()), t.idempotency_key,
@@ -30,14 +31,14 @@ SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority,
        CASE WHEN h.go THEN t.stream_id END,
        CASE WHEN h.go THEN t.worker_id END,
        CASE WHEN h.go THEN now() END,
-       t.metadata::jsonb, t.traceparent, t.tracestate
+       t.metadata::jsonb, t.traceparent, t.tracestate, t.concurrency_key
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
             $7::timestamptz[], $8::text[], $9::float8[], $10::float8[], $11::float8[],
             $13::uuid[], $14::text[],
-            $15::text[], $16::text[], $17::text[])
+            $15::text[], $16::text[], $17::text[], $18::text[])
      AS t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
           lease_seconds, backoff_base, backoff_cap, stream_id, worker_id,
-          metadata, traceparent, tracestate)
+          metadata, traceparent, tracestate, concurrency_key)
 CROSS JOIN LATERAL (
     SELECT t.stream_id IS NOT NULL AND coalesce(t.run_at <= now(), true)
            AND NOT EXISTS (SELECT 1 FROM jobqueue.queues p WHERE p.name = t.queue AND p.paused)
@@ -56,10 +57,11 @@ SELECT ins.* FROM ins, woken;
 -- $1 is the ids as one uuid[] literal. Every other column comes either as an array ($2, $4, ...)
 -- or, when all the jobs have the same value, as that value ($3, $5, ...) and a NULL array, which
 -- unnest pads with NULLs: a batch sends each value that varies, and each one that does not once.
--- $23-$28 (issue 16): metadata, traceparent, tracestate, in the same two forms.
+-- $23-$28 (issue 16): metadata, traceparent, tracestate, and $29-$30 (issue 14): the concurrency
+-- key, in the same two forms.
 INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
                            idempotency_key, lease_seconds, backoff_base, backoff_cap,
-                           metadata, traceparent, tracestate)
+                           metadata, traceparent, tracestate, concurrency_key)
 SELECT t.id, coalesce(t.queue, $3::text), coalesce(t.kind, $5::text),
        coalesce(t.payload, $7::text)::jsonb, coalesce(t.priority, $9::int),
        CASE WHEN coalesce(t.run_at, $13::timestamptz) > now() THEN 'scheduled' ELSE 'queued' END,
@@ -67,12 +69,13 @@ SELECT t.id, coalesce(t.queue, $3::text), coalesce(t.kind, $5::text),
        coalesce(t.idempotency_key, $15::text), coalesce(t.lease_seconds, $17::float8),
        coalesce(t.backoff_base, $19::float8), coalesce(t.backoff_cap, $21::float8),
        coalesce(t.metadata, $24::text)::jsonb, coalesce(t.traceparent, $26::text),
-       coalesce(t.tracestate, $28::text)
+       coalesce(t.tracestate, $28::text), coalesce(t.concurrency_key, $30::text)
 FROM unnest($1::text::uuid[], $2::text[], $4::text[], $6::text[], $8::int[], $10::int[],
             $12::timestamptz[], $14::text[], $16::float8[], $18::float8[], $20::float8[],
-            $23::text[], $25::text[], $27::text[])
+            $23::text[], $25::text[], $27::text[], $29::text[])
      AS t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
-          lease_seconds, backoff_base, backoff_cap, metadata, traceparent, tracestate)
+          lease_seconds, backoff_base, backoff_cap, metadata, traceparent, tracestate,
+          concurrency_key)
 
 -- fragment: batch_answer
 -- What insert_job_batch and its twin return: one row per (queue, state) of the jobs inserted,
@@ -185,26 +188,27 @@ END
 -- both refuse a duplicate, whichever replica inserts it and whenever. Run inside a transaction:
 -- jobs_by_unique_keys then computes the same windows (the same now()). $12: NOTIFY or not.
 -- $13-$15: the unique key, states and period; $16-$18 (issue 16): metadata (JSON text or NULL),
--- traceparent, tracestate, per job.
+-- traceparent, tracestate; $19 (issue 14): the concurrency key; per job.
 WITH t AS (
     SELECT t.*, {unique_key_of} AS unique_key
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
                 $7::timestamptz[], $8::text[], $9::float8[], $10::float8[], $11::float8[],
                 $13::text[], $14::text[], $15::float8[],
-                $16::text[], $17::text[], $18::text[])
+                $16::text[], $17::text[], $18::text[], $19::text[])
          AS t(id, queue, kind, payload, priority, max_attempts, u_run_at, idempotency_key,
               lease_seconds, backoff_base, backoff_cap, u_key, u_states, u_period,
-              metadata, traceparent, tracestate)
+              metadata, traceparent, tracestate, concurrency_key)
 ), ins AS (
 INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
                            idempotency_key, lease_seconds, backoff_base, backoff_cap,
-                           unique_key, unique_states, metadata, traceparent, tracestate)
+                           unique_key, unique_states, metadata, traceparent, tracestate,
+                           concurrency_key)
 SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority,
        CASE WHEN t.u_run_at > now() THEN 'scheduled' ELSE 'queued' END,
        t.max_attempts, coalesce(t.u_run_at, now()), t.idempotency_key,
        t.lease_seconds, t.backoff_base, t.backoff_cap,
        t.unique_key, string_to_array(t.u_states, ','),
-       t.metadata::jsonb, t.traceparent, t.tracestate
+       t.metadata::jsonb, t.traceparent, t.tracestate, t.concurrency_key
 FROM t
 ON CONFLICT DO NOTHING
 RETURNING {job_columns}

@@ -82,22 +82,48 @@ SELECT queue, count(*) AS n, pg_notify({jobs_channel}, queue) FROM upd GROUP BY 
 -- When the scheduler next has work (NULL: nothing parked).
 SELECT min(run_at) FROM jobqueue.jobs WHERE state IN ('scheduled', 'retrying');
 
+-- fragment: uncount
+-- The settle statements' tail (flow control, store/sql/limits.sql): leases the flow-controlled
+-- claim counted (limit_token is the ending lease's token) come off their queue's and key's
+-- running counters, and every replica is woken to claim in the room they leave. It touches
+-- nothing for a lease of a queue without limits: `upd` has `counted` false for all of them.
+-- INSERT .. ON CONFLICT adds to the row as it is now (not as this statement's snapshot saw it),
+-- and in (queue, key) order, the order the claim takes the same rows in.
+uncounted AS (
+    INSERT INTO jobqueue.running_counts AS c (queue, key, running)
+    SELECT u.queue, k.key, -count(*)::int
+    FROM upd u CROSS JOIN LATERAL (VALUES (''), (u.concurrency_key)) AS k(key)
+    WHERE u.counted AND k.key IS NOT NULL
+    GROUP BY u.queue, k.key
+    ORDER BY u.queue, k.key
+    ON CONFLICT (queue, key) DO UPDATE SET running = c.running + excluded.running
+    RETURNING c.queue, c.key
+), room AS (
+    SELECT count(pg_notify({jobs_channel}, queue)) AS n FROM uncounted WHERE key = ''
+)
+
 -- name: complete_jobs
-UPDATE jobqueue.jobs j
-SET state = 'succeeded', result = t.result::jsonb, finished_at = now(), updated_at = now(),
-    lease_token = NULL, lease_expires_at = NULL, stream_id = NULL
-FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS t(id, token, result)
-WHERE j.id = t.id AND j.lease_token = t.token
-RETURNING j.id;
+WITH upd AS (
+    UPDATE jobqueue.jobs j
+    SET state = 'succeeded', result = t.result::jsonb, finished_at = now(), updated_at = now(),
+        lease_token = NULL, lease_expires_at = NULL, stream_id = NULL
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS t(id, token, result)
+    WHERE j.id = t.id AND j.lease_token = t.token
+    RETURNING j.id, j.queue, j.concurrency_key, j.limit_token = t.token AS counted
+), {uncount}
+SELECT upd.id FROM upd, room;
 
 -- name: cancel_running_jobs
 -- The worker stopped these after a cancel notice (or chose to).
-UPDATE jobqueue.jobs j
-SET state = 'cancelled', finished_at = now(), updated_at = now(),
-    lease_token = NULL, lease_expires_at = NULL, stream_id = NULL
-FROM unnest($1::uuid[], $2::uuid[]) AS t(id, token)
-WHERE j.id = t.id AND j.lease_token = t.token
-RETURNING j.id;
+WITH upd AS (
+    UPDATE jobqueue.jobs j
+    SET state = 'cancelled', finished_at = now(), updated_at = now(),
+        lease_token = NULL, lease_expires_at = NULL, stream_id = NULL
+    FROM unnest($1::uuid[], $2::uuid[]) AS t(id, token)
+    WHERE j.id = t.id AND j.lease_token = t.token
+    RETURNING j.id, j.queue, j.concurrency_key, j.limit_token = t.token AS counted
+), {uncount}
+SELECT upd.id FROM upd, room;
 
 -- name: fail_jobs
 -- Ends attempts: $3 is the next state the domain decided ('retrying' after $4 seconds, or
@@ -121,18 +147,19 @@ WITH t AS (
         updated_at = now()
     FROM t
     WHERE j.id = t.id AND j.lease_token = t.token
-    RETURNING j.*
+    RETURNING j.*, j.limit_token = t.token AS counted
 ), dead AS (
     INSERT INTO jobqueue.dead_letters (job_id, queue, kind, payload, priority, attempts,
                                        max_attempts, errors, idempotency_key, lease_seconds,
-                                       backoff_base, backoff_cap, created_at, failed_at)
+                                       backoff_base, backoff_cap, created_at, failed_at,
+                                       concurrency_key)
     SELECT id, queue, kind, payload, priority, attempt, max_attempts, errors, idempotency_key,
-           lease_seconds, backoff_base, backoff_cap, created_at, now()
+           lease_seconds, backoff_base, backoff_cap, created_at, now(), concurrency_key
     FROM upd WHERE upd.state = 'failed'
     ON CONFLICT (job_id) DO UPDATE
     SET attempts = excluded.attempts, errors = excluded.errors, failed_at = excluded.failed_at
-)
-SELECT upd.id, upd.state, upd.queue, upd.kind FROM upd;
+), {uncount}
+SELECT upd.id, upd.state, upd.queue, upd.kind FROM upd, room;
 
 -- name: extend_leases
 UPDATE jobqueue.jobs j

@@ -7,14 +7,17 @@ WITH counts AS (
     SELECT queue, {state_counts}
     FROM jobqueue.jobs
     GROUP BY queue
+), named AS (  -- queues with settings: paused, or with limits (flow control)
+    SELECT name FROM jobqueue.queues UNION SELECT queue FROM jobqueue.queue_limits
 )
-SELECT coalesce(c.queue, s.name) AS name,
+SELECT coalesce(c.queue, n.name) AS name,
        coalesce(s.paused, false) AS paused, s.paused_at, c.*
-FROM counts c FULL OUTER JOIN jobqueue.queues s ON s.name = c.queue
+FROM counts c FULL OUTER JOIN named n ON n.name = c.queue
+LEFT JOIN jobqueue.queues s ON s.name = coalesce(c.queue, n.name)
 ORDER BY 1;
 
 -- name: get_queue
--- One queue; no row at all when it has neither jobs nor settings.
+-- One queue; no row at all when it has neither jobs nor settings (a pause or limits).
 WITH counts AS (
     SELECT count(*) AS total, {state_counts}
     FROM jobqueue.jobs
@@ -23,7 +26,8 @@ WITH counts AS (
 SELECT $1::text AS name,
        coalesce(s.paused, false) AS paused, s.paused_at, c.*
 FROM counts c LEFT JOIN jobqueue.queues s ON s.name = $1
-WHERE c.total > 0 OR s.name IS NOT NULL;
+WHERE c.total > 0 OR s.name IS NOT NULL
+   OR EXISTS (SELECT 1 FROM jobqueue.queue_limits l WHERE l.queue = $1);
 
 -- name: pause_queue
 -- The claim skips queues paused here, on every replica at once. Pausing twice keeps the first time.

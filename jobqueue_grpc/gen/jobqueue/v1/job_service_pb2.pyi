@@ -78,6 +78,7 @@ class EnqueueRequest(_message.Message):
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     RETRY_POLICY_FIELD_NUMBER: _builtins.int
     UNIQUE_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     TRACESTATE_FIELD_NUMBER: _builtins.int
@@ -91,6 +92,10 @@ class EnqueueRequest(_message.Message):
     """0 means the server default (5); 1 means no retry."""
     idempotency_key: _builtins.str
     """Optional; a key that already names a job returns that job instead of inserting."""
+    concurrency_key: _builtins.str
+    """Optional; [A-Za-z0-9_.:/@-]{1,128}, e.g. a tenant id. The queue's limits per key
+    (QueueLimits.key_max_running, key_rate) apply to the jobs that share it.
+    """
     traceparent: _builtins.str
     """The producer's W3C trace context (https://www.w3.org/TR/trace-context/), stored with the job
     and delivered with every lease. Empty: the call's `traceparent`/`tracestate` metadata, if any.
@@ -138,13 +143,14 @@ class EnqueueRequest(_message.Message):
         lease_duration: _duration_pb2.Duration | None = ...,
         retry_policy: _job_pb2.RetryPolicy | None = ...,
         unique: Global___UniqueOptions | None = ...,
+        concurrency_key: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         traceparent: _builtins.str = ...,
         tracestate: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "payload", b"payload", "retry_policy", b"retry_policy", "run_at", b"run_at", "unique", b"unique"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "kind", b"kind", "lease_duration", b"lease_duration", "max_attempts", b"max_attempts", "metadata", b"metadata", "payload", b"payload", "priority", b"priority", "queue", b"queue", "retry_policy", b"retry_policy", "run_at", b"run_at", "traceparent", b"traceparent", "tracestate", b"tracestate", "unique", b"unique"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "idempotency_key", b"idempotency_key", "kind", b"kind", "lease_duration", b"lease_duration", "max_attempts", b"max_attempts", "metadata", b"metadata", "payload", b"payload", "priority", b"priority", "queue", b"queue", "retry_policy", b"retry_policy", "run_at", b"run_at", "traceparent", b"traceparent", "tracestate", b"tracestate", "unique", b"unique"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -20,6 +20,78 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class QueueLimits(_message.Message):
+    """QueueLimits is a queue's flow control. An unset field (0) is no limit. Any field set turns on
+    the flow-controlled claim for the queue: jobs are taken round-robin across concurrency keys.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_RUNNING_FIELD_NUMBER: _builtins.int
+    KEY_MAX_RUNNING_FIELD_NUMBER: _builtins.int
+    RATE_FIELD_NUMBER: _builtins.int
+    BURST_FIELD_NUMBER: _builtins.int
+    KEY_RATE_FIELD_NUMBER: _builtins.int
+    KEY_BURST_FIELD_NUMBER: _builtins.int
+    FAIR_SHARE_FIELD_NUMBER: _builtins.int
+    max_running: _builtins.int
+    """At most this many running in the queue, across every worker and replica."""
+    key_max_running: _builtins.int
+    """At most this many running per concurrency key (jobs without a key are not capped per key)."""
+    rate: _builtins.float
+    """At most `rate` job starts per second in the queue, in bursts of up to `burst` (default: the
+    rate, at least 1).
+    """
+    burst: _builtins.float
+    key_rate: _builtins.float
+    """The same per concurrency key."""
+    key_burst: _builtins.float
+    fair_share: _builtins.bool
+    """Take jobs round-robin across concurrency keys even with no cap or rate set."""
+    def __init__(
+        self,
+        *,
+        max_running: _builtins.int = ...,
+        key_max_running: _builtins.int = ...,
+        rate: _builtins.float = ...,
+        burst: _builtins.float = ...,
+        key_rate: _builtins.float = ...,
+        key_burst: _builtins.float = ...,
+        fair_share: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "fair_share", b"fair_share", "key_burst", b"key_burst", "key_max_running", b"key_max_running", "key_rate", b"key_rate", "max_running", b"max_running", "rate", b"rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueLimits: _TypeAlias = QueueLimits  # noqa: Y015
+
+@_typing.final
+class KeyRunning(_message.Message):
+    """KeyRunning is how many of a queue's jobs run under one concurrency key (flow-controlled leases)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    running: _builtins.int
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        running: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "running", b"running"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyRunning: _TypeAlias = KeyRunning  # noqa: Y015
+
+@_typing.final
 class QueueCounts(_message.Message):
     """QueueCounts are live counts of a queue's jobs by state."""
 
@@ -66,12 +138,22 @@ class Queue(_message.Message):
     PAUSED_FIELD_NUMBER: _builtins.int
     COUNTS_FIELD_NUMBER: _builtins.int
     PAUSED_AT_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    RUNNING_BY_KEY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     paused: _builtins.bool
     @_builtins.property
     def counts(self) -> Global___QueueCounts: ...
     @_builtins.property
     def paused_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def limits(self) -> Global___QueueLimits:
+        """Unset: no flow control."""
+
+    @_builtins.property
+    def running_by_key(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyRunning]:
+        """Jobs running under flow control, per concurrency key, most first (on request)."""
+
     def __init__(
         self,
         *,
@@ -79,10 +161,12 @@ class Queue(_message.Message):
         paused: _builtins.bool = ...,
         counts: Global___QueueCounts | None = ...,
         paused_at: _timestamp_pb2.Timestamp | None = ...,
+        limits: Global___QueueLimits | None = ...,
+        running_by_key: _abc.Iterable[Global___KeyRunning] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "paused_at", b"paused_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "limits", b"limits", "paused_at", b"paused_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "name", b"name", "paused", b"paused", "paused_at", b"paused_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "limits", b"limits", "name", b"name", "paused", b"paused", "paused_at", b"paused_at", "running_by_key", b"running_by_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -92,12 +176,16 @@ Global___Queue: _TypeAlias = Queue  # noqa: Y015
 class ListQueuesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    INCLUDE_RUNNING_BY_KEY_FIELD_NUMBER: _builtins.int
+    include_running_by_key: _builtins.bool
     def __init__(
         self,
+        *,
+        include_running_by_key: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_running_by_key", b"include_running_by_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -128,15 +216,18 @@ class GetQueueRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    INCLUDE_RUNNING_BY_KEY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    include_running_by_key: _builtins.bool
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        include_running_by_key: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_running_by_key", b"include_running_by_key", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -239,3 +330,48 @@ class ResumeQueueResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResumeQueueResponse: _TypeAlias = ResumeQueueResponse  # noqa: Y015
+
+@_typing.final
+class SetQueueLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def limits(self) -> Global___QueueLimits:
+        """Unset or all zero: the queue's limits are cleared."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        limits: Global___QueueLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetQueueLimitsRequest: _TypeAlias = SetQueueLimitsRequest  # noqa: Y015
+
+@_typing.final
+class SetQueueLimitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queue(self) -> Global___Queue: ...
+    def __init__(
+        self,
+        *,
+        queue: Global___Queue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetQueueLimitsResponse: _TypeAlias = SetQueueLimitsResponse  # noqa: Y015

@@ -55,6 +55,11 @@ class QueueServiceStub:
                 request_serializer=jobqueue_dot_v1_dot_queue__service__pb2.ResumeQueueRequest.SerializeToString,
                 response_deserializer=jobqueue_dot_v1_dot_queue__service__pb2.ResumeQueueResponse.FromString,
                 _registered_method=True)
+        self.SetQueueLimits = channel.unary_unary(
+                '/jobqueue.v1.QueueService/SetQueueLimits',
+                request_serializer=jobqueue_dot_v1_dot_queue__service__pb2.SetQueueLimitsRequest.SerializeToString,
+                response_deserializer=jobqueue_dot_v1_dot_queue__service__pb2.SetQueueLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class QueueServiceServicer:
@@ -86,6 +91,15 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetQueueLimits(self, request, context):
+        """SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
+        the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
+        replica applies it within a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +122,11 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.ResumeQueue,
                     request_deserializer=jobqueue_dot_v1_dot_queue__service__pb2.ResumeQueueRequest.FromString,
                     response_serializer=jobqueue_dot_v1_dot_queue__service__pb2.ResumeQueueResponse.SerializeToString,
+            ),
+            'SetQueueLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQueueLimits,
+                    request_deserializer=jobqueue_dot_v1_dot_queue__service__pb2.SetQueueLimitsRequest.FromString,
+                    response_serializer=jobqueue_dot_v1_dot_queue__service__pb2.SetQueueLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +238,33 @@ class QueueService:
             '/jobqueue.v1.QueueService/ResumeQueue',
             jobqueue_dot_v1_dot_queue__service__pb2.ResumeQueueRequest.SerializeToString,
             jobqueue_dot_v1_dot_queue__service__pb2.ResumeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQueueLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobqueue.v1.QueueService/SetQueueLimits',
+            jobqueue_dot_v1_dot_queue__service__pb2.SetQueueLimitsRequest.SerializeToString,
+            jobqueue_dot_v1_dot_queue__service__pb2.SetQueueLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,11 @@ class QueueServiceStub:
     PauseQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.PauseQueueRequest, _queue_service_pb2.PauseQueueResponse]
     """PauseQueue stops dispatch from a queue on every replica; enqueue still works."""
     ResumeQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.ResumeQueueRequest, _queue_service_pb2.ResumeQueueResponse]
+    SetQueueLimits: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.SetQueueLimitsRequest, _queue_service_pb2.SetQueueLimitsResponse]
+    """SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
+    the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
+    replica applies it within a second.
+    """
 
 @_typing.type_check_only
 class QueueServiceAsyncStub(QueueServiceStub):
@@ -49,6 +54,11 @@ class QueueServiceAsyncStub(QueueServiceStub):
     PauseQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.PauseQueueRequest, _queue_service_pb2.PauseQueueResponse]  # type: ignore[assignment]
     """PauseQueue stops dispatch from a queue on every replica; enqueue still works."""
     ResumeQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.ResumeQueueRequest, _queue_service_pb2.ResumeQueueResponse]  # type: ignore[assignment]
+    SetQueueLimits: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.SetQueueLimitsRequest, _queue_service_pb2.SetQueueLimitsResponse]  # type: ignore[assignment]
+    """SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
+    the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
+    replica applies it within a second.
+    """
 
 class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     """QueueService shows every queue that has jobs and pauses or resumes dispatch from it."""
@@ -81,5 +91,16 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _queue_service_pb2.ResumeQueueRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_queue_service_pb2.ResumeQueueResponse, _abc.Awaitable[_queue_service_pb2.ResumeQueueResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetQueueLimits(
+        self,
+        request: _queue_service_pb2.SetQueueLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_service_pb2.SetQueueLimitsResponse, _abc.Awaitable[_queue_service_pb2.SetQueueLimitsResponse]]:
+        """SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
+        the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
+        replica applies it within a second.
+        """
 
 def add_QueueServiceServicer_to_server(servicer: QueueServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,7 +12,92 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file jobqueue/v1/queue_service.proto.
  */
 export const file_jobqueue_v1_queue_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9qb2JxdWV1ZS92MS9xdWV1ZV9zZXJ2aWNlLnByb3RvEgtqb2JxdWV1ZS52MSKJAQoLUXVldWVDb3VudHMSDgoGcXVldWVkGAEgASgDEhEKCXNjaGVkdWxlZBgCIAEoAxIPCgdydW5uaW5nGAMgASgDEhAKCHJldHJ5aW5nGAQgASgDEhEKCXN1Y2NlZWRlZBgFIAEoAxIOCgZmYWlsZWQYBiABKAMSEQoJY2FuY2VsbGVkGAcgASgDIn4KBVF1ZXVlEgwKBG5hbWUYASABKAkSDgoGcGF1c2VkGAIgASgIEigKBmNvdW50cxgDIAEoCzIYLmpvYnF1ZXVlLnYxLlF1ZXVlQ291bnRzEi0KCXBhdXNlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiEwoRTGlzdFF1ZXVlc1JlcXVlc3QiOAoSTGlzdFF1ZXVlc1Jlc3BvbnNlEiIKBnF1ZXVlcxgBIAMoCzISLmpvYnF1ZXVlLnYxLlF1ZXVlIh8KD0dldFF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjUKEEdldFF1ZXVlUmVzcG9uc2USIQoFcXVldWUYASABKAsyEi5qb2JxdWV1ZS52MS5RdWV1ZSIhChFQYXVzZVF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjcKElBhdXNlUXVldWVSZXNwb25zZRIhCgVxdWV1ZRgBIAEoCzISLmpvYnF1ZXVlLnYxLlF1ZXVlIiIKElJlc3VtZVF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjgKE1Jlc3VtZVF1ZXVlUmVzcG9uc2USIQoFcXVldWUYASABKAsyEi5qb2JxdWV1ZS52MS5RdWV1ZTLHAgoMUXVldWVTZXJ2aWNlEk0KCkxpc3RRdWV1ZXMSHi5qb2JxdWV1ZS52MS5MaXN0UXVldWVzUmVxdWVzdBofLmpvYnF1ZXVlLnYxLkxpc3RRdWV1ZXNSZXNwb25zZRJHCghHZXRRdWV1ZRIcLmpvYnF1ZXVlLnYxLkdldFF1ZXVlUmVxdWVzdBodLmpvYnF1ZXVlLnYxLkdldFF1ZXVlUmVzcG9uc2USTQoKUGF1c2VRdWV1ZRIeLmpvYnF1ZXVlLnYxLlBhdXNlUXVldWVSZXF1ZXN0Gh8uam9icXVldWUudjEuUGF1c2VRdWV1ZVJlc3BvbnNlElAKC1Jlc3VtZVF1ZXVlEh8uam9icXVldWUudjEuUmVzdW1lUXVldWVSZXF1ZXN0GiAuam9icXVldWUudjEuUmVzdW1lUXVldWVSZXNwb25zZUJJWkdnaXRodWIuY29tL2pvYnF1ZXVlLWdycGMvam9icXVldWUtZ3JwYy9jbGllbnRzL2dvL2pvYnF1ZXVldjE7am9icXVldWV2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Ch9qb2JxdWV1ZS92MS9xdWV1ZV9zZXJ2aWNlLnByb3RvEgtqb2JxdWV1ZS52MSKRAQoLUXVldWVMaW1pdHMSEwoLbWF4X3J1bm5pbmcYASABKAUSFwoPa2V5X21heF9ydW5uaW5nGAIgASgFEgwKBHJhdGUYAyABKAESDQoFYnVyc3QYBCABKAESEAoIa2V5X3JhdGUYBSABKAESEQoJa2V5X2J1cnN0GAYgASgBEhIKCmZhaXJfc2hhcmUYByABKAgiKgoKS2V5UnVubmluZxILCgNrZXkYASABKAkSDwoHcnVubmluZxgCIAEoAyKJAQoLUXVldWVDb3VudHMSDgoGcXVldWVkGAEgASgDEhEKCXNjaGVkdWxlZBgCIAEoAxIPCgdydW5uaW5nGAMgASgDEhAKCHJldHJ5aW5nGAQgASgDEhEKCXN1Y2NlZWRlZBgFIAEoAxIOCgZmYWlsZWQYBiABKAMSEQoJY2FuY2VsbGVkGAcgASgDItkBCgVRdWV1ZRIMCgRuYW1lGAEgASgJEg4KBnBhdXNlZBgCIAEoCBIoCgZjb3VudHMYAyABKAsyGC5qb2JxdWV1ZS52MS5RdWV1ZUNvdW50cxItCglwYXVzZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKBmxpbWl0cxgFIAEoCzIYLmpvYnF1ZXVlLnYxLlF1ZXVlTGltaXRzEi8KDnJ1bm5pbmdfYnlfa2V5GAYgAygLMhcuam9icXVldWUudjEuS2V5UnVubmluZyIzChFMaXN0UXVldWVzUmVxdWVzdBIeChZpbmNsdWRlX3J1bm5pbmdfYnlfa2V5GAEgASgIIjgKEkxpc3RRdWV1ZXNSZXNwb25zZRIiCgZxdWV1ZXMYASADKAsyEi5qb2JxdWV1ZS52MS5RdWV1ZSI/Cg9HZXRRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIeChZpbmNsdWRlX3J1bm5pbmdfYnlfa2V5GAIgASgIIjUKEEdldFF1ZXVlUmVzcG9uc2USIQoFcXVldWUYASABKAsyEi5qb2JxdWV1ZS52MS5RdWV1ZSIhChFQYXVzZVF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjcKElBhdXNlUXVldWVSZXNwb25zZRIhCgVxdWV1ZRgBIAEoCzISLmpvYnF1ZXVlLnYxLlF1ZXVlIiIKElJlc3VtZVF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjgKE1Jlc3VtZVF1ZXVlUmVzcG9uc2USIQoFcXVldWUYASABKAsyEi5qb2JxdWV1ZS52MS5RdWV1ZSJPChVTZXRRdWV1ZUxpbWl0c1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5qb2JxdWV1ZS52MS5RdWV1ZUxpbWl0cyI7ChZTZXRRdWV1ZUxpbWl0c1Jlc3BvbnNlEiEKBXF1ZXVlGAEgASgLMhIuam9icXVldWUudjEuUXVldWUyogMKDFF1ZXVlU2VydmljZRJNCgpMaXN0UXVldWVzEh4uam9icXVldWUudjEuTGlzdFF1ZXVlc1JlcXVlc3QaHy5qb2JxdWV1ZS52MS5MaXN0UXVldWVzUmVzcG9uc2USRwoIR2V0UXVldWUSHC5qb2JxdWV1ZS52MS5HZXRRdWV1ZVJlcXVlc3QaHS5qb2JxdWV1ZS52MS5HZXRRdWV1ZVJlc3BvbnNlEk0KClBhdXNlUXVldWUSHi5qb2JxdWV1ZS52MS5QYXVzZVF1ZXVlUmVxdWVzdBofLmpvYnF1ZXVlLnYxLlBhdXNlUXVldWVSZXNwb25zZRJQCgtSZXN1bWVRdWV1ZRIfLmpvYnF1ZXVlLnYxLlJlc3VtZVF1ZXVlUmVxdWVzdBogLmpvYnF1ZXVlLnYxLlJlc3VtZVF1ZXVlUmVzcG9uc2USWQoOU2V0UXVldWVMaW1pdHMSIi5qb2JxdWV1ZS52MS5TZXRRdWV1ZUxpbWl0c1JlcXVlc3QaIy5qb2JxdWV1ZS52MS5TZXRRdWV1ZUxpbWl0c1Jlc3BvbnNlQklaR2dpdGh1Yi5jb20vam9icXVldWUtZ3JwYy9qb2JxdWV1ZS1ncnBjL2NsaWVudHMvZ28vam9icXVldWV2MTtqb2JxdWV1ZXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+
+/**
+ * QueueLimits is a queue's flow control. An unset field (0) is no limit. Any field set turns on
+ * the flow-controlled claim for the queue: jobs are taken round-robin across concurrency keys.
+ *
+ * @generated from message jobqueue.v1.QueueLimits
+ */
+export type QueueLimits = Message<"jobqueue.v1.QueueLimits"> & {
+  /**
+   * At most this many running in the queue, across every worker and replica.
+   *
+   * @generated from field: int32 max_running = 1;
+   */
+  maxRunning: number;
+
+  /**
+   * At most this many running per concurrency key (jobs without a key are not capped per key).
+   *
+   * @generated from field: int32 key_max_running = 2;
+   */
+  keyMaxRunning: number;
+
+  /**
+   * At most `rate` job starts per second in the queue, in bursts of up to `burst` (default: the
+   * rate, at least 1).
+   *
+   * @generated from field: double rate = 3;
+   */
+  rate: number;
+
+  /**
+   * @generated from field: double burst = 4;
+   */
+  burst: number;
+
+  /**
+   * The same per concurrency key.
+   *
+   * @generated from field: double key_rate = 5;
+   */
+  keyRate: number;
+
+  /**
+   * @generated from field: double key_burst = 6;
+   */
+  keyBurst: number;
+
+  /**
+   * Take jobs round-robin across concurrency keys even with no cap or rate set.
+   *
+   * @generated from field: bool fair_share = 7;
+   */
+  fairShare: boolean;
+};
+
+/**
+ * Describes the message jobqueue.v1.QueueLimits.
+ * Use `create(QueueLimitsSchema)` to create a new message.
+ */
+export const QueueLimitsSchema: GenMessage<QueueLimits> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_queue_service, 0);
+
+/**
+ * KeyRunning is how many of a queue's jobs run under one concurrency key (flow-controlled leases).
+ *
+ * @generated from message jobqueue.v1.KeyRunning
+ */
+export type KeyRunning = Message<"jobqueue.v1.KeyRunning"> & {
+  /**
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * @generated from field: int64 running = 2;
+   */
+  running: bigint;
+};
+
+/**
+ * Describes the message jobqueue.v1.KeyRunning.
+ * Use `create(KeyRunningSchema)` to create a new message.
+ */
+export const KeyRunningSchema: GenMessage<KeyRunning> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_queue_service, 1);
 
 /**
  * QueueCounts are live counts of a queue's jobs by state.
@@ -61,7 +146,7 @@ export type QueueCounts = Message<"jobqueue.v1.QueueCounts"> & {
  * Use `create(QueueCountsSchema)` to create a new message.
  */
 export const QueueCountsSchema: GenMessage<QueueCounts> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 0);
+  messageDesc(file_jobqueue_v1_queue_service, 2);
 
 /**
  * @generated from message jobqueue.v1.Queue
@@ -86,6 +171,20 @@ export type Queue = Message<"jobqueue.v1.Queue"> & {
    * @generated from field: google.protobuf.Timestamp paused_at = 4;
    */
   pausedAt?: Timestamp | undefined;
+
+  /**
+   * Unset: no flow control.
+   *
+   * @generated from field: jobqueue.v1.QueueLimits limits = 5;
+   */
+  limits?: QueueLimits | undefined;
+
+  /**
+   * Jobs running under flow control, per concurrency key, most first (on request).
+   *
+   * @generated from field: repeated jobqueue.v1.KeyRunning running_by_key = 6;
+   */
+  runningByKey: KeyRunning[];
 };
 
 /**
@@ -93,12 +192,16 @@ export type Queue = Message<"jobqueue.v1.Queue"> & {
  * Use `create(QueueSchema)` to create a new message.
  */
 export const QueueSchema: GenMessage<Queue> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 1);
+  messageDesc(file_jobqueue_v1_queue_service, 3);
 
 /**
  * @generated from message jobqueue.v1.ListQueuesRequest
  */
 export type ListQueuesRequest = Message<"jobqueue.v1.ListQueuesRequest"> & {
+  /**
+   * @generated from field: bool include_running_by_key = 1;
+   */
+  includeRunningByKey: boolean;
 };
 
 /**
@@ -106,7 +209,7 @@ export type ListQueuesRequest = Message<"jobqueue.v1.ListQueuesRequest"> & {
  * Use `create(ListQueuesRequestSchema)` to create a new message.
  */
 export const ListQueuesRequestSchema: GenMessage<ListQueuesRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 2);
+  messageDesc(file_jobqueue_v1_queue_service, 4);
 
 /**
  * @generated from message jobqueue.v1.ListQueuesResponse
@@ -123,7 +226,7 @@ export type ListQueuesResponse = Message<"jobqueue.v1.ListQueuesResponse"> & {
  * Use `create(ListQueuesResponseSchema)` to create a new message.
  */
 export const ListQueuesResponseSchema: GenMessage<ListQueuesResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 3);
+  messageDesc(file_jobqueue_v1_queue_service, 5);
 
 /**
  * @generated from message jobqueue.v1.GetQueueRequest
@@ -133,6 +236,11 @@ export type GetQueueRequest = Message<"jobqueue.v1.GetQueueRequest"> & {
    * @generated from field: string name = 1;
    */
   name: string;
+
+  /**
+   * @generated from field: bool include_running_by_key = 2;
+   */
+  includeRunningByKey: boolean;
 };
 
 /**
@@ -140,7 +248,7 @@ export type GetQueueRequest = Message<"jobqueue.v1.GetQueueRequest"> & {
  * Use `create(GetQueueRequestSchema)` to create a new message.
  */
 export const GetQueueRequestSchema: GenMessage<GetQueueRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 4);
+  messageDesc(file_jobqueue_v1_queue_service, 6);
 
 /**
  * @generated from message jobqueue.v1.GetQueueResponse
@@ -157,7 +265,7 @@ export type GetQueueResponse = Message<"jobqueue.v1.GetQueueResponse"> & {
  * Use `create(GetQueueResponseSchema)` to create a new message.
  */
 export const GetQueueResponseSchema: GenMessage<GetQueueResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 5);
+  messageDesc(file_jobqueue_v1_queue_service, 7);
 
 /**
  * @generated from message jobqueue.v1.PauseQueueRequest
@@ -174,7 +282,7 @@ export type PauseQueueRequest = Message<"jobqueue.v1.PauseQueueRequest"> & {
  * Use `create(PauseQueueRequestSchema)` to create a new message.
  */
 export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 6);
+  messageDesc(file_jobqueue_v1_queue_service, 8);
 
 /**
  * @generated from message jobqueue.v1.PauseQueueResponse
@@ -191,7 +299,7 @@ export type PauseQueueResponse = Message<"jobqueue.v1.PauseQueueResponse"> & {
  * Use `create(PauseQueueResponseSchema)` to create a new message.
  */
 export const PauseQueueResponseSchema: GenMessage<PauseQueueResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 7);
+  messageDesc(file_jobqueue_v1_queue_service, 9);
 
 /**
  * @generated from message jobqueue.v1.ResumeQueueRequest
@@ -208,7 +316,7 @@ export type ResumeQueueRequest = Message<"jobqueue.v1.ResumeQueueRequest"> & {
  * Use `create(ResumeQueueRequestSchema)` to create a new message.
  */
 export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 8);
+  messageDesc(file_jobqueue_v1_queue_service, 10);
 
 /**
  * @generated from message jobqueue.v1.ResumeQueueResponse
@@ -225,7 +333,48 @@ export type ResumeQueueResponse = Message<"jobqueue.v1.ResumeQueueResponse"> & {
  * Use `create(ResumeQueueResponseSchema)` to create a new message.
  */
 export const ResumeQueueResponseSchema: GenMessage<ResumeQueueResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 9);
+  messageDesc(file_jobqueue_v1_queue_service, 11);
+
+/**
+ * @generated from message jobqueue.v1.SetQueueLimitsRequest
+ */
+export type SetQueueLimitsRequest = Message<"jobqueue.v1.SetQueueLimitsRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Unset or all zero: the queue's limits are cleared.
+   *
+   * @generated from field: jobqueue.v1.QueueLimits limits = 2;
+   */
+  limits?: QueueLimits | undefined;
+};
+
+/**
+ * Describes the message jobqueue.v1.SetQueueLimitsRequest.
+ * Use `create(SetQueueLimitsRequestSchema)` to create a new message.
+ */
+export const SetQueueLimitsRequestSchema: GenMessage<SetQueueLimitsRequest> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_queue_service, 12);
+
+/**
+ * @generated from message jobqueue.v1.SetQueueLimitsResponse
+ */
+export type SetQueueLimitsResponse = Message<"jobqueue.v1.SetQueueLimitsResponse"> & {
+  /**
+   * @generated from field: jobqueue.v1.Queue queue = 1;
+   */
+  queue?: Queue | undefined;
+};
+
+/**
+ * Describes the message jobqueue.v1.SetQueueLimitsResponse.
+ * Use `create(SetQueueLimitsResponseSchema)` to create a new message.
+ */
+export const SetQueueLimitsResponseSchema: GenMessage<SetQueueLimitsResponse> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_queue_service, 13);
 
 /**
  * QueueService shows every queue that has jobs and pauses or resumes dispatch from it.
@@ -266,6 +415,18 @@ export const QueueService: GenService<{
     methodKind: "unary";
     input: typeof ResumeQueueRequestSchema;
     output: typeof ResumeQueueResponseSchema;
+  },
+  /**
+   * SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
+   * the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
+   * replica applies it within a second.
+   *
+   * @generated from rpc jobqueue.v1.QueueService.SetQueueLimits
+   */
+  setQueueLimits: {
+    methodKind: "unary";
+    input: typeof SetQueueLimitsRequestSchema;
+    output: typeof SetQueueLimitsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_jobqueue_v1_queue_service, 0);
