@@ -134,17 +134,23 @@ async def test_trigger_runs_one_job_now_and_keeps_the_ticks(
     assert err.code == grpc.StatusCode.NOT_FOUND
 
 
-async def test_the_template_metadata_labels_the_jobs_it_makes(channel: grpc.aio.Channel) -> None:
+async def test_the_template_metadata_and_concurrency_key_go_to_its_jobs(
+    channel: grpc.aio.Channel,
+) -> None:
     stub = ssg.ScheduleServiceStub(channel)
-    job = js.EnqueueRequest(kind="digest", metadata={"tenant": "acme", "source": "cron"})
+    job = js.EnqueueRequest(
+        kind="digest", metadata={"tenant": "acme", "source": "cron"}, concurrency_key="acme"
+    )
     made = (
         await stub.CreateSchedule(ss.CreateScheduleRequest(schedule=schedule("m", job=job)))
     ).schedule
     assert dict(made.job.metadata) == {"tenant": "acme", "source": "cron"}
     got = (await stub.GetSchedule(ss.GetScheduleRequest(id="m"))).schedule
     assert dict(got.job.metadata) == {"tenant": "acme", "source": "cron"}
+    assert made.job.concurrency_key == got.job.concurrency_key == "acme"
     out = await stub.TriggerSchedule(ss.TriggerScheduleRequest(id="m"))
     assert dict(out.job.metadata) == {"tenant": "acme", "source": "cron"}
+    assert out.job.concurrency_key == "acme"
     assert out.job.traceparent == ""
 
 

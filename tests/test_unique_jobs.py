@@ -134,16 +134,18 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 HEADER_TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-async def test_unique_jobs_keep_their_metadata_and_trace_context(
+async def test_unique_jobs_keep_their_metadata_trace_context_and_concurrency_key(
     channel: grpc.aio.Channel, db: asyncpg.Connection
 ) -> None:
     stub = jsg.JobServiceStub(channel)
     one = req(key="labelled")
     one.metadata.update({"tenant": "acme"})
+    one.concurrency_key = "acme"
     one.traceparent, one.tracestate = TRACEPARENT, "vendor=1"
     made = await stub.Enqueue(one)
     assert made.created and dict(made.job.metadata) == {"tenant": "acme"}
     assert (made.job.traceparent, made.job.tracestate) == (TRACEPARENT, "vendor=1")
+    assert made.job.concurrency_key == "acme"  # flow control counts it like any other job
     # a batch: the request's own fields, else the call's traceparent metadata
     labelled = req(key="in-batch")
     labelled.metadata.update({"tenant": "beta"})

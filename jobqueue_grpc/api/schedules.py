@@ -124,6 +124,8 @@ def template_request(text: str) -> job_service_pb2.EnqueueRequest:
         req.retry_policy.backoff_cap.CopyFrom(duration(job.backoff_cap))
     if job.metadata_json:
         req.metadata.update(json.loads(job.metadata_json))
+    if job.concurrency_key:
+        req.concurrency_key = job.concurrency_key
     if job.unique is not None:
         u = job.unique
         req.unique.key = u.key

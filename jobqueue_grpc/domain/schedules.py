@@ -260,6 +260,7 @@ def template_json(job: NewJob) -> str:
             if u is None
             else {"key": u.key, "states": list(u.states), "period": u.period},
             "metadata": json.loads(job.metadata_json) if job.metadata_json else None,
+            "concurrency_key": job.concurrency_key,
         },
         separators=(",", ":"),
         ensure_ascii=False,
@@ -286,4 +287,5 @@ def template_job(text: str, *, run_at: datetime | None, key: str | None) -> NewJ
         metadata_json=json.dumps(labels, separators=(",", ":"), ensure_ascii=False)
         if labels
         else None,
+        concurrency_key=t.get("concurrency_key"),  # absent from templates stored before it
     )

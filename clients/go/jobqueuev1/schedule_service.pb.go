@@ -96,7 +96,7 @@ type Schedule struct {
 	// The job each tick enqueues. run_at and idempotency_key must be empty (a tick's job runs at
 	// the tick and is keyed by it), and so must traceparent and tracestate (a tick's job starts a
 	// trace of its own); `unique` is allowed (e.g. skip a tick while the last is running), and
-	// `metadata` labels every tick's job.
+	// `metadata` and `concurrency_key` go to every tick's job.
 	Job              *EnqueueRequest  `protobuf:"bytes,5,opt,name=job,proto3" json:"job,omitempty"`
 	Paused           bool             `protobuf:"varint,6,opt,name=paused,proto3" json:"paused,omitempty"`
 	MissedTickPolicy MissedTickPolicy `protobuf:"varint,7,opt,name=missed_tick_policy,json=missedTickPolicy,proto3,enum=jobqueue.v1.MissedTickPolicy" json:"missed_tick_policy,omitempty"`

@@ -94,7 +94,7 @@ class Schedule(_message.Message):
         """The job each tick enqueues. run_at and idempotency_key must be empty (a tick's job runs at
         the tick and is keyed by it), and so must traceparent and tracestate (a tick's job starts a
         trace of its own); `unique` is allowed (e.g. skip a tick while the last is running), and
-        `metadata` labels every tick's job.
+        `metadata` and `concurrency_key` go to every tick's job.
         """
 
     @_builtins.property
