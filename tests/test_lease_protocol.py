@@ -625,3 +625,17 @@ async def test_a_nul_in_an_error_message_does_not_sink_the_batch(
     assert failed.last_error.message == "badbyte"
     await job_in_state(channel, second.job.id, job_pb2.JOB_STATE_SUCCEEDED)
     await worker.close()
+
+
+async def test_a_stream_refused_mid_stream_always_hears_why(channel: grpc.aio.Channel) -> None:
+    """A refusal that comes while the server is writing (here: the heartbeat's answer) must still
+    reach the client as its status; it once ended with no status at all, now and then."""
+    lease = channel.stream_stream("/jobqueue.v1.WorkerService/Lease")
+    open_ = w.LeaseRequest(open=w.LeaseOpen(queues=["refused"])).SerializeToString()
+    heartbeat = w.LeaseRequest(heartbeat=w.Heartbeat()).SerializeToString()
+    for _ in range(40):
+        call = lease(iter([open_, heartbeat, open_]), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _msg in call:
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value

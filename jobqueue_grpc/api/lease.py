@@ -31,6 +31,7 @@ Ctx = grpc.aio.ServicerContext[w.LeaseRequest, w.LeaseResponse]
 DEFAULT_MAX_IN_FLIGHT = 10
 MAX_QUEUES = 64
 MAX_KINDS = 256
+WRITER_GRACE = 5.0  # seconds the writer gets to finish sending when the stream ends
 _closing: set[asyncio.Task[None]] = set()  # stream releases in flight (strong references)
 
 REJECT_CODES = {
@@ -112,9 +113,16 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             try:
                 await asyncio.shield(closing)
             finally:
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await writer
+                # Let the writer finish the message it is sending before the call ends: a status
+                # sent while a message is still being written is refused by gRPC core, and the
+                # client would never hear why its stream ended (a refused second `open`, say).
+                stream.close()
+                try:
+                    await asyncio.wait({writer}, timeout=WRITER_GRACE)
+                finally:
+                    writer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await writer
 
 
 # -- requests in ---------------------------------------------------------------------------------

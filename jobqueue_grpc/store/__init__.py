@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import asyncpg
 
@@ -113,6 +112,7 @@ class Store:
 
     async def schema_current(self) -> bool:
         """True when the database answers and every known migration is applied."""
+        known = [version for version, _, _ in migrations.migration_files()]
         async with self.pool.acquire(timeout=2) as conn:
-            version: Any = await conn.fetchval(q("schema_version"), timeout=2)
-        return int(version) >= migrations.latest_version()
+            missing = await conn.fetch(q("missing_migrations"), known, timeout=2)
+        return not missing

@@ -20,6 +20,14 @@ SELECT version FROM jobqueue.schema_migrations;
 -- name: record_migration
 INSERT INTO jobqueue.schema_migrations (version, name) VALUES ($1, $2);
 
+-- name: missing_migrations
+-- Which of the versions $1 (every migration this server knows) the database lacks: all of them
+-- when it was never migrated. A version below the newest applied one can be missing too (a
+-- branch's migration numbered under one that landed first), so each is looked up.
+SELECT v FROM unnest($1::int[]) AS v
+WHERE to_regclass('jobqueue.schema_migrations') IS NULL
+   OR NOT EXISTS (SELECT 1 FROM jobqueue.schema_migrations m WHERE m.version = v);
+
 -- name: schema_version
 -- 0 when the schema has never been migrated.
 SELECT CASE WHEN to_regclass('jobqueue.schema_migrations') IS NULL THEN 0
