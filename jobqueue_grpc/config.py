@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     reaper_interval: float = Field(
         1.0, gt=0, description="Seconds between sweeps for expired leases and due jobs."
     )
+    schedule_misfire_grace: float = Field(
+        60.0,
+        ge=1,
+        description="Seconds a schedule's tick may be late and still run whatever its "
+        "missed-tick policy; older ticks are missed (the policy decides). Too small counts a "
+        "slow restart's ticks as missed; too large runs ticks long after their time.",
+    )
     # -- retention (the pruner; 0 keeps for ever) ---------------------------------------------
     retention_succeeded: float = Field(
         86_400.0,

@@ -35,6 +35,14 @@ JOBS_DEAD_LETTERED = Counter(
     "jobqueue_jobs_dead_lettered_total", "Jobs moved to the dead-letter queue.", _QK
 )
 JOBS_CANCELLED = Counter("jobqueue_jobs_cancelled_total", "Jobs cancelled.", _QK)
+TICKS_FIRED = Counter(
+    "jobqueue_schedule_ticks_fired_total", "Schedule ticks that enqueued their job.", ["schedule"]
+)
+TICKS_MISSED = Counter(
+    "jobqueue_schedule_ticks_missed_total",
+    "Schedule ticks not run: later than schedule_misfire_grace and left out by the policy.",
+    ["schedule"],
+)
 LEASE_STREAMS = Gauge("jobqueue_lease_streams", "Open Lease streams on this server.")
 JOBS_IN_FLIGHT = Gauge("jobqueue_jobs_in_flight", "Jobs leased on this server's streams.")
 
@@ -121,6 +129,14 @@ def dead_lettered(queue: str, kind: str, n: int = 1) -> None:
 
 def cancelled(queue: str, kind: str, n: int = 1) -> None:
     _child(JOBS_CANCELLED, queue, kind).inc(n)
+
+
+def ticks_fired(schedule: str, n: int = 1) -> None:
+    TICKS_FIRED.labels(schedule).inc(n)
+
+
+def ticks_missed(schedule: str, n: int = 1) -> None:
+    TICKS_MISSED.labels(schedule).inc(n)
 
 
 def lease_streams(delta: int) -> None:

@@ -22,6 +22,7 @@ from jobqueue_grpc.api.http import Calls, HttpApp, HttpServer
 from jobqueue_grpc.api.jobs import JobService, limits_of
 from jobqueue_grpc.api.lease import WorkerService
 from jobqueue_grpc.api.queues import QueueService
+from jobqueue_grpc.api.schedules import ScheduleService
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.embedded import EmbeddedPostgres
 from jobqueue_grpc.engine.engine import Engine
@@ -32,6 +33,8 @@ from jobqueue_grpc.gen.jobqueue.v1 import (
     job_service_pb2_grpc,
     queue_service_pb2,
     queue_service_pb2_grpc,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
@@ -44,6 +47,7 @@ SERVICE_NAMES = [
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     dead_letter_service_pb2.DESCRIPTOR.services_by_name["DeadLetterService"].full_name,
     queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
+    schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
 ]
 DESCRIPTOR_POOL = default_pool()
 HEALTH_INTERVAL = 2.0
@@ -109,6 +113,10 @@ class JobQueueServer:
                 dead_letter_service_pb2_grpc.add_DeadLetterServiceServicer_to_server,
             ),
             (QueueService(store), queue_service_pb2_grpc.add_QueueServiceServicer_to_server),
+            (
+                ScheduleService(store, settings, self.engine.bus.schedules_changed),
+                schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server,
+            ),
         ]
         for servicer, add in services:
             add(servicer, self.server)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -49,6 +49,9 @@ _ARGS = (
     "traceparent",
     "tracestate",
     "concurrency_key",
+    "unique_key",
+    "unique_states",
+    "unique_period",
 )
 _CASTS = {
     "kind": "text",
@@ -65,8 +68,12 @@ _CASTS = {
     "traceparent": "text",
     "tracestate": "text",
     "concurrency_key": "text",
+    "unique_key": "text",
+    "unique_states": "text[]",
+    "unique_period": "float8",
 }
-_SECONDS = {"lease_duration", "backoff_base", "backoff_cap"}  # seconds in, interval to SQL
+# seconds in, interval to SQL
+_SECONDS = {"lease_duration", "backoff_base", "backoff_cap", "unique_period"}
 
 
 def _call(placeholder: str) -> str:
@@ -89,7 +96,7 @@ PSYCOPG_SQL = _call("%s")
 class Enqueued:
     id: uuid.UUID
     state: str  # 'queued' or 'scheduled'; an existing job's, when not created
-    created: bool  # False: the idempotency key already named this job
+    created: bool  # False: the idempotency key or the unique key already named this job
 
 
 def _values(
@@ -107,6 +114,9 @@ def _values(
     traceparent: str | None,
     tracestate: str | None,
     concurrency_key: str | None,
+    unique_key: str | None,
+    unique_states: Sequence[str] | None,
+    unique_period: float | None,
 ) -> list[Any]:
     if traceparent is None:
         current, state = current_traceparent()
@@ -126,6 +136,9 @@ def _values(
         traceparent,
         tracestate,
         concurrency_key,
+        unique_key,
+        list(unique_states) if unique_states is not None else None,
+        unique_period,
     ]
 
 
@@ -153,14 +166,19 @@ async def enqueue(
     traceparent: str | None = None,
     tracestate: str | None = None,
     concurrency_key: str | None = None,
+    unique_key: str | None = None,
+    unique_states: Sequence[str] | None = None,
+    unique_period: float | None = None,
 ) -> Enqueued:
     """jobqueue.enqueue() on `conn` (asyncpg Connection or psycopg AsyncConnection), in whatever
     transaction it is in. Durations are seconds; `run_at` timezone-aware; `concurrency_key` is
-    the key the queue's flow control limits per key (as EnqueueRequest.concurrency_key)."""
+    the key the queue's flow control limits per key (as EnqueueRequest.concurrency_key).
+    `unique_key` (with `unique_states`, state names, and `unique_period`) makes the job unique as
+    EnqueueRequest.unique does; a duplicate returns the existing job with created False."""
     values = _values(
         kind, payload, queue, priority, max_attempts, run_at, idempotency_key,
         lease_duration, backoff_base, backoff_cap, metadata, traceparent, tracestate,
-        concurrency_key,
+        concurrency_key, unique_key, unique_states, unique_period,
     )  # fmt: skip
     if hasattr(conn, "fetchrow"):  # asyncpg
         return _enqueued(await conn.fetchrow(ASYNCPG_SQL, *values))
@@ -185,11 +203,14 @@ def enqueue_sync(
     traceparent: str | None = None,
     tracestate: str | None = None,
     concurrency_key: str | None = None,
+    unique_key: str | None = None,
+    unique_states: Sequence[str] | None = None,
+    unique_period: float | None = None,
 ) -> Enqueued:
     """enqueue() for a psycopg (3) Connection."""
     values = _values(
         kind, payload, queue, priority, max_attempts, run_at, idempotency_key,
         lease_duration, backoff_base, backoff_cap, metadata, traceparent, tracestate,
-        concurrency_key,
+        concurrency_key, unique_key, unique_states, unique_period,
     )  # fmt: skip
     return _enqueued(conn.execute(PSYCOPG_SQL, values).fetchone())

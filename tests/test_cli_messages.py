@@ -83,5 +83,5 @@ def test_top_level_help_lists_every_command() -> None:
     assert r.returncode == 0, r
     text = " ".join(r.stdout.split())
     assert "as they land" not in text
-    for command in ("serve", "migrate", "worker", "jobs", "dlq", "queues"):
+    for command in ("serve", "migrate", "worker", "jobs", "dlq", "queues", "schedules"):
         assert command in text.split("usage:")[1].split("options:")[0].replace("{", " ")

@@ -179,6 +179,7 @@ async def test_grpcurl_by_reflection(go_tools: Path, make_server: ServerFactory)
         "jobqueue.v1.WorkerService",
         "jobqueue.v1.DeadLetterService",
         "jobqueue.v1.QueueService",
+        "jobqueue.v1.ScheduleService",
         "grpc.health.v1.Health",
     ):
         assert name in services

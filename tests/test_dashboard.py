@@ -20,11 +20,14 @@ from jobqueue_grpc import AsyncClient, DoNotRetry, JobContext, Worker
 from jobqueue_grpc.gen.jobqueue.v1 import dead_letter_service_pb2 as dls
 from jobqueue_grpc.gen.jobqueue.v1 import dead_letter_service_pb2_grpc as dlsg
 from jobqueue_grpc.gen.jobqueue.v1 import job_pb2
+from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2 as qs
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2_grpc as qsg
+from jobqueue_grpc.gen.jobqueue.v1 import schedule_service_pb2 as ss
+from jobqueue_grpc.gen.jobqueue.v1 import schedule_service_pb2_grpc as ssg
 from jobqueue_grpc.server import JobQueueServer
 from tests import conftest
-from tests.support import running, wait_until
+from tests.support import running, wait_for_value, wait_until
 from tests.test_http import free_port
 
 CHROMIUM = os.environ.get("JOBQUEUE_CHROMIUM", "/usr/bin/chromium")
@@ -223,9 +226,42 @@ async def test_dashboard_asks_for_a_token_and_keeps_it_for_the_tab(
     await expect(page.locator("#login")).not_to_be_visible()
 
 
-async def test_the_schedules_slot(make_server: conftest.ServerFactory, page: Page) -> None:
+async def test_the_schedules_tab_lists_pauses_and_triggers(
+    make_server: conftest.ServerFactory, page: Page
+) -> None:
     srv = await make_server(http_port=free_port())
     console = Console(page)
-    await page.goto(f"http://127.0.0.1:{srv.http_port}/#schedules")
-    await expect(page.locator("#schedules-missing")).to_be_visible()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        stub = ssg.ScheduleServiceStub(ch)
+        job = js.EnqueueRequest(queue="reports", kind="digest")
+        every = ss.Schedule(id="hourly", job=job)
+        every.every.FromSeconds(3600)
+        cron = ss.Schedule(id="nightly", cron="0 3 * * *", timezone="Europe/Berlin", job=job)
+        for sc in (every, cron):
+            await stub.CreateSchedule(ss.CreateScheduleRequest(schedule=sc))
+
+        await page.goto(f"http://127.0.0.1:{srv.http_port}/#schedules")
+        await expect(page.locator("tr[data-schedule]")).to_have_count(2)
+        nightly = page.locator('tr[data-schedule="nightly"]')
+        await expect(nightly.locator('[data-field="timing"]')).to_have_text(
+            "0 3 * * * (Europe/Berlin)"
+        )
+        hourly = page.locator('tr[data-schedule="hourly"]')
+        await expect(hourly.locator('[data-field="timing"]')).to_have_text("every 3600s")
+
+        await hourly.locator('button[data-action="pause"]').click()
+        await expect(hourly.locator('[data-field="paused"]')).to_have_text("paused")
+        got = await stub.GetSchedule(ss.GetScheduleRequest(id="hourly"))
+        assert got.schedule.paused
+
+        await nightly.locator('button[data-action="trigger"]').click()
+        got = await wait_for_value(
+            lambda: stub.GetSchedule(ss.GetScheduleRequest(id="nightly")),
+            lambda r: bool(r.schedule.last_job_id),
+            what="the triggered job recorded",
+        )
+        await expect(nightly.locator('[data-field="last-job"]')).to_have_text(
+            got.schedule.last_job_id[-12:]
+        )
+        await shot(page, "schedules")
     assert console.errors == []

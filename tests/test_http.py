@@ -18,6 +18,7 @@ from jobqueue_grpc.gen.jobqueue.v1 import (
     dead_letter_service_pb2,
     job_service_pb2,
     queue_service_pb2,
+    schedule_service_pb2,
 )
 from jobqueue_grpc.server import JobQueueServer
 from tests import conftest
@@ -83,7 +84,7 @@ async def http(make_server: conftest.ServerFactory) -> JobQueueServer:
 
 UNARY = {
     f"{s.name}/{m.name}"
-    for mod in (job_service_pb2, dead_letter_service_pb2, queue_service_pb2)
+    for mod in (job_service_pb2, dead_letter_service_pb2, queue_service_pb2, schedule_service_pb2)
     for s in mod.DESCRIPTOR.services_by_name.values()
     for m in s.methods
     if not m.server_streaming and not m.client_streaming
@@ -111,10 +112,30 @@ async def test_every_unary_rpc_over_curl_and_json(http: JobQueueServer) -> None:
     assert [j["id"] for j in listed["jobs"]] == [job["id"]]
     cancelled = await ok("JobService/CancelJob", {"id": job["id"]})
     assert cancelled["outcome"] == "CANCEL_OUTCOME_CANCELLED"
+    dry = await ok("JobService/CancelJobs", {"queue": "web", "kind": "y", "dryRun": True})
+    assert dry == {"matched": "2"}  # int64 is a string in JSON; zeros are left out
+
+    every = {"id": "hourly", "every": "3600s", "job": {"kind": "tick", "queue": "sched"}}
+    made = (await ok("ScheduleService/CreateSchedule", {"schedule": every}))["schedule"]
+    assert made["id"] == "hourly" and made["job"]["kind"] == "tick"
+    got = await ok("ScheduleService/GetSchedule", {"id": "hourly"})
+    assert got["schedule"]["every"] == "3600s"
+    listed_s = await ok("ScheduleService/ListSchedules", {})
+    assert [s["id"] for s in listed_s["schedules"]] == ["hourly"]
+    cron = {**every, "every": None, "cron": "0 3 * * *"}
+    updated = await ok("ScheduleService/UpdateSchedule", {"schedule": cron})
+    assert updated["schedule"]["cron"] == "0 3 * * *"
+    assert (await ok("ScheduleService/PauseSchedule", {"id": "hourly"}))["schedule"]["paused"]
+    assert (
+        "paused" not in (await ok("ScheduleService/ResumeSchedule", {"id": "hourly"}))["schedule"]
+    )
+    fired = await ok("ScheduleService/TriggerSchedule", {"id": "hourly"})
+    assert fired["created"] is True and fired["job"]["queue"] == "sched"
+    await ok("ScheduleService/DeleteSchedule", {"id": "hourly"})
 
     queues = await ok("QueueService/ListQueues", {})
-    assert [q["name"] for q in queues["queues"]] == ["web"]
-    assert queues["queues"][0]["counts"]["queued"] == "2"  # int64 is a string in JSON
+    assert [q["name"] for q in queues["queues"]] == ["sched", "web"]
+    assert queues["queues"][1]["counts"]["queued"] == "2"  # int64 is a string in JSON
     assert (await ok("QueueService/GetQueue", {"name": "web"}))["queue"]["name"] == "web"
     assert (await ok("QueueService/PauseQueue", {"name": "dead"}))["queue"]["paused"] is True
     assert "paused" not in (await ok("QueueService/ResumeQueue", {"name": "dead"}))["queue"]

@@ -1,15 +1,19 @@
 """Job metadata: labels given at enqueue (unary and batch), returned on the Job and with every
-lease, validated, filterable in ListJobs (pages included), shown by the CLI."""
+lease, validated, filterable in ListJobs (pages included, with created_before too), shown by the
+CLI."""
 
 from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import grpc
 import pytest
 from grpc_status import rpc_status
 
 from jobqueue_grpc.client import AsyncClient, enqueue_request
+from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
+from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
 from jobqueue_grpc.server import JobQueueServer
 from jobqueue_grpc.worker import JobContext, Worker
 from tests.test_admin_cli import Cli
@@ -111,3 +115,35 @@ async def test_the_cli_sets_shows_and_filters_metadata(server: JobQueueServer) -
 def test_enqueue_request_carries_metadata_and_trace_fields() -> None:
     req = enqueue_request("k", metadata={"a": "b"}, traceparent="tp", tracestate="ts")
     assert (dict(req.metadata), req.traceparent, req.tracestate) == ({"a": "b"}, "tp", "ts")
+
+
+async def test_list_jobs_combines_metadata_and_created_before_across_pages(
+    channel: grpc.aio.Channel, db: asyncpg.Connection
+) -> None:
+    stub = jsg.JobServiceStub(channel)
+    made = []
+    for tenant in ("t1", "t1", "t1", "t2"):
+        job = (await stub.Enqueue(js.EnqueueRequest(kind="k", metadata={"tenant": tenant}))).job
+        made.append(job.id)
+    old = made[:2] + made[3:]  # two of t1's and t2's are two days old
+    await db.execute(
+        "UPDATE jobqueue.jobs SET created_at = now() - interval '2 days'"
+        " WHERE id = ANY($1::uuid[])",
+        old,
+    )
+    query = js.ListJobsRequest(page_size=1, metadata={"tenant": "t1"})
+    query.created_before.GetCurrentTime()
+    query.created_before.seconds -= 86_400
+    seen: list[str] = []
+    while True:
+        page = await stub.ListJobs(query)
+        seen += [j.id for j in page.jobs]
+        if not page.next_page_token:
+            break
+        query.page_token = page.next_page_token
+    assert seen == [made[1], made[0]]  # newest first
+    # the token is bound to both filters
+    query.ClearField("created_before")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ListJobs(query)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT

@@ -24,6 +24,7 @@ from jobqueue_grpc.domain.states import (
     JobState,
     allowed,
     cancel_outcome,
+    cancellable_states,
     enqueue_event,
     next_state,
 )
@@ -131,6 +132,33 @@ async def test_cancel_job_agrees_with_the_domain(
     assert await state_of(db, job_id) == next_state(state, event)
     flagged = await db.fetchval("SELECT cancel_requested FROM jobqueue.jobs WHERE id = $1", job_id)
     assert flagged is (event is Event.REQUEST_CANCEL)
+
+
+@pytest.mark.parametrize("state", STATES)
+async def test_cancel_jobs_agrees_with_the_domain(
+    store: Store, db: asyncpg.Connection, state: JobState
+) -> None:
+    """CancelJobs' bulk statement (cancel_jobs_chunk) applies CANCEL and REQUEST_CANCEL as
+    CancelJob does, and leaves a terminal job alone."""
+    job_id, _ = await job_in(store, db, state)
+    out = await store.jobs.cancel_many(
+        queue="sm", kind=None, states=cancellable_states(), created_before=None, dry_run=False
+    )
+    expected = cancel_outcome(state)
+    if expected is None:
+        assert (out.matched, await state_of(db, job_id)) == (0, state)
+        return
+    event = Event.CANCEL if allowed(state, Event.CANCEL) else Event.REQUEST_CANCEL
+    assert await state_of(db, job_id) == next_state(state, event)
+    assert (out.cancelled, out.cancel_requested) == ((1, 0) if event is Event.CANCEL else (0, 1))
+
+
+@pytest.mark.parametrize("due", [True, False])
+async def test_unique_insert_agrees_with_the_domain(store: Store, due: bool) -> None:
+    run_at = None if due else datetime.now(UTC) + timedelta(hours=1)
+    [(row, created)] = await store.jobs.insert_unique([new_job(run_at)])
+    assert created
+    assert row.state == next_state(None, enqueue_event(due=due, handed_off=False))
 
 
 @pytest.mark.parametrize(("due", "handed_off"), [(True, False), (False, False), (True, True)])

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import grpc
 import psycopg
 import pytest
 
 from jobqueue_grpc import txn
 from jobqueue_grpc.client import AsyncClient
+from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
+from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2_grpc as jsg
 from jobqueue_grpc.server import JobQueueServer
 from jobqueue_grpc.store.migrate import MIGRATIONS_DIR
 from jobqueue_grpc.store.notify import JOBS_CHANNEL
@@ -24,6 +27,7 @@ from tests.conftest import ServerFactory
 from tests.test_sdk import running
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+HOUR = timedelta(hours=1)
 TIMESTAMPS = {"id", "run_at", "created_at", "updated_at", "started_at", "finished_at"}
 
 
@@ -32,7 +36,8 @@ def migration(version: str) -> str:
     return path.read_text()
 
 
-@pytest.mark.parametrize("version", ["0030", "0041"])  # 0041 replaces 0030's function
+# 0041 replaces 0030's function, 0051 0041's
+@pytest.mark.parametrize("version", ["0030", "0041", "0051"])
 def test_the_function_notifies_on_the_channel_the_servers_listen_on(version: str) -> None:
     # The migration cannot use store/notify.py's placeholder: it writes the name as a literal.
     assert re.findall(r"pg_notify\('([a-z_]+)'", migration(version)) == [JOBS_CHANNEL]
@@ -148,6 +153,12 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("tracestate", {"tracestate": "a=1"}, "tracestate needs a traceparent"),
     ("concurrency_key", {"concurrency_key": "a b"}, "must match [A-Za-z0-9_.:/@-]{1,128}"),
     ("concurrency_key", {"concurrency_key": "k" * 129}, "must match"),
+    ("unique.key", {"unique_key": "k" * 256}, "longer than 255"),
+    ("unique.key", {"unique_key": "derived:abc"}, "may not start with 'derived:'"),
+    ("unique.key", {"unique_period": "1 hour"}, "unique.key is required"),
+    ("unique.states", {"unique_key": "u", "unique_states": "{queued,done}"}, "unknown state"),
+    ("unique.states", {"unique_key": "u", "unique_states": "{succeeded}"}, "every unfinished"),
+    ("unique.period", {"unique_key": "u", "unique_period": "0.5 seconds"}, "between 1 s and 366"),
 ]
 
 
@@ -158,6 +169,8 @@ SQL_TYPES = {
     "lease_duration": "interval",
     "backoff_base": "interval",
     "backoff_cap": "interval",
+    "unique_states": "text[]",
+    "unique_period": "interval",
 }
 
 
@@ -243,6 +256,52 @@ async def test_an_idempotency_key_returns_the_existing_job_to_the_function_and_t
         r = await client.enqueue("k", idempotency_key="order-1")
     assert (r.job.id, r.created) == (str(first.id), False)
     assert await count(db) == 1
+
+
+UNFINISHED = ["queued", "scheduled", "running", "retrying"]
+ALL_STATES = [*UNFINISHED, "succeeded", "failed", "cancelled"]
+
+
+async def test_unique_keys_refuse_duplicates_across_the_function_and_the_rpc(
+    channel: grpc.aio.Channel, db: asyncpg.Connection
+) -> None:
+    stub = jsg.JobServiceStub(channel)
+    first = await txn.enqueue(db, "report", unique_key="nightly")
+    again = await txn.enqueue(db, "report", {"other": 1}, unique_key="nightly")
+    assert (first.created, again.created, again.id) == (True, False, first.id)
+    rpc = await stub.Enqueue(
+        js.EnqueueRequest(kind="report", unique=js.UniqueOptions(key="nightly"))
+    )
+    assert (rpc.created, rpc.job.id, rpc.job.unique_key) == (False, str(first.id), "nightly")
+    # finished: out of the default (unfinished) states, so a new one may come
+    await stub.CancelJob(js.CancelJobRequest(id=str(first.id)))
+    assert (await txn.enqueue(db, "report", unique_key="nightly")).created
+
+    # a period: the RPC's job holds the window (10:00-11:00) that the function's run_at falls in
+    by_rpc = js.EnqueueRequest(kind="hourly", unique=js.UniqueOptions(key="h"))
+    by_rpc.run_at.FromJsonString("2030-01-01T10:20:00Z")
+    by_rpc.unique.period.FromSeconds(3600)
+    made = (await stub.Enqueue(by_rpc)).job
+    at = datetime(2030, 1, 1, 10, 40, tzinfo=UTC)
+    dup = await txn.enqueue(db, "hourly", unique_key="h", unique_period=3600, run_at=at)
+    assert (dup.created, str(dup.id)) == (False, made.id)
+    nxt = await txn.enqueue(db, "hourly", unique_key="h", unique_period=3600, run_at=at + HOUR)
+    assert nxt.created
+    rows = await db.fetch(
+        "SELECT unique_key, unique_states FROM jobqueue.jobs WHERE kind = 'hourly' ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [("h@1893492000", ALL_STATES), ("h@1893495600", ALL_STATES)]
+
+    # states given: a cancelled job keeps refusing; the RPC stores the same states
+    kept = await txn.enqueue(db, "k", unique_key="kept", unique_states=[*UNFINISHED, "CANCELLED"])
+    await stub.CancelJob(js.CancelJobRequest(id=str(kept.id)))
+    assert (await txn.enqueue(db, "k", unique_key="kept")).id == kept.id
+    states = await db.fetchval("SELECT unique_states FROM jobqueue.jobs WHERE id = $1", kept.id)
+    assert states == [*UNFINISHED, "cancelled"]
+    # an idempotency key wins over a unique key, as in the RPC
+    keyed = await txn.enqueue(db, "k", idempotency_key="idem", unique_key="other")
+    both = await txn.enqueue(db, "k", idempotency_key="idem", unique_key="kept")
+    assert (both.created, both.id) == (False, keyed.id)
 
 
 async def test_psycopg_connections_sync_and_async(db_url: str, db: asyncpg.Connection) -> None:

@@ -1,14 +1,14 @@
 // The dashboard: the generated TypeScript client (clients/typescript/src/gen, copied into
 // src/gen by `node build.mjs gen`) over the Connect
 // web transport, against the same origin's HTTP port. No API of its own: every number and every
-// action is an RPC of JobService, QueueService or DeadLetterService.
+// action is an RPC of JobService, QueueService, DeadLetterService or ScheduleService.
 //
 // Live: one WatchJobs stream feeds the job list and the queue counts; the open job's detail has
 // its own WatchJob stream. Auth: a call refused UNAUTHENTICATED asks for a token, kept in
 // sessionStorage (this tab only) and sent as `Authorization: Bearer`.
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
-import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { timestampDate, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { JobState, type AttemptError, type Job } from "./gen/jobqueue/v1/job_pb.js";
 import { JobService } from "./gen/jobqueue/v1/job_service_pb.js";
@@ -18,6 +18,7 @@ import {
   type DeadLetter,
   type DeadLetterFilter,
 } from "./gen/jobqueue/v1/dead_letter_service_pb.js";
+import { ScheduleService, type Schedule } from "./gen/jobqueue/v1/schedule_service_pb.js";
 
 const TOKEN_KEY = "jobqueue.token";
 const STATES = [
@@ -40,6 +41,7 @@ const transport = createConnectTransport({ baseUrl: location.origin, interceptor
 const jobsApi = createClient(JobService, transport);
 const queuesApi = createClient(QueueService, transport);
 const deadApi = createClient(DeadLetterService, transport);
+const schedulesApi = createClient(ScheduleService, transport);
 
 // -- little DOM helpers -----------------------------------------------------------------------
 type Child = Node | string | null | undefined | false;
@@ -129,6 +131,7 @@ const ui = {
   selectedJob: null as Job | null,
   dead: [] as DeadLetter[],
   deadFilter: { queue: "", kind: "" },
+  schedules: null as Schedule[] | null, // null: not loaded yet
 };
 
 function matches(j: Job): boolean {
@@ -167,6 +170,18 @@ async function loadDead(): Promise<void> {
   ui.dead = list.deadLetters;
   deadStats = stats;
   if (ui.view === "dead") render();
+}
+
+async function loadSchedules(): Promise<void> {
+  const all: Schedule[] = [];
+  let pageToken = "";
+  do {
+    const page = await rpc(() => schedulesApi.listSchedules({ pageSize: 500, pageToken }));
+    all.push(...page.schedules);
+    pageToken = page.nextPageToken;
+  } while (pageToken);
+  ui.schedules = all;
+  if (ui.view === "schedules") render();
 }
 
 // -- live: one WatchJobs stream for the list and the counts -------------------------------------
@@ -521,15 +536,74 @@ async function purgeMatching(): Promise<void> {
   }
 }
 
+const seconds = (d?: Duration) => (d ? Number(d.seconds) + d.nanos / 1e9 : 0);
+function timing(sc: Schedule): string {
+  return sc.cron ? `${sc.cron} (${sc.timezone || "UTC"})` : `every ${seconds(sc.every)}s`;
+}
+
 function schedulesView(): HTMLElement {
-  // The slot for ScheduleService (issue 13): once its stubs are generated into
-  // clients/typescript/src/gen, list the schedules here with their next runs, pause/resume.
+  const list = ui.schedules;
+  const rows = (list ?? []).map((sc) =>
+    h(
+      "tr",
+      { "data-schedule": sc.id },
+      h("td", {}, sc.id),
+      h("td", { "data-field": "timing" }, timing(sc)),
+      h("td", {}, `${sc.job?.queue ?? ""} / ${sc.job?.kind ?? ""}`),
+      h("td", { "data-field": "paused" }, sc.paused ? h("span", { class: "paused" }, "paused") : "active"),
+      h("td", { "data-field": "next" }, sc.paused ? "—" : time(sc.nextRunAt)),
+      h("td", { "data-field": "last" }, time(sc.lastRunAt) || "—"),
+      h(
+        "td",
+        { "data-field": "last-job" },
+        sc.lastJobId ? h("a", { href: "#jobs", title: sc.lastJobId, onclick: () => void openFromSchedule(sc.lastJobId) }, sc.lastJobId.slice(-12)) : "—",
+      ),
+      h(
+        "td",
+        {},
+        sc.paused
+          ? h("button", { "data-action": "resume", onclick: () => void setSchedulePaused(sc.id, false) }, "Resume")
+          : h("button", { "data-action": "pause", onclick: () => void setSchedulePaused(sc.id, true) }, "Pause"),
+        " ",
+        h("button", { "data-action": "trigger", onclick: () => void triggerSchedule(sc.id) }, "Run now"),
+      ),
+    ),
+  );
   return h(
     "section",
     { id: "schedules" },
     h("h2", {}, "Schedules"),
-    h("p", { class: "muted", id: "schedules-missing" }, "This server has no ScheduleService yet: schedules will show here when it does."),
+    list === null
+      ? h("p", { class: "muted" }, "Loading…")
+      : rows.length
+        ? h(
+            "table",
+            {},
+            h("thead", {}, h("tr", {}, h("th", {}, "schedule"), h("th", {}, "timing"), h("th", {}, "queue / kind"), h("th", {}, "state"), h("th", {}, "next run"), h("th", {}, "last run"), h("th", {}, "last job"), h("th", {}, ""))),
+            h("tbody", {}, ...rows),
+          )
+        : h("p", { class: "muted", id: "schedules-none" }, "No schedules: create one with ScheduleService/CreateSchedule or `jobqueue-grpc schedules create`."),
   );
+}
+
+function replaceSchedule(sc?: Schedule): void {
+  if (sc && ui.schedules) ui.schedules = ui.schedules.map((o) => (o.id === sc.id ? sc : o));
+}
+
+async function setSchedulePaused(id: string, paused: boolean): Promise<void> {
+  const r = paused ? await rpc(() => schedulesApi.pauseSchedule({ id })) : await rpc(() => schedulesApi.resumeSchedule({ id }));
+  replaceSchedule(r.schedule);
+  render();
+}
+
+async function triggerSchedule(id: string): Promise<void> {
+  await rpc(() => schedulesApi.triggerSchedule({ id }));
+  await loadSchedules(); // last run and last job changed
+}
+
+function openFromSchedule(jobId: string): void {
+  ui.jobFilter = { queue: "", kind: "", state: JobState.UNSPECIFIED };
+  void openJob(jobId);
 }
 
 // -- start ----------------------------------------------------------------------------------------
@@ -539,6 +613,7 @@ async function show(view: string): Promise<void> {
   if (ui.view === "queues") await loadQueues();
   if (ui.view === "jobs") await loadJobs();
   if (ui.view === "dead") await loadDead();
+  if (ui.view === "schedules") await loadSchedules();
 }
 
 window.addEventListener("hashchange", () => void show(location.hash.slice(1)).catch(() => undefined));

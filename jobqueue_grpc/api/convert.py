@@ -30,6 +30,7 @@ from jobqueue_grpc.domain.metadata import (
 )
 from jobqueue_grpc.domain.records import JobRecord, LeasedJob
 from jobqueue_grpc.domain.states import STATES, JobState
+from jobqueue_grpc.domain.unique import Unique, check_unique, derived_key, refusing_states
 from jobqueue_grpc.domain.validation import (
     DEFAULT_QUEUE,
     IDEMPOTENCY_KEY_MAX,
@@ -149,6 +150,9 @@ def new_job(
         violations += trace_violations(prefix, req.traceparent, req.tracestate)
         trace = (req.traceparent or None, req.tracestate or None)
     run_at = to_datetime(prefix + "run_at", req.run_at) if req.HasField("run_at") else None
+    unique = None
+    if req.HasField("unique"):
+        unique = _unique(req, prefix, queue, payload_json, violations)
     raise_if(violations)
     return NewJob(
         queue=queue,
@@ -161,11 +165,44 @@ def new_job(
         lease_seconds=lease if lease is not None else limits.default_lease_seconds,
         backoff_base=base,
         backoff_cap=cap,
+        unique=unique,
         concurrency_key=req.concurrency_key or None,
         metadata_json=metadata_json(req.metadata),
         traceparent=trace[0],
         tracestate=trace[1],
     )
+
+
+def _unique(
+    req: job_service_pb2.EnqueueRequest,
+    prefix: str,
+    queue: str,
+    payload_json: str,
+    violations: list[FieldViolation],
+) -> Unique | None:
+    """The request's `unique`, validated (its violations added to `violations`)."""
+    u = req.unique
+    field = prefix + "unique."
+    period = seconds(u.period) if u.HasField("period") else None
+    states: list[JobState] = []
+    found: list[FieldViolation] = []
+    for s in u.states:
+        if s in STATE_FROM_PROTO:
+            states.append(STATE_FROM_PROTO[s])
+        else:
+            found.append(FieldViolation(field + "states", f"unknown state {s}"))
+    found += check_unique(field, key=u.key, states=states, period=period)
+    violations.extend(found)
+    if found:
+        return None
+    key = u.key or derived_key(queue, req.kind, payload_json)
+    return Unique(key, refusing_states(states, period), period)
+
+
+def has_unique(reqs: Sequence[job_service_pb2.EnqueueRequest]) -> bool:
+    """Whether any job of a batch is unique: such a batch takes new_job and insert_unique, not
+    new_jobs (whose columns carry no `unique`) and the batch statement."""
+    return any(r.HasField("unique") for r in reqs)
 
 
 def new_jobs(
@@ -174,7 +211,8 @@ def new_jobs(
     """new_job for every request of a batch, column by column, ids included. All or nothing:
     INVALID_ARGUMENT with every violation of every job ("jobs[3].kind") if any job is bad.
 
-    The common request (no run_at, lease_duration or retry_policy) is checked inline, with the
+    No request may carry `unique` (see has_unique). The common request (no run_at,
+    lease_duration or retry_policy) is checked inline, with the
     same rules as check_new_job; any other request, and any request that fails a check, goes
     through new_job itself, so rules and messages have one source.
     """
@@ -405,6 +443,7 @@ def job(r: JobRecord) -> job_pb2.Job:
         idempotency_key=r.idempotency_key or "",
         cancel_requested=r.cancel_requested,
         worker_id=r.worker_id or "",
+        unique_key=r.unique_key or "",
         concurrency_key=r.concurrency_key or "",
     )
     for text, out in ((r.payload, j.payload), (r.result, j.result), (r.progress, j.progress)):

@@ -26,6 +26,7 @@ DOMAIN = "jobqueue-grpc"
 CODES: dict[type[e.JobQueueError], grpc.StatusCode] = {
     e.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     e.NotFound: grpc.StatusCode.NOT_FOUND,
+    e.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     e.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     e.Unavailable: grpc.StatusCode.UNAVAILABLE,
     e.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,

@@ -11,11 +11,11 @@ from jobqueue_grpc import metrics
 from jobqueue_grpc.api import convert
 from jobqueue_grpc.config import Settings
 from jobqueue_grpc.domain import pagination
-from jobqueue_grpc.domain.errors import FieldViolation
-from jobqueue_grpc.domain.jobs import Limits
-from jobqueue_grpc.domain.metadata import from_headers, metadata_violations
+from jobqueue_grpc.domain.errors import FieldViolation, InvalidArgument
+from jobqueue_grpc.domain.jobs import Limits, NewJob
+from jobqueue_grpc.domain.metadata import TraceContext, from_headers, metadata_violations
 from jobqueue_grpc.domain.records import JobRecord
-from jobqueue_grpc.domain.states import CancelOutcome, JobState
+from jobqueue_grpc.domain.states import CancelOutcome, JobState, cancellable_states
 from jobqueue_grpc.domain.validation import kind_violation, parse_uuid, queue_violation, raise_if
 from jobqueue_grpc.engine.enqueue import Enqueuer
 from jobqueue_grpc.engine.watches import Watches
@@ -58,7 +58,10 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.EnqueueRequest, context: Ctx
     ) -> job_service_pb2.EnqueueResponse:
         new = convert.new_job(request, "", self.limits, from_headers(context.invocation_metadata()))
-        row, created = await self.enqueuer.enqueue(new)
+        if new.unique is not None:
+            [(row, created)] = await self.enqueuer.enqueue_unique([new])
+        else:
+            row, created = await self.enqueuer.enqueue(new)
         return job_service_pb2.EnqueueResponse(job=convert.job(row), created=created)
 
     async def EnqueueBatch(
@@ -71,9 +74,31 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
                 "bad batch size",
             )
         trace = from_headers(context.invocation_metadata())  # for every job that sets none
+        if convert.has_unique(request.jobs):
+            return await self._enqueue_unique_batch(request, trace)
         jobs = convert.new_jobs(request.jobs, self.limits, trace)
         out = await self.enqueuer.enqueue_batch(jobs)
         return convert.enqueue_batch_response(request.jobs, jobs, out.created, out.at, out.existing)
+
+    async def _enqueue_unique_batch(
+        self, request: job_service_pb2.EnqueueBatchRequest, trace: TraceContext
+    ) -> job_service_pb2.EnqueueBatchResponse:
+        """A batch with unique jobs: all or nothing too, in one transaction (insert_unique)."""
+        jobs: list[NewJob] = []
+        violations: list[FieldViolation] = []
+        for i, req in enumerate(request.jobs):
+            try:
+                jobs.append(convert.new_job(req, f"jobs[{i}].", self.limits, trace))
+            except InvalidArgument as err:
+                violations.extend(err.violations)
+        raise_if(violations, "batch rejected, nothing enqueued")
+        out = await self.enqueuer.enqueue_unique(jobs)
+        return job_service_pb2.EnqueueBatchResponse(
+            results=[
+                job_service_pb2.EnqueueBatchResult(job=convert.job(row), created=created)
+                for row, created in out
+            ]
+        )
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Ctx
@@ -88,12 +113,17 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.ListJobsRequest, context: Ctx
     ) -> job_service_pb2.ListJobsResponse:
         _check_filters(request)
+        before = None
+        if request.HasField("created_before"):
+            before = convert.to_datetime("created_before", request.created_before)
         limit = page_size(request.page_size, self.settings)
         state = convert.STATE_FROM_PROTO.get(request.state)
         labels = convert.metadata_json(dict(sorted(request.metadata.items())))
         filters: tuple[object, ...] = (request.queue, request.kind, request.state)
         if labels is not None:  # tokens of unlabelled lists stay as they were
             filters += (labels,)
+        if before is not None:  # a token is good for the filters it was made with only
+            filters += (before.isoformat(),)
         secret = await self.store.page_token_key()
         after = pagination.decode(request.page_token, filters, secret)
         rows = await self.store.jobs.list(
@@ -103,6 +133,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
             after=after[1] if after else None,
             limit=limit + 1,
             metadata=labels,
+            created_before=before,
         )
         token = ""
         if len(rows) > limit:
@@ -119,6 +150,45 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         if outcome is CancelOutcome.CANCELLED:  # committed; CANCEL_REQUESTED ends in the engine
             metrics.cancelled(row.queue, row.kind)
         return job_service_pb2.CancelJobResponse(job=convert.job(row), outcome=_OUTCOME[outcome])
+
+    async def CancelJobs(
+        self, request: job_service_pb2.CancelJobsRequest, context: Ctx
+    ) -> job_service_pb2.CancelJobsResponse:
+        violations = [
+            v
+            for v in (
+                request.queue and queue_violation("queue", request.queue),
+                request.kind and kind_violation("kind", request.kind),
+            )
+            if v
+        ]
+        if request.state and request.state not in convert.STATE_FROM_PROTO:
+            violations.append(FieldViolation("state", f"unknown state {request.state}"))
+        before = None
+        if request.HasField("created_before"):
+            before = convert.to_datetime("created_before", request.created_before)
+        if not (request.queue or request.kind or request.state or before):
+            violations.append(
+                FieldViolation(
+                    "queue", "name at least one filter: queue, kind, state or created_before"
+                )
+            )
+        raise_if(violations)
+        state = convert.STATE_FROM_PROTO.get(request.state)
+        counts = await self.store.jobs.cancel_many(
+            queue=request.queue or None,
+            kind=request.kind or None,
+            states=cancellable_states(state),
+            created_before=before,
+            dry_run=request.dry_run,
+        )
+        for (queue, kind), n in counts.by_queue_kind.items():
+            metrics.cancelled(queue, kind, n)
+        return job_service_pb2.CancelJobsResponse(
+            matched=counts.matched,
+            cancelled=counts.cancelled,
+            cancel_requested=counts.cancel_requested,
+        )
 
     async def WatchJob(
         self, request: job_service_pb2.WatchJobRequest, context: Ctx

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from jobqueue_grpc.cli import admin, serve, worker
+from jobqueue_grpc.cli import admin, schedules, serve, worker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(sub)
     worker.register(sub)
     admin.register(sub)
+    schedules.register(sub)
     return p
 
 

@@ -1,4 +1,5 @@
-"""The admin commands: `jobs`, `dlq` and `queues`. They speak gRPC only, like any other client.
+"""The admin commands: `jobs`, `dlq` and `queues` (`schedules`: cli/schedules.py). They speak
+gRPC only, like any other client.
 
 Tables by default, `--json` for scripts. An RPC error prints one line (code, message, ErrorInfo
 reason) and exits 1. Bulk requeue and purge count first (a dry run), ask before acting unless
@@ -175,6 +176,7 @@ def jobs_list(args: argparse.Namespace, ch: grpc.Channel) -> int:
                 state=state,
                 page_size=min(1000, args.limit - len(jobs)),
                 page_token=token,
+                created_before=ts(args.created_before) if args.created_before else None,
                 metadata=dict(args.label or []),
             ),
             timeout=TIMEOUT,
@@ -191,12 +193,48 @@ def jobs_list(args: argparse.Namespace, ch: grpc.Channel) -> int:
 
 
 def jobs_cancel(args: argparse.Namespace, ch: grpc.Channel) -> int:
+    if not args.id:
+        return _jobs_cancel_many(args, ch)
     resp = js_grpc.JobServiceStub(ch).CancelJob(js.CancelJobRequest(id=args.id), timeout=TIMEOUT)
     if args.json:
         output.print_json(resp)
     else:
         outcome = js.CancelOutcome.Name(resp.outcome).removeprefix("CANCEL_OUTCOME_").lower()
         print(f"{resp.job.id}: {outcome.replace('_', ' ')}")
+    return 0
+
+
+def _jobs_cancel_many(args: argparse.Namespace, ch: grpc.Channel) -> int:
+    """CancelJobs: counts (a dry run), asks unless --yes, then cancels; the server works in
+    chunks of its own."""
+    req = js.CancelJobsRequest(queue=args.queue, kind=args.kind)
+    if args.state:
+        req.state = job_pb2.JobState.Value("JOB_STATE_" + args.state.upper())
+    if args.created_before is not None:
+        req.created_before.CopyFrom(ts(args.created_before))
+    if not (req.queue or req.kind or req.state or args.created_before):
+        raise UsageError("give a job id, or filters: --queue, --kind, --state, --created-before")
+    stub = js_grpc.JobServiceStub(ch)
+    req.dry_run = True
+    count = stub.CancelJobs(req, timeout=TIMEOUT).matched
+    if args.dry_run or count == 0:
+        if args.json:
+            output.print_json({"matched": count, "dry_run": True})
+        else:
+            print(f"would cancel {count} job(s)" if args.dry_run else "nothing to do")
+        return 0
+    if not output.confirm(f"cancel {count} job(s)?", args.yes):
+        print("aborted: nothing changed", file=sys.stderr)
+        return 1
+    req.dry_run = False
+    resp = stub.CancelJobs(req, timeout=TIMEOUT)
+    if args.json:
+        output.print_json(resp)
+    else:
+        print(
+            f"cancelled {resp.cancelled} waiting job(s); "
+            f"asked the workers of {resp.cancel_requested} running job(s) to stop"
+        )
     return 0
 
 
@@ -560,6 +598,7 @@ def register(sub: Any) -> None:
     p.add_argument("--queue", default="")
     p.add_argument("--kind", default="")
     p.add_argument("--state", choices=STATES)
+    p.add_argument("--created-before", type=parse_time, metavar="TIME", help="ISO 8601 or an age")
     p.add_argument(
         "--label",
         type=parse_label,
@@ -568,7 +607,14 @@ def register(sub: Any) -> None:
         help="only jobs whose metadata holds this pair (repeat: all of them)",
     )
     p.add_argument("--limit", type=int, default=100, help="show at most this many (100)")
-    leaf(g, "cancel", jobs_cancel, "cancel a job").add_argument("id")
+    p = leaf(g, "cancel", jobs_cancel, "cancel a job, or every job matching the filters")
+    p.add_argument("id", nargs="?", help="a job id; without it, the filters choose")
+    p.add_argument("--queue", default="")
+    p.add_argument("--kind", default="")
+    p.add_argument("--state", choices=STATES)
+    p.add_argument("--created-before", type=parse_time, metavar="TIME", help="ISO 8601 or an age")
+    p.add_argument("--dry-run", action="store_true", help="count what would be cancelled")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
 
     dlq = sub.add_parser("dlq", help="the dead-letter queue: find, inspect, requeue, purge")
     g = dlq.add_subparsers(dest="action", required=True)

@@ -56,6 +56,10 @@ class NotFound(JobQueueError):
     reason = "NOT_FOUND"
 
 
+class AlreadyExists(JobQueueError):
+    reason = "ALREADY_EXISTS"
+
+
 class FailedPrecondition(JobQueueError):
     reason = "FAILED_PRECONDITION"
 
@@ -82,3 +86,7 @@ class ResourceExhausted(JobQueueError):
 
 def job_not_found(job_id: str) -> NotFound:
     return NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
+
+
+def schedule_not_found(schedule_id: str) -> NotFound:
+    return NotFound(f"schedule {schedule_id} not found", reason="SCHEDULE_NOT_FOUND")

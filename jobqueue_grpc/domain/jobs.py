@@ -11,6 +11,7 @@ from datetime import datetime
 from jobqueue_grpc.domain.errors import FieldViolation
 from jobqueue_grpc.domain.limits import concurrency_key_violation
 from jobqueue_grpc.domain.outcomes import MAX_DELAY_SECONDS, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS
+from jobqueue_grpc.domain.unique import Unique
 from jobqueue_grpc.domain.validation import (
     IDEMPOTENCY_KEY_MAX,
     kind_violation,
@@ -94,6 +95,7 @@ class NewJob:
     backoff_base: float | None
     backoff_cap: float | None
     id: uuid.UUID = field(default_factory=uuid7)
+    unique: Unique | None = None  # EnqueueRequest.unique, validated (domain/unique.py)
     concurrency_key: str | None = None  # flow control (domain/limits.py)
     # issue 16: labels (a JSON object of strings; None when none) and the producer's trace context
     metadata_json: str | None = None

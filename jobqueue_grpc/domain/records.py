@@ -44,6 +44,7 @@ class JobRecord(NamedTuple):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    unique_key: str | None
     concurrency_key: str | None  # flow control (issue 14)
     # issue 16: labels (jsonb text, None when none) and the producer's W3C trace context
     metadata: str | None
@@ -170,3 +171,42 @@ class DeadLetterStats:
     by_kind: list[tuple[str, int]]
     oldest: datetime | None
     newest: datetime | None
+
+
+class ScheduleRecord(NamedTuple):
+    """A schedule as stored (store/sql/schedules.sql). `template` is the job template's JSON
+    (domain/schedules.py template_json); `missed` a domain.schedules.Missed value."""
+
+    id: str
+    cron: str | None
+    every_seconds: float | None
+    timezone: str
+    template: str
+    paused: bool
+    missed: str
+    catch_up_max: int
+    next_run_at: datetime
+    last_run_at: datetime | None
+    last_job_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """What one pass of the schedule loop did with one due schedule."""
+
+    schedule_id: str
+    fired: int  # ticks that enqueued (or found) their job
+    missed: int  # ticks that the missed-tick policy left out
+    created: list[JobRecord]  # the jobs those ticks inserted
+
+
+@dataclass(frozen=True, slots=True)
+class CancelCounts:
+    """What CancelJobs did (or, in a dry run, would do)."""
+
+    matched: int
+    cancelled: int
+    cancel_requested: int
+    by_queue_kind: dict[tuple[str, str], int]  # jobs cancelled now, for the metrics

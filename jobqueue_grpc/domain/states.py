@@ -114,3 +114,10 @@ def cancel_outcome(state: JobState) -> CancelOutcome | None:
     if allowed(state, Event.REQUEST_CANCEL):
         return CancelOutcome.CANCEL_REQUESTED
     return None
+
+
+def cancellable_states(state: JobState | None = None) -> list[JobState]:
+    """The states CancelJobs acts on: those CancelJob cancels or asks a worker to stop, limited
+    to `state` when one is given (a terminal one: none)."""
+    out = [s for s in STATES if allowed(s, Event.CANCEL) or allowed(s, Event.REQUEST_CANCEL)]
+    return [s for s in out if state is None or s is state]

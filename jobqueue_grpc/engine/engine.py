@@ -7,7 +7,7 @@
     intake.py       what workers send: outcomes, extensions, progress
     settle.py       outcomes group-committed; leases ended without one released
     enqueue.py      enqueues group-committed (and handed off)
-    maintenance/    scheduler, reaper, pruner
+    maintenance/    scheduler, reaper, pruner, schedules (periodic jobs)
     watches.py      watchers of job changes (WatchJob, WatchJobs) and their fan-out
     wakeups.py      the wake-up bus (in-process commits and LISTEN feed it)
     events.py       the plain values a stream sends and receives (api/lease.py: the wire)
@@ -37,6 +37,7 @@ from jobqueue_grpc.engine.intake import Intake
 from jobqueue_grpc.engine.maintenance.pruner import Pruner
 from jobqueue_grpc.engine.maintenance.reaper import Reaper
 from jobqueue_grpc.engine.maintenance.scheduler import Scheduler
+from jobqueue_grpc.engine.maintenance.schedules import ScheduleLoop
 from jobqueue_grpc.engine.ports import StorePort
 from jobqueue_grpc.engine.settle import Releaser, Settler
 from jobqueue_grpc.engine.streams import Registry, Stream
@@ -68,6 +69,9 @@ class Engine:
         self.scheduler = Scheduler(leases, bus, store.commits)
         self.reaper = Reaper(self.releaser, registry, bus, settings.reaper_interval)
         self.pruner = Pruner(store.retention, settings)
+        self.schedules = ScheduleLoop(
+            store.schedules, bus, store.commits, settings.schedule_misfire_grace
+        )
         self.listener = store.listener(
             on_jobs=bus.jobs_ready,
             on_cancel=bus.cancel_requested,
@@ -93,6 +97,7 @@ class Engine:
             (self.scheduler.run(), "scheduler"),
             (self.reaper.run(), "reaper"),
             (self.pruner.run(), "pruner"),
+            (self.schedules.run(), "schedules"),
             (self.listener.run(), "listen"),
         ]
         for coro, name in loops:
@@ -131,6 +136,7 @@ class Engine:
             self.registry.released(len(s.leases))
             s.leases.clear()
         self._stopped = self.claimer.stopped = self.scheduler.stopped = self.reaper.stopped = True
+        self.schedules.stopped = True
         self.settler.stopped = True
         commits = self.store.commits
         with contextlib.suppress(ValueError):  # stopped twice

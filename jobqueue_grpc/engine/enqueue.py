@@ -63,6 +63,16 @@ class Enqueuer:
         self._wake(state for _, state in out.counts)
         return out
 
+    async def enqueue_unique(self, jobs: list[NewJob]) -> list[tuple[JobRecord, bool]]:
+        """Jobs that may be unique (EnqueueRequest.unique), in one transaction of their own: no
+        group commit and no hand-off (a duplicate must find the job it duplicates)."""
+        out = await self.jobs.insert_unique(jobs)
+        created = [row for row, was_created in out if was_created]
+        for (queue, kind), n in Counter((r.queue, r.kind) for r in created).items():
+            metrics.enqueued(queue, kind, n)
+        self._wake(r.state for r in created)
+        return out
+
     async def enqueue(self, job: NewJob) -> tuple[JobRecord, bool]:
         fut: asyncio.Future[tuple[JobRecord, bool]] = asyncio.get_running_loop().create_future()
         self._pending.append((job, fut))

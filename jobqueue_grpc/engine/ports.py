@@ -18,7 +18,9 @@ from jobqueue_grpc.domain.records import (
     BatchInserted,
     Ended,
     Extended,
+    Fired,
     Inserted,
+    JobRecord,
     LeasedJob,
     Settled,
 )
@@ -77,6 +79,14 @@ class JobPort(Protocol):
 
     async def insert_batch(self, jobs: NewJobs) -> BatchInserted: ...
 
+    async def insert_unique(self, jobs: Sequence[NewJob]) -> list[tuple[JobRecord, bool]]: ...
+
+
+class SchedulePort(Protocol):
+    async def fire_due(self, limit: int, grace: float) -> list[Fired]: ...
+
+    async def seconds_to_next(self) -> float | None: ...
+
 
 class RetentionPort(Protocol):
     async def prune_jobs(self, state: Any, older_than: float, batch: int) -> int: ...
@@ -105,6 +115,9 @@ class StorePort(Protocol):
 
     @property
     def retention(self) -> RetentionPort: ...
+
+    @property
+    def schedules(self) -> SchedulePort: ...
 
     @property
     def limits(self) -> LimitPort: ...

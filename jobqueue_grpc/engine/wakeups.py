@@ -9,6 +9,7 @@
 | jobs_scheduled   | an enqueue with a future run_at committed here        | scheduler       |
 | leases_released  | a lease left a stream (settled, expired, released)    | drain waits     |
 | cancel_requested | NOTIFY from CancelJob on any replica (Listener)       | stream registry |
+| schedules_changed| a schedule created, updated or resumed here           | schedule loop   |
 | jobs_changed     | NOTIFY from the jobs triggers on any replica, while   | watches         |
 |                  | this one has watchers (Listener); None: the link was  |                 |
 |                  | down, anything may have changed                       |                 |
@@ -35,6 +36,7 @@ class WakeBus:
         self.claim = asyncio.Event()  # set: a claim round should run
         self.schedule = asyncio.Event()  # set: the scheduler should look again now
         self.released = asyncio.Event()  # set whenever a lease leaves a stream
+        self.schedules = asyncio.Event()  # set: the schedule loop should look again now
         # Bumped by every jobs_ready: a claim that came back short records the generation it
         # started in (engine/handoff.py), so a later wake-up tells that it may be stale.
         self.generation = 0
@@ -50,6 +52,10 @@ class WakeBus:
 
     def leases_released(self) -> None:
         self.released.set()
+        self.schedules.set()
+
+    def schedules_changed(self) -> None:
+        self.schedules.set()
 
     def cancel_requested(self, job_id: uuid.UUID, stream_id: uuid.UUID) -> None:
         self.on_cancel(job_id, stream_id)
@@ -62,3 +68,4 @@ class WakeBus:
         self.claim.set()
         self.schedule.set()
         self.released.set()
+        self.schedules.set()

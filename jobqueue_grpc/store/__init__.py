@@ -23,6 +23,7 @@ from jobqueue_grpc.store.pool import CLAIM_SETTINGS, connect_pool
 from jobqueue_grpc.store.queries import q
 from jobqueue_grpc.store.queues import QueueStore
 from jobqueue_grpc.store.retention import RetentionStore
+from jobqueue_grpc.store.schedules import ScheduleStore
 from jobqueue_grpc.store.watch import WatchStore
 
 __all__ = ["Store", "connect_pool"]
@@ -55,6 +56,7 @@ class Store:
         self.dead_letters = DeadLetterStore(pool, on_available=self.commits.jobs_ready)
         self.queues = QueueStore(pool, on_available=self.commits.jobs_ready)
         self.retention = RetentionStore(pool)
+        self.schedules = ScheduleStore(pool, self.peers)
         self.leases = LeaseStore(pool, claim_pool or pool)
         self.limits = LimitStore(pool, claim_pool or pool)  # flow control
         self._page_token_key: bytes | None = None

@@ -14,7 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
-from jobqueue_grpc.domain.errors import Unavailable
+from jobqueue_grpc.domain.errors import FailedPrecondition, Unavailable
 
 # Failures of the database connection itself: the client may retry elsewhere or later.
 _UNAVAILABLE = (
@@ -28,6 +28,7 @@ _UNAVAILABLE = (
     asyncpg.exceptions.TooManyConnectionsError,
 )
 _CONFLICT = (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError)
+UNIQUE_INDEX = "jobs_unique_key"  # migration 0020: unique jobs (domain/unique.py)
 
 
 def database_unavailable() -> Unavailable:
@@ -38,8 +39,20 @@ def conflict() -> Unavailable:
     return Unavailable("a concurrent change conflicted; retry", reason="CONFLICT")
 
 
+def unique_conflict() -> FailedPrecondition:
+    return FailedPrecondition(
+        "a job with the same unique key is unfinished (or in another of its unique states)",
+        reason="UNIQUE_CONFLICT",
+    )
+
+
 def translate(exc: BaseException) -> BaseException:
     """The domain error for a driver error; anything else unchanged."""
+    if (
+        isinstance(exc, asyncpg.exceptions.UniqueViolationError)
+        and exc.constraint_name == UNIQUE_INDEX
+    ):  # a job moving back into a unique state (a requeue) meets its duplicate
+        return unique_conflict()
     if isinstance(exc, _UNAVAILABLE):
         return database_unavailable()
     if isinstance(exc, _CONFLICT):
@@ -56,7 +69,7 @@ def _wrap(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await fn(*args, **kwargs)
-        except (*_UNAVAILABLE, *_CONFLICT) as exc:
+        except (*_UNAVAILABLE, *_CONFLICT, asyncpg.exceptions.UniqueViolationError) as exc:
             raise translate(exc) from exc
 
     return call

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from jobqueue_grpc.domain.errors import FailedPrecondition, job_not_found
 from jobqueue_grpc.domain.jobs import Limits, NewJob, NewJobs
-from jobqueue_grpc.domain.records import BatchInserted, Inserted, JobRecord, LeasedJob
-from jobqueue_grpc.domain.states import CancelOutcome, JobState, cancel_outcome
+from jobqueue_grpc.domain.records import (
+    BatchInserted,
+    CancelCounts,
+    Inserted,
+    JobRecord,
+    LeasedJob,
+)
+from jobqueue_grpc.domain.states import CancelOutcome, Event, JobState, allowed, cancel_outcome
 from jobqueue_grpc.store.errors import conflict, translated
 from jobqueue_grpc.store.notify import Peers
 from jobqueue_grpc.store.pool import Conn
 from jobqueue_grpc.store.queries import q
 
 Slot = tuple[uuid.UUID, str]  # a Lease stream's id and its worker's id: where a job is leased
+
+CANCEL_CHUNK = 500  # jobs one CancelJobs transaction locks at most
 
 # The keyset cursor that sorts after every row: the first page starts here.
 FIRST_PAGE_AFTER = uuid.UUID(int=(1 << 128) - 1)
@@ -172,6 +182,47 @@ class JobStore:
             raise conflict()
         return BatchInserted(created, at, existing, counts)
 
+    async def insert_unique(self, jobs: Sequence[NewJob]) -> list[tuple[JobRecord, bool]]:
+        """insert() for jobs that may carry `unique` (EnqueueRequest.unique): atomically, no
+        hand-off; a job refused by its idempotency key or its unique key comes back as the job
+        holding that key, with created = False."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await insert_unique(conn, jobs, self.peers.listening)
+
+    async def cancel_many(
+        self,
+        *,
+        queue: str | None,
+        kind: str | None,
+        states: Sequence[JobState],
+        created_before: datetime | None,
+        dry_run: bool,
+        chunk: int = CANCEL_CHUNK,
+    ) -> CancelCounts:
+        """CancelJobs: every matching job in `states` (those a cancel applies to), chunk by
+        chunk, each chunk its own transaction (no call holds more than `chunk` row locks)."""
+        waiting = [s.value for s in states if allowed(s, Event.CANCEL)]
+        running = [s.value for s in states if allowed(s, Event.REQUEST_CANCEL)]
+        filters = (queue, kind, waiting + running, created_before)
+        if dry_run:
+            n = int(await self.pool.fetchval(q("count_cancellable"), *filters))
+            return CancelCounts(n, 0, 0, {})
+        cancelled = requested = 0
+        by_queue_kind: Counter[tuple[str, str]] = Counter()
+        while True:
+            rows = await self.pool.fetch(q("cancel_jobs_chunk"), *filters, chunk, waiting, running)
+            done = 0
+            for r in rows:
+                if r["what"] == "cancelled":
+                    by_queue_kind[(r["queue"], r["kind"])] += r["n"]
+                    cancelled += r["n"]
+                else:
+                    requested += r["n"]
+                done += r["n"]
+            if done < chunk:
+                break
+        return CancelCounts(cancelled + requested, cancelled, requested, dict(by_queue_kind))
+
     async def publish_enqueue_defaults(self, limits: Limits) -> None:
         """Writes this server's enqueue defaults and limits where the SQL function
         jobqueue.enqueue reads them, so a transactional enqueue applies what Enqueue does."""
@@ -197,13 +248,14 @@ class JobStore:
         after: uuid.UUID | None,
         limit: int,
         metadata: str | None = None,
+        created_before: datetime | None = None,
     ) -> list[JobRecord]:
         """Newest first; `after` is the last id of the previous page; `metadata`, a JSON object
-        every listed job's metadata holds."""
+        every listed job's metadata holds; `created_before`, a bound on created_at."""
         last_id = after or FIRST_PAGE_AFTER
         state_value = state.value if state else None
         rows = await self.pool.fetch(
-            q("list_jobs"), queue, kind, state_value, last_id, limit, metadata
+            q("list_jobs"), queue, kind, state_value, last_id, limit, metadata, created_before
         )
         return list(map(_JOB, rows))
 
@@ -222,3 +274,65 @@ class JobStore:
             row = await conn.fetchrow(q(query), job_id)
             assert row is not None
             return _JOB(row), outcome
+
+
+async def insert_unique(
+    conn: Conn, jobs: Sequence[NewJob], listening: bool
+) -> list[tuple[JobRecord, bool]]:
+    """insert_jobs_unique, then the jobs holding the keys of those it did not insert. Call it
+    inside a transaction (the windows of period keys are computed from its now())."""
+    uniques = [j.unique for j in jobs]
+    rows = await conn.fetch(
+        q("insert_jobs_unique"),
+        [j.id for j in jobs],
+        [j.queue for j in jobs],
+        [j.kind for j in jobs],
+        [j.payload_json for j in jobs],
+        [j.priority for j in jobs],
+        [j.max_attempts for j in jobs],
+        [j.run_at for j in jobs],
+        [j.idempotency_key for j in jobs],
+        [j.lease_seconds for j in jobs],
+        [j.backoff_base for j in jobs],
+        [j.backoff_cap for j in jobs],
+        listening,
+        [u.key if u else None for u in uniques],
+        [u.states_text if u else None for u in uniques],
+        [u.period if u else None for u in uniques],
+        [j.metadata_json for j in jobs],
+        [j.traceparent for j in jobs],
+        [j.tracestate for j in jobs],
+        [j.concurrency_key for j in jobs],
+    )
+    inserted = {r[0]: _JOB(r) for r in rows}
+    skipped = [j for j in jobs if j.id not in inserted]
+    by_key: dict[str, JobRecord] = {}
+    by_unique: dict[int, JobRecord] = {}
+    keys = [j.idempotency_key for j in skipped if j.idempotency_key]
+    if keys:
+        by_key = {
+            r.idempotency_key: r
+            for r in map(_JOB, await conn.fetch(q("jobs_by_idempotency_keys"), keys))
+            if r.idempotency_key is not None
+        }
+    rest = [j for j in skipped if j.unique and j.idempotency_key not in by_key]
+    if rest:
+        found = await conn.fetch(
+            q("jobs_by_unique_keys"),
+            [j.unique.key for j in rest if j.unique],
+            [j.unique.period for j in rest if j.unique],
+            [j.run_at for j in rest],
+        )
+        for r in found:
+            by_unique[id(rest[r["u_n"] - 1])] = job_record(r)
+    out: list[tuple[JobRecord, bool]] = []
+    for j in jobs:
+        row = inserted.get(j.id)
+        if row is not None:
+            out.append((row, True))
+            continue
+        old = by_key.get(j.idempotency_key or "") or by_unique.get(id(j))
+        if old is None:  # the job holding the key finished (or was pruned) meanwhile: rare
+            raise conflict()
+        out.append((old, False))
+    return out

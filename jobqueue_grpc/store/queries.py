@@ -3,7 +3,8 @@
 A statement starts at a `-- name: <name>` line and runs to the next header. A `-- fragment: <name>`
 block is not a statement: it is text that statements include as `{<name>}`, so a clause two
 statements share is written once. Besides fragments, statements may use:
-- `{job_columns}`, `{leased_columns}`, `{lease_epochs}`, `{dead_letter_columns}`: the column lists
+- `{job_columns}`, `{leased_columns}`, `{lease_epochs}`, `{dead_letter_columns}`,
+  `{schedule_columns}`: the column lists
   that domain/records.py's types are read with, built from those types' fields;
 - `{jobs_channel}`, `{cancel_channel}`, `{replicas_channel}`: NOTIFY channels (store/notify.py);
 - `{state_counts}`: one `count(*) FILTER (WHERE state = ...) AS <state>` per job state.
@@ -15,7 +16,13 @@ import re
 from functools import cache
 from pathlib import Path
 
-from jobqueue_grpc.domain.records import EPOCH_FIELDS, DeadLetterRecord, JobRecord, LeasedJob
+from jobqueue_grpc.domain.records import (
+    EPOCH_FIELDS,
+    DeadLetterRecord,
+    JobRecord,
+    LeasedJob,
+    ScheduleRecord,
+)
 from jobqueue_grpc.domain.states import STATES
 from jobqueue_grpc.store.notify import CHANNELS
 
@@ -23,6 +30,7 @@ SQL_DIR = Path(__file__).parent / "sql"
 
 JOB_COLUMNS = ", ".join(JobRecord._fields)
 DEAD_LETTER_COLUMNS = ", ".join(DeadLetterRecord._fields)
+SCHEDULE_COLUMNS = ", ".join(ScheduleRecord._fields)
 LEASE_EPOCHS = ", ".join(
     f"date_part('epoch', j.{column}) AS {name}" for name, column in EPOCH_FIELDS.items()
 )
@@ -37,6 +45,7 @@ SUBSTITUTIONS = {
     "leased_columns": LEASED_COLUMNS,
     "lease_epochs": LEASE_EPOCHS,
     "dead_letter_columns": DEAD_LETTER_COLUMNS,
+    "schedule_columns": SCHEDULE_COLUMNS,
     "state_counts": STATE_COUNTS,
     **{k: f"'{v}'" for k, v in CHANNELS.items()},
 }

@@ -259,6 +259,10 @@ type Job struct {
 	LeaseExpiresAt *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=lease_expires_at,json=leaseExpiresAt,proto3" json:"lease_expires_at,omitempty"`
 	// The worker_id of the stream holding the current lease.
 	WorkerId string `protobuf:"bytes,23,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// The key the job was enqueued unique by (EnqueueRequest.unique): the given key, or
+	// "derived:<sha256>" of its queue, kind and payload, then "@<window start, epoch seconds>" when
+	// it has a period. Empty for a job enqueued without `unique`.
+	UniqueKey string `protobuf:"bytes,24,opt,name=unique_key,json=uniqueKey,proto3" json:"unique_key,omitempty"`
 	// The concurrency key the job was enqueued with.
 	ConcurrencyKey string `protobuf:"bytes,27,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
 	// Why a QUEUED job is held back by its queue's limits (GetJob only): "concurrency_key limit",
@@ -465,6 +469,13 @@ func (x *Job) GetWorkerId() string {
 	return ""
 }
 
+func (x *Job) GetUniqueKey() string {
+	if x != nil {
+		return x.UniqueKey
+	}
+	return ""
+}
+
 func (x *Job) GetConcurrencyKey() string {
 	if x != nil {
 		return x.ConcurrencyKey
@@ -514,7 +525,7 @@ const file_jobqueue_v1_job_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x121\n" +
 	"\adetails\x18\x03 \x01(\v2\x17.google.protobuf.StructR\adetails\x127\n" +
 	"\tfailed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
-	"\x06source\x18\x05 \x01(\tR\x06source\"\xa7\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\"\xc6\n" +
 	"\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
@@ -545,7 +556,9 @@ const file_jobqueue_v1_job_proto_rawDesc = "" +
 	"\fretry_policy\x18\x14 \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\x121\n" +
 	"\x06errors\x18\x15 \x03(\v2\x19.jobqueue.v1.AttemptErrorR\x06errors\x12D\n" +
 	"\x10lease_expires_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x12\x1b\n" +
-	"\tworker_id\x18\x17 \x01(\tR\bworkerId\x12'\n" +
+	"\tworker_id\x18\x17 \x01(\tR\bworkerId\x12\x1d\n" +
+	"\n" +
+	"unique_key\x18\x18 \x01(\tR\tuniqueKey\x12'\n" +
 	"\x0fconcurrency_key\x18\x1b \x01(\tR\x0econcurrencyKey\x12\x1f\n" +
 	"\vheld_reason\x18\x1c \x01(\tR\n" +
 	"heldReason\x12:\n" +

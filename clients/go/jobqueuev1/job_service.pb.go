@@ -95,6 +95,9 @@ type EnqueueRequest struct {
 	LeaseDuration *durationpb.Duration `protobuf:"bytes,8,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
 	// Overrides the server's retry backoff for this job.
 	RetryPolicy *RetryPolicy `protobuf:"bytes,9,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
+	// Optional: refuse a duplicate while a job with the same unique key exists in one of the
+	// states given. A duplicate inserts nothing and returns the existing job with created = false.
+	Unique *UniqueOptions `protobuf:"bytes,10,opt,name=unique,proto3" json:"unique,omitempty"`
 	// Optional; [A-Za-z0-9_.:/@-]{1,128}, e.g. a tenant id. The queue's limits per key
 	// (QueueLimits.key_max_running, key_rate) apply to the jobs that share it.
 	ConcurrencyKey string `protobuf:"bytes,11,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
@@ -203,6 +206,13 @@ func (x *EnqueueRequest) GetRetryPolicy() *RetryPolicy {
 	return nil
 }
 
+func (x *EnqueueRequest) GetUnique() *UniqueOptions {
+	if x != nil {
+		return x.Unique
+	}
+	return nil
+}
+
 func (x *EnqueueRequest) GetConcurrencyKey() string {
 	if x != nil {
 		return x.ConcurrencyKey
@@ -231,6 +241,74 @@ func (x *EnqueueRequest) GetTracestate() string {
 	return ""
 }
 
+// UniqueOptions makes a job unique by key, in some states, optionally per time window.
+type UniqueOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key; empty derives one from the job's queue, kind and payload. At most 255 characters.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The states in which an existing job refuses a duplicate. They always include every
+	// unfinished state (QUEUED, SCHEDULED, RUNNING, RETRYING); list finished ones to refuse
+	// duplicates of finished jobs too. Empty: the unfinished states, or with a period every state.
+	States []JobState `protobuf:"varint,2,rep,packed,name=states,proto3,enum=jobqueue.v1.JobState" json:"states,omitempty"`
+	// One job per key per window of this length (windows start at multiples of it since the Unix
+	// epoch, and a job falls in the window of its run_at, or of its enqueue when it has none).
+	// At least 1 s.
+	Period        *durationpb.Duration `protobuf:"bytes,3,opt,name=period,proto3" json:"period,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UniqueOptions) Reset() {
+	*x = UniqueOptions{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UniqueOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UniqueOptions) ProtoMessage() {}
+
+func (x *UniqueOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UniqueOptions.ProtoReflect.Descriptor instead.
+func (*UniqueOptions) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *UniqueOptions) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *UniqueOptions) GetStates() []JobState {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+func (x *UniqueOptions) GetPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.Period
+	}
+	return nil
+}
+
 type EnqueueResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Job   *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -242,7 +320,7 @@ type EnqueueResponse struct {
 
 func (x *EnqueueResponse) Reset() {
 	*x = EnqueueResponse{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[1]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -254,7 +332,7 @@ func (x *EnqueueResponse) String() string {
 func (*EnqueueResponse) ProtoMessage() {}
 
 func (x *EnqueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[1]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -267,7 +345,7 @@ func (x *EnqueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueResponse.ProtoReflect.Descriptor instead.
 func (*EnqueueResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{1}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *EnqueueResponse) GetJob() *Job {
@@ -293,7 +371,7 @@ type EnqueueBatchRequest struct {
 
 func (x *EnqueueBatchRequest) Reset() {
 	*x = EnqueueBatchRequest{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[2]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -305,7 +383,7 @@ func (x *EnqueueBatchRequest) String() string {
 func (*EnqueueBatchRequest) ProtoMessage() {}
 
 func (x *EnqueueBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[2]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -318,7 +396,7 @@ func (x *EnqueueBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueBatchRequest.ProtoReflect.Descriptor instead.
 func (*EnqueueBatchRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{2}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *EnqueueBatchRequest) GetJobs() []*EnqueueRequest {
@@ -338,7 +416,7 @@ type EnqueueBatchResult struct {
 
 func (x *EnqueueBatchResult) Reset() {
 	*x = EnqueueBatchResult{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[3]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -350,7 +428,7 @@ func (x *EnqueueBatchResult) String() string {
 func (*EnqueueBatchResult) ProtoMessage() {}
 
 func (x *EnqueueBatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[3]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -363,7 +441,7 @@ func (x *EnqueueBatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueBatchResult.ProtoReflect.Descriptor instead.
 func (*EnqueueBatchResult) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{3}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EnqueueBatchResult) GetJob() *Job {
@@ -390,7 +468,7 @@ type EnqueueBatchResponse struct {
 
 func (x *EnqueueBatchResponse) Reset() {
 	*x = EnqueueBatchResponse{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[4]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +480,7 @@ func (x *EnqueueBatchResponse) String() string {
 func (*EnqueueBatchResponse) ProtoMessage() {}
 
 func (x *EnqueueBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[4]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +493,7 @@ func (x *EnqueueBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueBatchResponse.ProtoReflect.Descriptor instead.
 func (*EnqueueBatchResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{4}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *EnqueueBatchResponse) GetResults() []*EnqueueBatchResult {
@@ -434,7 +512,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[5]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +524,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[5]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +537,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{5}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -478,7 +556,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[6]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -490,7 +568,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[6]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -503,7 +581,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{6}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -522,6 +600,8 @@ type ListJobsRequest struct {
 	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's next_page_token.
 	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only jobs created before this time.
+	CreatedBefore *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_before,json=createdBefore,proto3" json:"created_before,omitempty"`
 	// Only jobs whose metadata holds every one of these pairs.
 	Metadata      map[string]string `protobuf:"bytes,7,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
@@ -530,7 +610,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[7]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +622,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[7]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +635,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{7}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListJobsRequest) GetQueue() string {
@@ -593,6 +673,13 @@ func (x *ListJobsRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListJobsRequest) GetCreatedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedBefore
+	}
+	return nil
+}
+
 func (x *ListJobsRequest) GetMetadata() map[string]string {
 	if x != nil {
 		return x.Metadata
@@ -611,7 +698,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[8]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +710,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[8]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +723,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{8}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -662,7 +749,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[9]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +761,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[9]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +774,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{9}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelJobRequest) GetId() string {
@@ -707,7 +794,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[10]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -719,7 +806,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[10]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -732,7 +819,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{10}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CancelJobResponse) GetJob() *Job {
@@ -749,6 +836,147 @@ func (x *CancelJobResponse) GetOutcome() CancelOutcome {
 	return CancelOutcome_CANCEL_OUTCOME_UNSPECIFIED
 }
 
+type CancelJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The filters of ListJobs; at least one is required.
+	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	State         JobState               `protobuf:"varint,3,opt,name=state,proto3,enum=jobqueue.v1.JobState" json:"state,omitempty"`
+	CreatedBefore *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_before,json=createdBefore,proto3" json:"created_before,omitempty"`
+	// Count what would be cancelled; change nothing.
+	DryRun        bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobsRequest) Reset() {
+	*x = CancelJobsRequest{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobsRequest) ProtoMessage() {}
+
+func (x *CancelJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobsRequest.ProtoReflect.Descriptor instead.
+func (*CancelJobsRequest) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CancelJobsRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *CancelJobsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *CancelJobsRequest) GetState() JobState {
+	if x != nil {
+		return x.State
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *CancelJobsRequest) GetCreatedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedBefore
+	}
+	return nil
+}
+
+func (x *CancelJobsRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type CancelJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Jobs that matched and could be cancelled (with dry_run: would have been).
+	Matched int64 `protobuf:"varint,1,opt,name=matched,proto3" json:"matched,omitempty"`
+	// Waiting jobs now CANCELLED.
+	Cancelled int64 `protobuf:"varint,2,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
+	// RUNNING jobs whose workers were told to stop them.
+	CancelRequested int64 `protobuf:"varint,3,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *CancelJobsResponse) Reset() {
+	*x = CancelJobsResponse{}
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobsResponse) ProtoMessage() {}
+
+func (x *CancelJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobsResponse.ProtoReflect.Descriptor instead.
+func (*CancelJobsResponse) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CancelJobsResponse) GetMatched() int64 {
+	if x != nil {
+		return x.Matched
+	}
+	return 0
+}
+
+func (x *CancelJobsResponse) GetCancelled() int64 {
+	if x != nil {
+		return x.Cancelled
+	}
+	return 0
+}
+
+func (x *CancelJobsResponse) GetCancelRequested() int64 {
+	if x != nil {
+		return x.CancelRequested
+	}
+	return 0
+}
+
 type WatchJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// As in GetJob.
@@ -759,7 +987,7 @@ type WatchJobRequest struct {
 
 func (x *WatchJobRequest) Reset() {
 	*x = WatchJobRequest{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[11]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +999,7 @@ func (x *WatchJobRequest) String() string {
 func (*WatchJobRequest) ProtoMessage() {}
 
 func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[11]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +1012,7 @@ func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
 func (*WatchJobRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{11}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchJobRequest) GetId() string {
@@ -804,7 +1032,7 @@ type WatchJobResponse struct {
 
 func (x *WatchJobResponse) Reset() {
 	*x = WatchJobResponse{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[12]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -816,7 +1044,7 @@ func (x *WatchJobResponse) String() string {
 func (*WatchJobResponse) ProtoMessage() {}
 
 func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[12]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -829,7 +1057,7 @@ func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobResponse.ProtoReflect.Descriptor instead.
 func (*WatchJobResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{12}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchJobResponse) GetJob() *Job {
@@ -851,7 +1079,7 @@ type WatchJobsRequest struct {
 
 func (x *WatchJobsRequest) Reset() {
 	*x = WatchJobsRequest{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[13]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +1091,7 @@ func (x *WatchJobsRequest) String() string {
 func (*WatchJobsRequest) ProtoMessage() {}
 
 func (x *WatchJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[13]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +1104,7 @@ func (x *WatchJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobsRequest.ProtoReflect.Descriptor instead.
 func (*WatchJobsRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{13}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchJobsRequest) GetQueue() string {
@@ -905,7 +1133,7 @@ type WatchJobsResponse struct {
 
 func (x *WatchJobsResponse) Reset() {
 	*x = WatchJobsResponse{}
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[14]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1145,7 @@ func (x *WatchJobsResponse) String() string {
 func (*WatchJobsResponse) ProtoMessage() {}
 
 func (x *WatchJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_job_service_proto_msgTypes[14]
+	mi := &file_jobqueue_v1_job_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1158,7 @@ func (x *WatchJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobsResponse.ProtoReflect.Descriptor instead.
 func (*WatchJobsResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{14}
+	return file_jobqueue_v1_job_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchJobsResponse) GetJobs() []*Job {
@@ -951,7 +1179,7 @@ var File_jobqueue_v1_job_service_proto protoreflect.FileDescriptor
 
 const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xf6\x04\n" +
+	"\x1djobqueue/v1/job_service.proto\x12\vjobqueue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobqueue/v1/job.proto\"\xaa\x05\n" +
 	"\x0eEnqueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x121\n" +
@@ -961,7 +1189,9 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\x06run_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05runAt\x12'\n" +
 	"\x0fidempotency_key\x18\a \x01(\tR\x0eidempotencyKey\x12@\n" +
 	"\x0elease_duration\x18\b \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12;\n" +
-	"\fretry_policy\x18\t \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\x12'\n" +
+	"\fretry_policy\x18\t \x01(\v2\x18.jobqueue.v1.RetryPolicyR\vretryPolicy\x122\n" +
+	"\x06unique\x18\n" +
+	" \x01(\v2\x1a.jobqueue.v1.UniqueOptionsR\x06unique\x12'\n" +
 	"\x0fconcurrency_key\x18\v \x01(\tR\x0econcurrencyKey\x12E\n" +
 	"\bmetadata\x18\f \x03(\v2).jobqueue.v1.EnqueueRequest.MetadataEntryR\bmetadata\x12 \n" +
 	"\vtraceparent\x18\r \x01(\tR\vtraceparent\x12\x1e\n" +
@@ -970,7 +1200,11 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"tracestate\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"O\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x83\x01\n" +
+	"\rUniqueOptions\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
+	"\x06states\x18\x02 \x03(\x0e2\x15.jobqueue.v1.JobStateR\x06states\x121\n" +
+	"\x06period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06period\"O\n" +
 	"\x0fEnqueueResponse\x12\"\n" +
 	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\bR\acreated\"F\n" +
@@ -984,14 +1218,15 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\rGetJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"4\n" +
 	"\x0eGetJobResponse\x12\"\n" +
-	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"\xa9\x02\n" +
+	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\"\xec\x02\n" +
 	"\x0fListJobsRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12+\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x15.jobqueue.v1.JobStateR\x05state\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tR\tpageToken\x12F\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x12A\n" +
+	"\x0ecreated_before\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rcreatedBefore\x12F\n" +
 	"\bmetadata\x18\a \x03(\v2*.jobqueue.v1.ListJobsRequest.MetadataEntryR\bmetadata\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -1003,7 +1238,17 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"m\n" +
 	"\x11CancelJobResponse\x12\"\n" +
 	"\x03job\x18\x01 \x01(\v2\x10.jobqueue.v1.JobR\x03job\x124\n" +
-	"\aoutcome\x18\x02 \x01(\x0e2\x1a.jobqueue.v1.CancelOutcomeR\aoutcome\"!\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1a.jobqueue.v1.CancelOutcomeR\aoutcome\"\xc6\x01\n" +
+	"\x11CancelJobsRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12+\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x15.jobqueue.v1.JobStateR\x05state\x12A\n" +
+	"\x0ecreated_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\rcreatedBefore\x12\x17\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"w\n" +
+	"\x12CancelJobsResponse\x12\x18\n" +
+	"\amatched\x18\x01 \x01(\x03R\amatched\x12\x1c\n" +
+	"\tcancelled\x18\x02 \x01(\x03R\tcancelled\x12)\n" +
+	"\x10cancel_requested\x18\x03 \x01(\x03R\x0fcancelRequested\"!\n" +
 	"\x0fWatchJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"6\n" +
 	"\x10WatchJobResponse\x12\"\n" +
@@ -1017,14 +1262,16 @@ const file_jobqueue_v1_job_service_proto_rawDesc = "" +
 	"\rCancelOutcome\x12\x1e\n" +
 	"\x1aCANCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CANCEL_OUTCOME_CANCELLED\x10\x01\x12#\n" +
-	"\x1fCANCEL_OUTCOME_CANCEL_REQUESTED\x10\x022\x98\x04\n" +
+	"\x1fCANCEL_OUTCOME_CANCEL_REQUESTED\x10\x022\xe7\x04\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\aEnqueue\x12\x1b.jobqueue.v1.EnqueueRequest\x1a\x1c.jobqueue.v1.EnqueueResponse\x12S\n" +
 	"\fEnqueueBatch\x12 .jobqueue.v1.EnqueueBatchRequest\x1a!.jobqueue.v1.EnqueueBatchResponse\x12A\n" +
 	"\x06GetJob\x12\x1a.jobqueue.v1.GetJobRequest\x1a\x1b.jobqueue.v1.GetJobResponse\x12G\n" +
 	"\bListJobs\x12\x1c.jobqueue.v1.ListJobsRequest\x1a\x1d.jobqueue.v1.ListJobsResponse\x12J\n" +
-	"\tCancelJob\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x1e.jobqueue.v1.CancelJobResponse\x12I\n" +
+	"\tCancelJob\x12\x1d.jobqueue.v1.CancelJobRequest\x1a\x1e.jobqueue.v1.CancelJobResponse\x12M\n" +
+	"\n" +
+	"CancelJobs\x12\x1e.jobqueue.v1.CancelJobsRequest\x1a\x1f.jobqueue.v1.CancelJobsResponse\x12I\n" +
 	"\bWatchJob\x12\x1c.jobqueue.v1.WatchJobRequest\x1a\x1d.jobqueue.v1.WatchJobResponse0\x01\x12L\n" +
 	"\tWatchJobs\x12\x1d.jobqueue.v1.WatchJobsRequest\x1a\x1e.jobqueue.v1.WatchJobsResponse0\x01BIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3"
 
@@ -1041,70 +1288,81 @@ func file_jobqueue_v1_job_service_proto_rawDescGZIP() []byte {
 }
 
 var file_jobqueue_v1_job_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_jobqueue_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_jobqueue_v1_job_service_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_jobqueue_v1_job_service_proto_goTypes = []any{
 	(CancelOutcome)(0),            // 0: jobqueue.v1.CancelOutcome
 	(*EnqueueRequest)(nil),        // 1: jobqueue.v1.EnqueueRequest
-	(*EnqueueResponse)(nil),       // 2: jobqueue.v1.EnqueueResponse
-	(*EnqueueBatchRequest)(nil),   // 3: jobqueue.v1.EnqueueBatchRequest
-	(*EnqueueBatchResult)(nil),    // 4: jobqueue.v1.EnqueueBatchResult
-	(*EnqueueBatchResponse)(nil),  // 5: jobqueue.v1.EnqueueBatchResponse
-	(*GetJobRequest)(nil),         // 6: jobqueue.v1.GetJobRequest
-	(*GetJobResponse)(nil),        // 7: jobqueue.v1.GetJobResponse
-	(*ListJobsRequest)(nil),       // 8: jobqueue.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 9: jobqueue.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),      // 10: jobqueue.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),     // 11: jobqueue.v1.CancelJobResponse
-	(*WatchJobRequest)(nil),       // 12: jobqueue.v1.WatchJobRequest
-	(*WatchJobResponse)(nil),      // 13: jobqueue.v1.WatchJobResponse
-	(*WatchJobsRequest)(nil),      // 14: jobqueue.v1.WatchJobsRequest
-	(*WatchJobsResponse)(nil),     // 15: jobqueue.v1.WatchJobsResponse
-	nil,                           // 16: jobqueue.v1.EnqueueRequest.MetadataEntry
-	nil,                           // 17: jobqueue.v1.ListJobsRequest.MetadataEntry
-	(*structpb.Struct)(nil),       // 18: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
-	(*RetryPolicy)(nil),           // 21: jobqueue.v1.RetryPolicy
-	(*Job)(nil),                   // 22: jobqueue.v1.Job
-	(JobState)(0),                 // 23: jobqueue.v1.JobState
+	(*UniqueOptions)(nil),         // 2: jobqueue.v1.UniqueOptions
+	(*EnqueueResponse)(nil),       // 3: jobqueue.v1.EnqueueResponse
+	(*EnqueueBatchRequest)(nil),   // 4: jobqueue.v1.EnqueueBatchRequest
+	(*EnqueueBatchResult)(nil),    // 5: jobqueue.v1.EnqueueBatchResult
+	(*EnqueueBatchResponse)(nil),  // 6: jobqueue.v1.EnqueueBatchResponse
+	(*GetJobRequest)(nil),         // 7: jobqueue.v1.GetJobRequest
+	(*GetJobResponse)(nil),        // 8: jobqueue.v1.GetJobResponse
+	(*ListJobsRequest)(nil),       // 9: jobqueue.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),      // 10: jobqueue.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),      // 11: jobqueue.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),     // 12: jobqueue.v1.CancelJobResponse
+	(*CancelJobsRequest)(nil),     // 13: jobqueue.v1.CancelJobsRequest
+	(*CancelJobsResponse)(nil),    // 14: jobqueue.v1.CancelJobsResponse
+	(*WatchJobRequest)(nil),       // 15: jobqueue.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),      // 16: jobqueue.v1.WatchJobResponse
+	(*WatchJobsRequest)(nil),      // 17: jobqueue.v1.WatchJobsRequest
+	(*WatchJobsResponse)(nil),     // 18: jobqueue.v1.WatchJobsResponse
+	nil,                           // 19: jobqueue.v1.EnqueueRequest.MetadataEntry
+	nil,                           // 20: jobqueue.v1.ListJobsRequest.MetadataEntry
+	(*structpb.Struct)(nil),       // 21: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 23: google.protobuf.Duration
+	(*RetryPolicy)(nil),           // 24: jobqueue.v1.RetryPolicy
+	(JobState)(0),                 // 25: jobqueue.v1.JobState
+	(*Job)(nil),                   // 26: jobqueue.v1.Job
 }
 var file_jobqueue_v1_job_service_proto_depIdxs = []int32{
-	18, // 0: jobqueue.v1.EnqueueRequest.payload:type_name -> google.protobuf.Struct
-	19, // 1: jobqueue.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
-	20, // 2: jobqueue.v1.EnqueueRequest.lease_duration:type_name -> google.protobuf.Duration
-	21, // 3: jobqueue.v1.EnqueueRequest.retry_policy:type_name -> jobqueue.v1.RetryPolicy
-	16, // 4: jobqueue.v1.EnqueueRequest.metadata:type_name -> jobqueue.v1.EnqueueRequest.MetadataEntry
-	22, // 5: jobqueue.v1.EnqueueResponse.job:type_name -> jobqueue.v1.Job
-	1,  // 6: jobqueue.v1.EnqueueBatchRequest.jobs:type_name -> jobqueue.v1.EnqueueRequest
-	22, // 7: jobqueue.v1.EnqueueBatchResult.job:type_name -> jobqueue.v1.Job
-	4,  // 8: jobqueue.v1.EnqueueBatchResponse.results:type_name -> jobqueue.v1.EnqueueBatchResult
-	22, // 9: jobqueue.v1.GetJobResponse.job:type_name -> jobqueue.v1.Job
-	23, // 10: jobqueue.v1.ListJobsRequest.state:type_name -> jobqueue.v1.JobState
-	17, // 11: jobqueue.v1.ListJobsRequest.metadata:type_name -> jobqueue.v1.ListJobsRequest.MetadataEntry
-	22, // 12: jobqueue.v1.ListJobsResponse.jobs:type_name -> jobqueue.v1.Job
-	22, // 13: jobqueue.v1.CancelJobResponse.job:type_name -> jobqueue.v1.Job
-	0,  // 14: jobqueue.v1.CancelJobResponse.outcome:type_name -> jobqueue.v1.CancelOutcome
-	22, // 15: jobqueue.v1.WatchJobResponse.job:type_name -> jobqueue.v1.Job
-	22, // 16: jobqueue.v1.WatchJobsResponse.jobs:type_name -> jobqueue.v1.Job
-	1,  // 17: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
-	3,  // 18: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
-	6,  // 19: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
-	8,  // 20: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
-	10, // 21: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
-	12, // 22: jobqueue.v1.JobService.WatchJob:input_type -> jobqueue.v1.WatchJobRequest
-	14, // 23: jobqueue.v1.JobService.WatchJobs:input_type -> jobqueue.v1.WatchJobsRequest
-	2,  // 24: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
-	5,  // 25: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
-	7,  // 26: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
-	9,  // 27: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
-	11, // 28: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
-	13, // 29: jobqueue.v1.JobService.WatchJob:output_type -> jobqueue.v1.WatchJobResponse
-	15, // 30: jobqueue.v1.JobService.WatchJobs:output_type -> jobqueue.v1.WatchJobsResponse
-	24, // [24:31] is the sub-list for method output_type
-	17, // [17:24] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	21, // 0: jobqueue.v1.EnqueueRequest.payload:type_name -> google.protobuf.Struct
+	22, // 1: jobqueue.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
+	23, // 2: jobqueue.v1.EnqueueRequest.lease_duration:type_name -> google.protobuf.Duration
+	24, // 3: jobqueue.v1.EnqueueRequest.retry_policy:type_name -> jobqueue.v1.RetryPolicy
+	2,  // 4: jobqueue.v1.EnqueueRequest.unique:type_name -> jobqueue.v1.UniqueOptions
+	19, // 5: jobqueue.v1.EnqueueRequest.metadata:type_name -> jobqueue.v1.EnqueueRequest.MetadataEntry
+	25, // 6: jobqueue.v1.UniqueOptions.states:type_name -> jobqueue.v1.JobState
+	23, // 7: jobqueue.v1.UniqueOptions.period:type_name -> google.protobuf.Duration
+	26, // 8: jobqueue.v1.EnqueueResponse.job:type_name -> jobqueue.v1.Job
+	1,  // 9: jobqueue.v1.EnqueueBatchRequest.jobs:type_name -> jobqueue.v1.EnqueueRequest
+	26, // 10: jobqueue.v1.EnqueueBatchResult.job:type_name -> jobqueue.v1.Job
+	5,  // 11: jobqueue.v1.EnqueueBatchResponse.results:type_name -> jobqueue.v1.EnqueueBatchResult
+	26, // 12: jobqueue.v1.GetJobResponse.job:type_name -> jobqueue.v1.Job
+	25, // 13: jobqueue.v1.ListJobsRequest.state:type_name -> jobqueue.v1.JobState
+	22, // 14: jobqueue.v1.ListJobsRequest.created_before:type_name -> google.protobuf.Timestamp
+	20, // 15: jobqueue.v1.ListJobsRequest.metadata:type_name -> jobqueue.v1.ListJobsRequest.MetadataEntry
+	26, // 16: jobqueue.v1.ListJobsResponse.jobs:type_name -> jobqueue.v1.Job
+	26, // 17: jobqueue.v1.CancelJobResponse.job:type_name -> jobqueue.v1.Job
+	0,  // 18: jobqueue.v1.CancelJobResponse.outcome:type_name -> jobqueue.v1.CancelOutcome
+	25, // 19: jobqueue.v1.CancelJobsRequest.state:type_name -> jobqueue.v1.JobState
+	22, // 20: jobqueue.v1.CancelJobsRequest.created_before:type_name -> google.protobuf.Timestamp
+	26, // 21: jobqueue.v1.WatchJobResponse.job:type_name -> jobqueue.v1.Job
+	26, // 22: jobqueue.v1.WatchJobsResponse.jobs:type_name -> jobqueue.v1.Job
+	1,  // 23: jobqueue.v1.JobService.Enqueue:input_type -> jobqueue.v1.EnqueueRequest
+	4,  // 24: jobqueue.v1.JobService.EnqueueBatch:input_type -> jobqueue.v1.EnqueueBatchRequest
+	7,  // 25: jobqueue.v1.JobService.GetJob:input_type -> jobqueue.v1.GetJobRequest
+	9,  // 26: jobqueue.v1.JobService.ListJobs:input_type -> jobqueue.v1.ListJobsRequest
+	11, // 27: jobqueue.v1.JobService.CancelJob:input_type -> jobqueue.v1.CancelJobRequest
+	13, // 28: jobqueue.v1.JobService.CancelJobs:input_type -> jobqueue.v1.CancelJobsRequest
+	15, // 29: jobqueue.v1.JobService.WatchJob:input_type -> jobqueue.v1.WatchJobRequest
+	17, // 30: jobqueue.v1.JobService.WatchJobs:input_type -> jobqueue.v1.WatchJobsRequest
+	3,  // 31: jobqueue.v1.JobService.Enqueue:output_type -> jobqueue.v1.EnqueueResponse
+	6,  // 32: jobqueue.v1.JobService.EnqueueBatch:output_type -> jobqueue.v1.EnqueueBatchResponse
+	8,  // 33: jobqueue.v1.JobService.GetJob:output_type -> jobqueue.v1.GetJobResponse
+	10, // 34: jobqueue.v1.JobService.ListJobs:output_type -> jobqueue.v1.ListJobsResponse
+	12, // 35: jobqueue.v1.JobService.CancelJob:output_type -> jobqueue.v1.CancelJobResponse
+	14, // 36: jobqueue.v1.JobService.CancelJobs:output_type -> jobqueue.v1.CancelJobsResponse
+	16, // 37: jobqueue.v1.JobService.WatchJob:output_type -> jobqueue.v1.WatchJobResponse
+	18, // 38: jobqueue.v1.JobService.WatchJobs:output_type -> jobqueue.v1.WatchJobsResponse
+	31, // [31:39] is the sub-list for method output_type
+	23, // [23:31] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_jobqueue_v1_job_service_proto_init() }
@@ -1119,7 +1377,7 @@ func file_jobqueue_v1_job_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobqueue_v1_job_service_proto_rawDesc), len(file_jobqueue_v1_job_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	JobService_GetJob_FullMethodName       = "/jobqueue.v1.JobService/GetJob"
 	JobService_ListJobs_FullMethodName     = "/jobqueue.v1.JobService/ListJobs"
 	JobService_CancelJob_FullMethodName    = "/jobqueue.v1.JobService/CancelJob"
+	JobService_CancelJobs_FullMethodName   = "/jobqueue.v1.JobService/CancelJobs"
 	JobService_WatchJob_FullMethodName     = "/jobqueue.v1.JobService/WatchJob"
 	JobService_WatchJobs_FullMethodName    = "/jobqueue.v1.JobService/WatchJobs"
 )
@@ -40,10 +41,15 @@ type JobServiceClient interface {
 	// EnqueueBatch adds up to 1,000 jobs in one transaction: all or nothing.
 	EnqueueBatch(ctx context.Context, in *EnqueueBatchRequest, opts ...grpc.CallOption) (*EnqueueBatchResponse, error)
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*GetJobResponse, error)
-	// ListJobs lists jobs newest first, filtered by queue, kind, state and metadata.
+	// ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata.
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	// CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it.
 	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error)
+	// CancelJobs cancels every job that matches ListJobs' filters (at least one is required), as
+	// CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
+	// works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
+	// nothing and counts what it would cancel.
+	CancelJobs(ctx context.Context, in *CancelJobsRequest, opts ...grpc.CallOption) (*CancelJobsResponse, error)
 	// WatchJob sends the job now and again on every change (state, attempt, progress, result)
 	// until it is terminal, then ends. Changes made through any replica arrive.
 	WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchJobResponse], error)
@@ -112,6 +118,16 @@ func (c *jobServiceClient) CancelJob(ctx context.Context, in *CancelJobRequest, 
 	return out, nil
 }
 
+func (c *jobServiceClient) CancelJobs(ctx context.Context, in *CancelJobsRequest, opts ...grpc.CallOption) (*CancelJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelJobsResponse)
+	err := c.cc.Invoke(ctx, JobService_CancelJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *jobServiceClient) WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchJobResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &JobService_ServiceDesc.Streams[0], JobService_WatchJob_FullMethodName, cOpts...)
@@ -162,10 +178,15 @@ type JobServiceServer interface {
 	// EnqueueBatch adds up to 1,000 jobs in one transaction: all or nothing.
 	EnqueueBatch(context.Context, *EnqueueBatchRequest) (*EnqueueBatchResponse, error)
 	GetJob(context.Context, *GetJobRequest) (*GetJobResponse, error)
-	// ListJobs lists jobs newest first, filtered by queue, kind, state and metadata.
+	// ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata.
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	// CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it.
 	CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error)
+	// CancelJobs cancels every job that matches ListJobs' filters (at least one is required), as
+	// CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
+	// works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
+	// nothing and counts what it would cancel.
+	CancelJobs(context.Context, *CancelJobsRequest) (*CancelJobsResponse, error)
 	// WatchJob sends the job now and again on every change (state, attempt, progress, result)
 	// until it is terminal, then ends. Changes made through any replica arrive.
 	WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[WatchJobResponse]) error
@@ -198,6 +219,9 @@ func (UnimplementedJobServiceServer) ListJobs(context.Context, *ListJobsRequest)
 }
 func (UnimplementedJobServiceServer) CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelJob not implemented")
+}
+func (UnimplementedJobServiceServer) CancelJobs(context.Context, *CancelJobsRequest) (*CancelJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelJobs not implemented")
 }
 func (UnimplementedJobServiceServer) WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[WatchJobResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchJob not implemented")
@@ -316,6 +340,24 @@ func _JobService_CancelJob_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_CancelJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).CancelJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_CancelJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).CancelJobs(ctx, req.(*CancelJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _JobService_WatchJob_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchJobRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -364,6 +406,10 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelJob",
 			Handler:    _JobService_CancelJob_Handler,
+		},
+		{
+			MethodName: "CancelJobs",
+			Handler:    _JobService_CancelJobs_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -4,6 +4,7 @@ export * from "./gen/jobqueue/v1/job_service_pb.js";
 export * from "./gen/jobqueue/v1/worker_service_pb.js";
 export * from "./gen/jobqueue/v1/dead_letter_service_pb.js";
 export * from "./gen/jobqueue/v1/queue_service_pb.js";
+export * from "./gen/jobqueue/v1/schedule_service_pb.js";
 export * from "./client.js";
 export * from "./worker.js";
 export * from "./wait.js";

@@ -139,12 +139,14 @@ SELECT {job_columns} FROM jobqueue.jobs WHERE id = $1;
 -- Newest first. Job ids are time-ordered (UUIDv7), so the primary key gives the order and the
 -- keyset cursor ($4, the last id of the previous page) without an index of its own.
 -- $6: a metadata filter (JSON object; the job's metadata must hold every pair), via jobs_metadata.
+-- $7: only jobs created before it.
 SELECT {job_columns} FROM jobqueue.jobs
 WHERE ($1::text IS NULL OR queue = $1)
   AND ($2::text IS NULL OR kind = $2)
   AND ($3::text IS NULL OR state = $3)
   AND ($6::jsonb IS NULL OR metadata @> $6::jsonb)
   AND id < $4::uuid
+  AND ($7::timestamptz IS NULL OR created_at < $7)
 ORDER BY id DESC
 LIMIT $5;
 
@@ -169,3 +171,104 @@ WITH upd AS (
     FROM upd
 )
 SELECT upd.* FROM upd, notified;
+
+-- fragment: unique_key_of
+-- A unique job's stored key: its key, and with a period '@' and the start of its window (epoch
+-- seconds) of its run_at, or of now() when it has none. From columns u_key, u_period, u_run_at.
+CASE WHEN u_key IS NULL THEN NULL
+     WHEN u_period IS NULL THEN u_key
+     ELSE u_key || '@' || (floor(date_part('epoch', coalesce(u_run_at, now())) / u_period)
+                           * u_period)::bigint
+END
+
+-- name: insert_jobs_unique
+-- insert_jobs for jobs that may be unique (EnqueueRequest.unique) and for schedule ticks: no
+-- hand-off, and ON CONFLICT without a target, so that the idempotency key's index and the
+-- unique key's (jobs_unique_key: a row is in it while its state is one of its unique_states)
+-- both refuse a duplicate, whichever replica inserts it and whenever. Run inside a transaction:
+-- jobs_by_unique_keys then computes the same windows (the same now()). $12: NOTIFY or not.
+-- $13-$15: the unique key, states and period; $16-$18 (issue 16): metadata (JSON text or NULL),
+-- traceparent, tracestate; $19 (issue 14): the concurrency key; per job.
+WITH t AS (
+    SELECT t.*, {unique_key_of} AS unique_key
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+                $7::timestamptz[], $8::text[], $9::float8[], $10::float8[], $11::float8[],
+                $13::text[], $14::text[], $15::float8[],
+                $16::text[], $17::text[], $18::text[], $19::text[])
+         AS t(id, queue, kind, payload, priority, max_attempts, u_run_at, idempotency_key,
+              lease_seconds, backoff_base, backoff_cap, u_key, u_states, u_period,
+              metadata, traceparent, tracestate, concurrency_key)
+), ins AS (
+INSERT INTO jobqueue.jobs (id, queue, kind, payload, priority, state, max_attempts, run_at,
+                           idempotency_key, lease_seconds, backoff_base, backoff_cap,
+                           unique_key, unique_states, metadata, traceparent, tracestate,
+                           concurrency_key)
+SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority,
+       CASE WHEN t.u_run_at > now() THEN 'scheduled' ELSE 'queued' END,
+       t.max_attempts, coalesce(t.u_run_at, now()), t.idempotency_key,
+       t.lease_seconds, t.backoff_base, t.backoff_cap,
+       t.unique_key, string_to_array(t.u_states, ','),
+       t.metadata::jsonb, t.traceparent, t.tracestate, t.concurrency_key
+FROM t
+ON CONFLICT DO NOTHING
+RETURNING {job_columns}
+), woken AS (
+    SELECT count(pg_notify({jobs_channel}, queue)) AS n
+    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued' AND $12::bool) AS ready
+)
+SELECT ins.* FROM ins, woken;
+
+-- name: jobs_by_unique_keys
+-- The job that holds each unique key (in one of its unique_states), the keys computed as
+-- insert_jobs_unique did; the (1-based) position of the key asked for comes last.
+WITH t AS (
+    SELECT {unique_key_of} AS u_wanted, u_n
+    FROM unnest($1::text[], $2::float8[], $3::timestamptz[]) WITH ORDINALITY
+         AS t(u_key, u_period, u_run_at, u_n)
+)
+SELECT {job_columns}, t.u_n
+FROM t JOIN jobqueue.jobs j ON j.unique_key = t.u_wanted AND j.state = ANY (j.unique_states);
+
+-- fragment: cancel_filter
+-- CancelJobs' filters: queue $1, kind $2, states $3 (those given that a cancel applies to),
+-- created before $4. A running job already told to stop is not asked again.
+($1::text IS NULL OR queue = $1)
+  AND ($2::text IS NULL OR kind = $2)
+  AND state = ANY ($3::text[])
+  AND ($4::timestamptz IS NULL OR created_at < $4)
+  AND NOT (state = 'running' AND cancel_requested)
+
+-- name: count_cancellable
+SELECT count(*) FROM jobqueue.jobs WHERE {cancel_filter};
+
+-- name: cancel_jobs_chunk
+-- One chunk of CancelJobs: up to $5 matching jobs, locked (skipping any another transaction
+-- holds: the next chunk takes them), oldest first. Waiting ones ($6: the states Event.CANCEL
+-- applies to) are cancelled as cancel_waiting_job does; running ones ($7: Event.REQUEST_CANCEL)
+-- flagged and their streams told as request_cancel does. One row per (what, queue, kind).
+WITH picked AS (
+    SELECT id, state FROM jobqueue.jobs
+    WHERE {cancel_filter}
+    ORDER BY id
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+), waiting AS (
+    UPDATE jobqueue.jobs j
+    SET state = 'cancelled', finished_at = now(), updated_at = now()
+    FROM picked
+    WHERE j.id = picked.id AND picked.state = ANY ($6::text[])
+    RETURNING j.queue, j.kind
+), running AS (
+    UPDATE jobqueue.jobs j
+    SET cancel_requested = true, updated_at = now()
+    FROM picked
+    WHERE j.id = picked.id AND picked.state = ANY ($7::text[])
+    RETURNING j.id, j.stream_id, j.queue, j.kind
+), notified AS (
+    SELECT count(pg_notify({cancel_channel}, id::text || ' ' || coalesce(stream_id::text, '')))
+           AS n
+    FROM running
+)
+SELECT 'cancelled' AS what, queue, kind, count(*) AS n FROM waiting GROUP BY queue, kind
+UNION ALL
+SELECT 'requested', '', '', notified.n FROM notified WHERE notified.n > 0;

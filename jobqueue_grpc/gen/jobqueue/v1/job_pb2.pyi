@@ -171,6 +171,7 @@ class Job(_message.Message):
     ERRORS_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    UNIQUE_KEY_FIELD_NUMBER: _builtins.int
     CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
     HELD_REASON_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
@@ -190,6 +191,11 @@ class Job(_message.Message):
     cancel_requested: _builtins.bool
     worker_id: _builtins.str
     """The worker_id of the stream holding the current lease."""
+    unique_key: _builtins.str
+    """The key the job was enqueued unique by (EnqueueRequest.unique): the given key, or
+    "derived:<sha256>" of its queue, kind and payload, then "@<window start, epoch seconds>" when
+    it has a period. Empty for a job enqueued without `unique`.
+    """
     concurrency_key: _builtins.str
     """The concurrency key the job was enqueued with."""
     held_reason: _builtins.str
@@ -265,6 +271,7 @@ class Job(_message.Message):
         errors: _abc.Iterable[Global___AttemptError] | None = ...,
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         worker_id: _builtins.str = ...,
+        unique_key: _builtins.str = ...,
         concurrency_key: _builtins.str = ...,
         held_reason: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
@@ -273,7 +280,7 @@ class Job(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "last_error", b"last_error", "lease_duration", b"lease_duration", "lease_expires_at", b"lease_expires_at", "payload", b"payload", "progress", b"progress", "result", b"result", "retry_policy", b"retry_policy", "run_at", b"run_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_requested", b"cancel_requested", "concurrency_key", b"concurrency_key", "created_at", b"created_at", "errors", b"errors", "finished_at", b"finished_at", "held_reason", b"held_reason", "id", b"id", "idempotency_key", b"idempotency_key", "kind", b"kind", "last_error", b"last_error", "lease_duration", b"lease_duration", "lease_expires_at", b"lease_expires_at", "max_attempts", b"max_attempts", "metadata", b"metadata", "payload", b"payload", "priority", b"priority", "progress", b"progress", "queue", b"queue", "result", b"result", "retry_policy", b"retry_policy", "run_at", b"run_at", "started_at", b"started_at", "state", b"state", "traceparent", b"traceparent", "tracestate", b"tracestate", "updated_at", b"updated_at", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_requested", b"cancel_requested", "concurrency_key", b"concurrency_key", "created_at", b"created_at", "errors", b"errors", "finished_at", b"finished_at", "held_reason", b"held_reason", "id", b"id", "idempotency_key", b"idempotency_key", "kind", b"kind", "last_error", b"last_error", "lease_duration", b"lease_duration", "lease_expires_at", b"lease_expires_at", "max_attempts", b"max_attempts", "metadata", b"metadata", "payload", b"payload", "priority", b"priority", "progress", b"progress", "queue", b"queue", "result", b"result", "retry_policy", b"retry_policy", "run_at", b"run_at", "started_at", b"started_at", "state", b"state", "traceparent", b"traceparent", "tracestate", b"tracestate", "unique_key", b"unique_key", "updated_at", b"updated_at", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -77,6 +77,7 @@ class EnqueueRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     RETRY_POLICY_FIELD_NUMBER: _builtins.int
+    UNIQUE_FIELD_NUMBER: _builtins.int
     CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
@@ -118,6 +119,12 @@ class EnqueueRequest(_message.Message):
         """Overrides the server's retry backoff for this job."""
 
     @_builtins.property
+    def unique(self) -> Global___UniqueOptions:
+        """Optional: refuse a duplicate while a job with the same unique key exists in one of the
+        states given. A duplicate inserts nothing and returns the existing job with created = false.
+        """
+
+    @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels for dashboards and ListJobs filters: at most 32 pairs; keys [a-zA-Z0-9_.:/-]{1,64},
         values up to 512 characters.
@@ -135,18 +142,59 @@ class EnqueueRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         lease_duration: _duration_pb2.Duration | None = ...,
         retry_policy: _job_pb2.RetryPolicy | None = ...,
+        unique: Global___UniqueOptions | None = ...,
         concurrency_key: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         traceparent: _builtins.str = ...,
         tracestate: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "payload", b"payload", "retry_policy", b"retry_policy", "run_at", b"run_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "payload", b"payload", "retry_policy", b"retry_policy", "run_at", b"run_at", "unique", b"unique"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "idempotency_key", b"idempotency_key", "kind", b"kind", "lease_duration", b"lease_duration", "max_attempts", b"max_attempts", "metadata", b"metadata", "payload", b"payload", "priority", b"priority", "queue", b"queue", "retry_policy", b"retry_policy", "run_at", b"run_at", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "idempotency_key", b"idempotency_key", "kind", b"kind", "lease_duration", b"lease_duration", "max_attempts", b"max_attempts", "metadata", b"metadata", "payload", b"payload", "priority", b"priority", "queue", b"queue", "retry_policy", b"retry_policy", "run_at", b"run_at", "traceparent", b"traceparent", "tracestate", b"tracestate", "unique", b"unique"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EnqueueRequest: _TypeAlias = EnqueueRequest  # noqa: Y015
+
+@_typing.final
+class UniqueOptions(_message.Message):
+    """UniqueOptions makes a job unique by key, in some states, optionally per time window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The key; empty derives one from the job's queue, kind and payload. At most 255 characters."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_job_pb2.JobState.ValueType]:
+        """The states in which an existing job refuses a duplicate. They always include every
+        unfinished state (QUEUED, SCHEDULED, RUNNING, RETRYING); list finished ones to refuse
+        duplicates of finished jobs too. Empty: the unfinished states, or with a period every state.
+        """
+
+    @_builtins.property
+    def period(self) -> _duration_pb2.Duration:
+        """One job per key per window of this length (windows start at multiples of it since the Unix
+        epoch, and a job falls in the window of its run_at, or of its enqueue when it has none).
+        At least 1 s.
+        """
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        states: _abc.Iterable[_job_pb2.JobState.ValueType] | None = ...,
+        period: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "period", b"period", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UniqueOptions: _TypeAlias = UniqueOptions  # noqa: Y015
 
 @_typing.final
 class EnqueueResponse(_message.Message):
@@ -305,6 +353,7 @@ class ListJobsRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
     kind: _builtins.str
@@ -313,6 +362,10 @@ class ListJobsRequest(_message.Message):
     """Default 100, at most 1,000."""
     page_token: _builtins.str
     """From a previous response's next_page_token."""
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only jobs created before this time."""
+
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Only jobs whose metadata holds every one of these pairs."""
@@ -325,11 +378,12 @@ class ListJobsRequest(_message.Message):
         state: _job_pb2.JobState.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "metadata", b"metadata", "page_size", b"page_size", "page_token", b"page_token", "queue", b"queue", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_before", b"created_before", "kind", b"kind", "metadata", b"metadata", "page_size", b"page_size", "page_token", b"page_token", "queue", b"queue", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -400,6 +454,68 @@ class CancelJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelJobResponse: _TypeAlias = CancelJobResponse  # noqa: Y015
+
+@_typing.final
+class CancelJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    """The filters of ListJobs; at least one is required."""
+    kind: _builtins.str
+    state: _job_pb2.JobState.ValueType
+    dry_run: _builtins.bool
+    """Count what would be cancelled; change nothing."""
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        state: _job_pb2.JobState.ValueType = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_before", b"created_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_before", b"created_before", "dry_run", b"dry_run", "kind", b"kind", "queue", b"queue", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobsRequest: _TypeAlias = CancelJobsRequest  # noqa: Y015
+
+@_typing.final
+class CancelJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHED_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    matched: _builtins.int
+    """Jobs that matched and could be cancelled (with dry_run: would have been)."""
+    cancelled: _builtins.int
+    """Waiting jobs now CANCELLED."""
+    cancel_requested: _builtins.int
+    """RUNNING jobs whose workers were told to stop them."""
+    def __init__(
+        self,
+        *,
+        matched: _builtins.int = ...,
+        cancelled: _builtins.int = ...,
+        cancel_requested: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "cancelled", b"cancelled", "matched", b"matched"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobsResponse: _TypeAlias = CancelJobsResponse  # noqa: Y015
 
 @_typing.final
 class WatchJobRequest(_message.Message):

@@ -60,6 +60,11 @@ class JobServiceStub:
                 request_serializer=jobqueue_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=jobqueue_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.CancelJobs = channel.unary_unary(
+                '/jobqueue.v1.JobService/CancelJobs',
+                request_serializer=jobqueue_dot_v1_dot_job__service__pb2.CancelJobsRequest.SerializeToString,
+                response_deserializer=jobqueue_dot_v1_dot_job__service__pb2.CancelJobsResponse.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/jobqueue.v1.JobService/WatchJob',
                 request_serializer=jobqueue_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
@@ -98,7 +103,7 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """ListJobs lists jobs newest first, filtered by queue, kind, state and metadata.
+        """ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,6 +111,16 @@ class JobServiceServicer:
 
     def CancelJob(self, request, context):
         """CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJobs(self, request, context):
+        """CancelJobs cancels every job that matches ListJobs' filters (at least one is required), as
+        CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
+        works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
+        nothing and counts what it would cancel.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,6 +171,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=jobqueue_dot_v1_dot_job__service__pb2.CancelJobRequest.FromString,
                     response_serializer=jobqueue_dot_v1_dot_job__service__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'CancelJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJobs,
+                    request_deserializer=jobqueue_dot_v1_dot_job__service__pb2.CancelJobsRequest.FromString,
+                    response_serializer=jobqueue_dot_v1_dot_job__service__pb2.CancelJobsResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
@@ -304,6 +324,33 @@ class JobService:
             '/jobqueue.v1.JobService/CancelJob',
             jobqueue_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
             jobqueue_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobqueue.v1.JobService/CancelJobs',
+            jobqueue_dot_v1_dot_job__service__pb2.CancelJobsRequest.SerializeToString,
+            jobqueue_dot_v1_dot_job__service__pb2.CancelJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,9 +41,15 @@ class JobServiceStub:
     """EnqueueBatch adds up to 1,000 jobs in one transaction: all or nothing."""
     GetJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]
-    """ListJobs lists jobs newest first, filtered by queue, kind, state and metadata."""
+    """ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]
     """CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it."""
+    CancelJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobsRequest, _job_service_pb2.CancelJobsResponse]
+    """CancelJobs cancels every job that matches ListJobs' filters (at least one is required), as
+    CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
+    works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
+    nothing and counts what it would cancel.
+    """
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]
     """WatchJob sends the job now and again on every change (state, attempt, progress, result)
     until it is terminal, then ends. Changes made through any replica arrive.
@@ -68,9 +74,15 @@ class JobServiceAsyncStub(JobServiceStub):
     """EnqueueBatch adds up to 1,000 jobs in one transaction: all or nothing."""
     GetJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """ListJobs lists jobs newest first, filtered by queue, kind, state and metadata."""
+    """ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]  # type: ignore[assignment]
     """CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it."""
+    CancelJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobsRequest, _job_service_pb2.CancelJobsResponse]  # type: ignore[assignment]
+    """CancelJobs cancels every job that matches ListJobs' filters (at least one is required), as
+    CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
+    works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
+    nothing and counts what it would cancel.
+    """
     WatchJob: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]  # type: ignore[assignment]
     """WatchJob sends the job now and again on every change (state, attempt, progress, result)
     until it is terminal, then ends. Changes made through any replica arrive.
@@ -116,7 +128,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.ListJobsResponse, _abc.Awaitable[_job_service_pb2.ListJobsResponse]]:
-        """ListJobs lists jobs newest first, filtered by queue, kind, state and metadata."""
+        """ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata."""
 
     @_abc_1.abstractmethod
     def CancelJob(
@@ -125,6 +137,18 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.CancelJobResponse, _abc.Awaitable[_job_service_pb2.CancelJobResponse]]:
         """CancelJob cancels a waiting job now, or asks the worker holding a running job to stop it."""
+
+    @_abc_1.abstractmethod
+    def CancelJobs(
+        self,
+        request: _job_service_pb2.CancelJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.CancelJobsResponse, _abc.Awaitable[_job_service_pb2.CancelJobsResponse]]:
+        """CancelJobs cancels every job that matches ListJobs' filters (at least one is required), as
+        CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
+        works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
+        nothing and counts what it would cancel.
+        """
 
     @_abc_1.abstractmethod
     def WatchJob(

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file jobqueue/v1/job_service.proto.
  */
 export const file_jobqueue_v1_job_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1qb2JxdWV1ZS92MS9qb2Jfc2VydmljZS5wcm90bxILam9icXVldWUudjEi1wMKDkVucXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGtpbmQYAiABKAkSKAoHcGF5bG9hZBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgFEioKBnJ1bl9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KDHJldHJ5X3BvbGljeRgJIAEoCzIYLmpvYnF1ZXVlLnYxLlJldHJ5UG9saWN5EhcKD2NvbmN1cnJlbmN5X2tleRgLIAEoCRI7CghtZXRhZGF0YRgMIAMoCzIpLmpvYnF1ZXVlLnYxLkVucXVldWVSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSEwoLdHJhY2VwYXJlbnQYDSABKAkSEgoKdHJhY2VzdGF0ZRgOIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQQoPRW5xdWV1ZVJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmpvYnF1ZXVlLnYxLkpvYhIPCgdjcmVhdGVkGAIgASgIIkAKE0VucXVldWVCYXRjaFJlcXVlc3QSKQoEam9icxgBIAMoCzIbLmpvYnF1ZXVlLnYxLkVucXVldWVSZXF1ZXN0IkQKEkVucXVldWVCYXRjaFJlc3VsdBIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISDwoHY3JlYXRlZBgCIAEoCCJIChRFbnF1ZXVlQmF0Y2hSZXNwb25zZRIwCgdyZXN1bHRzGAEgAygLMh8uam9icXVldWUudjEuRW5xdWV1ZUJhdGNoUmVzdWx0IhsKDUdldEpvYlJlcXVlc3QSCgoCaWQYASABKAkiLwoOR2V0Sm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iIuoBCg9MaXN0Sm9ic1JlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEa2luZBgCIAEoCRIkCgVzdGF0ZRgDIAEoDjIVLmpvYnF1ZXVlLnYxLkpvYlN0YXRlEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJEjwKCG1ldGFkYXRhGAcgAygLMiouam9icXVldWUudjEuTGlzdEpvYnNSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIksKEExpc3RKb2JzUmVzcG9uc2USHgoEam9icxgBIAMoCzIQLmpvYnF1ZXVlLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHgoQQ2FuY2VsSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSJfChFDYW5jZWxKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISKwoHb3V0Y29tZRgCIAEoDjIaLmpvYnF1ZXVlLnYxLkNhbmNlbE91dGNvbWUiHQoPV2F0Y2hKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIjEKEFdhdGNoSm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iIi8KEFdhdGNoSm9ic1JlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEa2luZBgCIAEoCSJDChFXYXRjaEpvYnNSZXNwb25zZRIeCgRqb2JzGAEgAygLMhAuam9icXVldWUudjEuSm9iEg4KBnJlc3luYxgCIAEoCCpyCg1DYW5jZWxPdXRjb21lEh4KGkNBTkNFTF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYQ0FOQ0VMX09VVENPTUVfQ0FOQ0VMTEVEEAESIwofQ0FOQ0VMX09VVENPTUVfQ0FOQ0VMX1JFUVVFU1RFRBACMpgECgpKb2JTZXJ2aWNlEkQKB0VucXVldWUSGy5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVxdWVzdBocLmpvYnF1ZXVlLnYxLkVucXVldWVSZXNwb25zZRJTCgxFbnF1ZXVlQmF0Y2gSIC5qb2JxdWV1ZS52MS5FbnF1ZXVlQmF0Y2hSZXF1ZXN0GiEuam9icXVldWUudjEuRW5xdWV1ZUJhdGNoUmVzcG9uc2USQQoGR2V0Sm9iEhouam9icXVldWUudjEuR2V0Sm9iUmVxdWVzdBobLmpvYnF1ZXVlLnYxLkdldEpvYlJlc3BvbnNlEkcKCExpc3RKb2JzEhwuam9icXVldWUudjEuTGlzdEpvYnNSZXF1ZXN0Gh0uam9icXVldWUudjEuTGlzdEpvYnNSZXNwb25zZRJKCglDYW5jZWxKb2ISHS5qb2JxdWV1ZS52MS5DYW5jZWxKb2JSZXF1ZXN0Gh4uam9icXVldWUudjEuQ2FuY2VsSm9iUmVzcG9uc2USSQoIV2F0Y2hKb2ISHC5qb2JxdWV1ZS52MS5XYXRjaEpvYlJlcXVlc3QaHS5qb2JxdWV1ZS52MS5XYXRjaEpvYlJlc3BvbnNlMAESTAoJV2F0Y2hKb2JzEh0uam9icXVldWUudjEuV2F0Y2hKb2JzUmVxdWVzdBoeLmpvYnF1ZXVlLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAFCSVpHZ2l0aHViLmNvbS9qb2JxdWV1ZS1ncnBjL2pvYnF1ZXVlLWdycGMvY2xpZW50cy9nby9qb2JxdWV1ZXYxO2pvYnF1ZXVldjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_jobqueue_v1_job]);
+  fileDesc("Ch1qb2JxdWV1ZS92MS9qb2Jfc2VydmljZS5wcm90bxILam9icXVldWUudjEigwQKDkVucXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGtpbmQYAiABKAkSKAoHcGF5bG9hZBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgFEioKBnJ1bl9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KDHJldHJ5X3BvbGljeRgJIAEoCzIYLmpvYnF1ZXVlLnYxLlJldHJ5UG9saWN5EioKBnVuaXF1ZRgKIAEoCzIaLmpvYnF1ZXVlLnYxLlVuaXF1ZU9wdGlvbnMSFwoPY29uY3VycmVuY3lfa2V5GAsgASgJEjsKCG1ldGFkYXRhGAwgAygLMikuam9icXVldWUudjEuRW5xdWV1ZVJlcXVlc3QuTWV0YWRhdGFFbnRyeRITCgt0cmFjZXBhcmVudBgNIAEoCRISCgp0cmFjZXN0YXRlGA4gASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJuCg1VbmlxdWVPcHRpb25zEgsKA2tleRgBIAEoCRIlCgZzdGF0ZXMYAiADKA4yFS5qb2JxdWV1ZS52MS5Kb2JTdGF0ZRIpCgZwZXJpb2QYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQQoPRW5xdWV1ZVJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmpvYnF1ZXVlLnYxLkpvYhIPCgdjcmVhdGVkGAIgASgIIkAKE0VucXVldWVCYXRjaFJlcXVlc3QSKQoEam9icxgBIAMoCzIbLmpvYnF1ZXVlLnYxLkVucXVldWVSZXF1ZXN0IkQKEkVucXVldWVCYXRjaFJlc3VsdBIdCgNqb2IYASABKAsyEC5qb2JxdWV1ZS52MS5Kb2ISDwoHY3JlYXRlZBgCIAEoCCJIChRFbnF1ZXVlQmF0Y2hSZXNwb25zZRIwCgdyZXN1bHRzGAEgAygLMh8uam9icXVldWUudjEuRW5xdWV1ZUJhdGNoUmVzdWx0IhsKDUdldEpvYlJlcXVlc3QSCgoCaWQYASABKAkiLwoOR2V0Sm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iIp4CCg9MaXN0Sm9ic1JlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEa2luZBgCIAEoCRIkCgVzdGF0ZRgDIAEoDjIVLmpvYnF1ZXVlLnYxLkpvYlN0YXRlEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJEjIKDmNyZWF0ZWRfYmVmb3JlGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI8CghtZXRhZGF0YRgHIAMoCzIqLmpvYnF1ZXVlLnYxLkxpc3RKb2JzUmVxdWVzdC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJLChBMaXN0Sm9ic1Jlc3BvbnNlEh4KBGpvYnMYASADKAsyEC5qb2JxdWV1ZS52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIh4KEENhbmNlbEpvYlJlcXVlc3QSCgoCaWQYASABKAkiXwoRQ2FuY2VsSm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iEisKB291dGNvbWUYAiABKA4yGi5qb2JxdWV1ZS52MS5DYW5jZWxPdXRjb21lIpsBChFDYW5jZWxKb2JzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIMCgRraW5kGAIgASgJEiQKBXN0YXRlGAMgASgOMhUuam9icXVldWUudjEuSm9iU3RhdGUSMgoOY3JlYXRlZF9iZWZvcmUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2RyeV9ydW4YBSABKAgiUgoSQ2FuY2VsSm9ic1Jlc3BvbnNlEg8KB21hdGNoZWQYASABKAMSEQoJY2FuY2VsbGVkGAIgASgDEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYAyABKAMiHQoPV2F0Y2hKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIjEKEFdhdGNoSm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuam9icXVldWUudjEuSm9iIi8KEFdhdGNoSm9ic1JlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEa2luZBgCIAEoCSJDChFXYXRjaEpvYnNSZXNwb25zZRIeCgRqb2JzGAEgAygLMhAuam9icXVldWUudjEuSm9iEg4KBnJlc3luYxgCIAEoCCpyCg1DYW5jZWxPdXRjb21lEh4KGkNBTkNFTF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYQ0FOQ0VMX09VVENPTUVfQ0FOQ0VMTEVEEAESIwofQ0FOQ0VMX09VVENPTUVfQ0FOQ0VMX1JFUVVFU1RFRBACMucECgpKb2JTZXJ2aWNlEkQKB0VucXVldWUSGy5qb2JxdWV1ZS52MS5FbnF1ZXVlUmVxdWVzdBocLmpvYnF1ZXVlLnYxLkVucXVldWVSZXNwb25zZRJTCgxFbnF1ZXVlQmF0Y2gSIC5qb2JxdWV1ZS52MS5FbnF1ZXVlQmF0Y2hSZXF1ZXN0GiEuam9icXVldWUudjEuRW5xdWV1ZUJhdGNoUmVzcG9uc2USQQoGR2V0Sm9iEhouam9icXVldWUudjEuR2V0Sm9iUmVxdWVzdBobLmpvYnF1ZXVlLnYxLkdldEpvYlJlc3BvbnNlEkcKCExpc3RKb2JzEhwuam9icXVldWUudjEuTGlzdEpvYnNSZXF1ZXN0Gh0uam9icXVldWUudjEuTGlzdEpvYnNSZXNwb25zZRJKCglDYW5jZWxKb2ISHS5qb2JxdWV1ZS52MS5DYW5jZWxKb2JSZXF1ZXN0Gh4uam9icXVldWUudjEuQ2FuY2VsSm9iUmVzcG9uc2USTQoKQ2FuY2VsSm9icxIeLmpvYnF1ZXVlLnYxLkNhbmNlbEpvYnNSZXF1ZXN0Gh8uam9icXVldWUudjEuQ2FuY2VsSm9ic1Jlc3BvbnNlEkkKCFdhdGNoSm9iEhwuam9icXVldWUudjEuV2F0Y2hKb2JSZXF1ZXN0Gh0uam9icXVldWUudjEuV2F0Y2hKb2JSZXNwb25zZTABEkwKCVdhdGNoSm9icxIdLmpvYnF1ZXVlLnYxLldhdGNoSm9ic1JlcXVlc3QaHi5qb2JxdWV1ZS52MS5XYXRjaEpvYnNSZXNwb25zZTABQklaR2dpdGh1Yi5jb20vam9icXVldWUtZ3JwYy9qb2JxdWV1ZS1ncnBjL2NsaWVudHMvZ28vam9icXVldWV2MTtqb2JxdWV1ZXYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_jobqueue_v1_job]);
 
 /**
  * @generated from message jobqueue.v1.EnqueueRequest
@@ -84,6 +84,14 @@ export type EnqueueRequest = Message<"jobqueue.v1.EnqueueRequest"> & {
   retryPolicy?: RetryPolicy | undefined;
 
   /**
+   * Optional: refuse a duplicate while a job with the same unique key exists in one of the
+   * states given. A duplicate inserts nothing and returns the existing job with created = false.
+   *
+   * @generated from field: jobqueue.v1.UniqueOptions unique = 10;
+   */
+  unique?: UniqueOptions | undefined;
+
+  /**
    * Optional; [A-Za-z0-9_.:/@-]{1,128}, e.g. a tenant id. The queue's limits per key
    * (QueueLimits.key_max_running, key_rate) apply to the jobs that share it.
    *
@@ -123,6 +131,45 @@ export const EnqueueRequestSchema: GenMessage<EnqueueRequest> = /*@__PURE__*/
   messageDesc(file_jobqueue_v1_job_service, 0);
 
 /**
+ * UniqueOptions makes a job unique by key, in some states, optionally per time window.
+ *
+ * @generated from message jobqueue.v1.UniqueOptions
+ */
+export type UniqueOptions = Message<"jobqueue.v1.UniqueOptions"> & {
+  /**
+   * The key; empty derives one from the job's queue, kind and payload. At most 255 characters.
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * The states in which an existing job refuses a duplicate. They always include every
+   * unfinished state (QUEUED, SCHEDULED, RUNNING, RETRYING); list finished ones to refuse
+   * duplicates of finished jobs too. Empty: the unfinished states, or with a period every state.
+   *
+   * @generated from field: repeated jobqueue.v1.JobState states = 2;
+   */
+  states: JobState[];
+
+  /**
+   * One job per key per window of this length (windows start at multiples of it since the Unix
+   * epoch, and a job falls in the window of its run_at, or of its enqueue when it has none).
+   * At least 1 s.
+   *
+   * @generated from field: google.protobuf.Duration period = 3;
+   */
+  period?: Duration | undefined;
+};
+
+/**
+ * Describes the message jobqueue.v1.UniqueOptions.
+ * Use `create(UniqueOptionsSchema)` to create a new message.
+ */
+export const UniqueOptionsSchema: GenMessage<UniqueOptions> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 1);
+
+/**
  * @generated from message jobqueue.v1.EnqueueResponse
  */
 export type EnqueueResponse = Message<"jobqueue.v1.EnqueueResponse"> & {
@@ -144,7 +191,7 @@ export type EnqueueResponse = Message<"jobqueue.v1.EnqueueResponse"> & {
  * Use `create(EnqueueResponseSchema)` to create a new message.
  */
 export const EnqueueResponseSchema: GenMessage<EnqueueResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 1);
+  messageDesc(file_jobqueue_v1_job_service, 2);
 
 /**
  * @generated from message jobqueue.v1.EnqueueBatchRequest
@@ -161,7 +208,7 @@ export type EnqueueBatchRequest = Message<"jobqueue.v1.EnqueueBatchRequest"> & {
  * Use `create(EnqueueBatchRequestSchema)` to create a new message.
  */
 export const EnqueueBatchRequestSchema: GenMessage<EnqueueBatchRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 2);
+  messageDesc(file_jobqueue_v1_job_service, 3);
 
 /**
  * @generated from message jobqueue.v1.EnqueueBatchResult
@@ -183,7 +230,7 @@ export type EnqueueBatchResult = Message<"jobqueue.v1.EnqueueBatchResult"> & {
  * Use `create(EnqueueBatchResultSchema)` to create a new message.
  */
 export const EnqueueBatchResultSchema: GenMessage<EnqueueBatchResult> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 3);
+  messageDesc(file_jobqueue_v1_job_service, 4);
 
 /**
  * @generated from message jobqueue.v1.EnqueueBatchResponse
@@ -202,7 +249,7 @@ export type EnqueueBatchResponse = Message<"jobqueue.v1.EnqueueBatchResponse"> &
  * Use `create(EnqueueBatchResponseSchema)` to create a new message.
  */
 export const EnqueueBatchResponseSchema: GenMessage<EnqueueBatchResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 4);
+  messageDesc(file_jobqueue_v1_job_service, 5);
 
 /**
  * @generated from message jobqueue.v1.GetJobRequest
@@ -219,7 +266,7 @@ export type GetJobRequest = Message<"jobqueue.v1.GetJobRequest"> & {
  * Use `create(GetJobRequestSchema)` to create a new message.
  */
 export const GetJobRequestSchema: GenMessage<GetJobRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 5);
+  messageDesc(file_jobqueue_v1_job_service, 6);
 
 /**
  * @generated from message jobqueue.v1.GetJobResponse
@@ -236,7 +283,7 @@ export type GetJobResponse = Message<"jobqueue.v1.GetJobResponse"> & {
  * Use `create(GetJobResponseSchema)` to create a new message.
  */
 export const GetJobResponseSchema: GenMessage<GetJobResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 6);
+  messageDesc(file_jobqueue_v1_job_service, 7);
 
 /**
  * @generated from message jobqueue.v1.ListJobsRequest
@@ -272,6 +319,13 @@ export type ListJobsRequest = Message<"jobqueue.v1.ListJobsRequest"> & {
   pageToken: string;
 
   /**
+   * Only jobs created before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp created_before = 6;
+   */
+  createdBefore?: Timestamp | undefined;
+
+  /**
    * Only jobs whose metadata holds every one of these pairs.
    *
    * @generated from field: map<string, string> metadata = 7;
@@ -284,7 +338,7 @@ export type ListJobsRequest = Message<"jobqueue.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 7);
+  messageDesc(file_jobqueue_v1_job_service, 8);
 
 /**
  * @generated from message jobqueue.v1.ListJobsResponse
@@ -308,7 +362,7 @@ export type ListJobsResponse = Message<"jobqueue.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 8);
+  messageDesc(file_jobqueue_v1_job_service, 9);
 
 /**
  * @generated from message jobqueue.v1.CancelJobRequest
@@ -325,7 +379,7 @@ export type CancelJobRequest = Message<"jobqueue.v1.CancelJobRequest"> & {
  * Use `create(CancelJobRequestSchema)` to create a new message.
  */
 export const CancelJobRequestSchema: GenMessage<CancelJobRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 9);
+  messageDesc(file_jobqueue_v1_job_service, 10);
 
 /**
  * @generated from message jobqueue.v1.CancelJobResponse
@@ -347,7 +401,81 @@ export type CancelJobResponse = Message<"jobqueue.v1.CancelJobResponse"> & {
  * Use `create(CancelJobResponseSchema)` to create a new message.
  */
 export const CancelJobResponseSchema: GenMessage<CancelJobResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 10);
+  messageDesc(file_jobqueue_v1_job_service, 11);
+
+/**
+ * @generated from message jobqueue.v1.CancelJobsRequest
+ */
+export type CancelJobsRequest = Message<"jobqueue.v1.CancelJobsRequest"> & {
+  /**
+   * The filters of ListJobs; at least one is required.
+   *
+   * @generated from field: string queue = 1;
+   */
+  queue: string;
+
+  /**
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * @generated from field: jobqueue.v1.JobState state = 3;
+   */
+  state: JobState;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_before = 4;
+   */
+  createdBefore?: Timestamp | undefined;
+
+  /**
+   * Count what would be cancelled; change nothing.
+   *
+   * @generated from field: bool dry_run = 5;
+   */
+  dryRun: boolean;
+};
+
+/**
+ * Describes the message jobqueue.v1.CancelJobsRequest.
+ * Use `create(CancelJobsRequestSchema)` to create a new message.
+ */
+export const CancelJobsRequestSchema: GenMessage<CancelJobsRequest> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 12);
+
+/**
+ * @generated from message jobqueue.v1.CancelJobsResponse
+ */
+export type CancelJobsResponse = Message<"jobqueue.v1.CancelJobsResponse"> & {
+  /**
+   * Jobs that matched and could be cancelled (with dry_run: would have been).
+   *
+   * @generated from field: int64 matched = 1;
+   */
+  matched: bigint;
+
+  /**
+   * Waiting jobs now CANCELLED.
+   *
+   * @generated from field: int64 cancelled = 2;
+   */
+  cancelled: bigint;
+
+  /**
+   * RUNNING jobs whose workers were told to stop them.
+   *
+   * @generated from field: int64 cancel_requested = 3;
+   */
+  cancelRequested: bigint;
+};
+
+/**
+ * Describes the message jobqueue.v1.CancelJobsResponse.
+ * Use `create(CancelJobsResponseSchema)` to create a new message.
+ */
+export const CancelJobsResponseSchema: GenMessage<CancelJobsResponse> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_job_service, 13);
 
 /**
  * @generated from message jobqueue.v1.WatchJobRequest
@@ -366,7 +494,7 @@ export type WatchJobRequest = Message<"jobqueue.v1.WatchJobRequest"> & {
  * Use `create(WatchJobRequestSchema)` to create a new message.
  */
 export const WatchJobRequestSchema: GenMessage<WatchJobRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 11);
+  messageDesc(file_jobqueue_v1_job_service, 14);
 
 /**
  * @generated from message jobqueue.v1.WatchJobResponse
@@ -385,7 +513,7 @@ export type WatchJobResponse = Message<"jobqueue.v1.WatchJobResponse"> & {
  * Use `create(WatchJobResponseSchema)` to create a new message.
  */
 export const WatchJobResponseSchema: GenMessage<WatchJobResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 12);
+  messageDesc(file_jobqueue_v1_job_service, 15);
 
 /**
  * @generated from message jobqueue.v1.WatchJobsRequest
@@ -410,7 +538,7 @@ export type WatchJobsRequest = Message<"jobqueue.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 13);
+  messageDesc(file_jobqueue_v1_job_service, 16);
 
 /**
  * @generated from message jobqueue.v1.WatchJobsResponse
@@ -436,7 +564,7 @@ export type WatchJobsResponse = Message<"jobqueue.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_job_service, 14);
+  messageDesc(file_jobqueue_v1_job_service, 17);
 
 /**
  * @generated from enum jobqueue.v1.CancelOutcome
@@ -504,7 +632,7 @@ export const JobService: GenService<{
     output: typeof GetJobResponseSchema;
   },
   /**
-   * ListJobs lists jobs newest first, filtered by queue, kind, state and metadata.
+   * ListJobs lists jobs newest first, filtered by queue, kind, state, creation time and metadata.
    *
    * @generated from rpc jobqueue.v1.JobService.ListJobs
    */
@@ -522,6 +650,19 @@ export const JobService: GenService<{
     methodKind: "unary";
     input: typeof CancelJobRequestSchema;
     output: typeof CancelJobResponseSchema;
+  },
+  /**
+   * CancelJobs cancels every job that matches ListJobs' filters (at least one is required), as
+   * CancelJob does each: waiting jobs now, running ones by a cancel notice to their worker. It
+   * works in chunks of a few hundred jobs, each its own transaction. With dry_run it changes
+   * nothing and counts what it would cancel.
+   *
+   * @generated from rpc jobqueue.v1.JobService.CancelJobs
+   */
+  cancelJobs: {
+    methodKind: "unary";
+    input: typeof CancelJobsRequestSchema;
+    output: typeof CancelJobsResponseSchema;
   },
   /**
    * WatchJob sends the job now and again on every change (state, attempt, progress, result)
