@@ -265,3 +265,26 @@ async def test_the_schedules_tab_lists_pauses_and_triggers(
         )
         await shot(page, "schedules")
     assert console.errors == []
+
+
+async def test_queue_limits_and_why_a_job_waits_are_shown(
+    make_server: conftest.ServerFactory, page: Page
+) -> None:
+    srv = await make_server(http_port=free_port())
+    console = Console(page)
+    async with AsyncClient(f"127.0.0.1:{srv.port}") as client:
+        held = await client.enqueue("export", queue="exports", concurrency_key="tenant-a")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        limits = qs.QueueLimits(max_running=2, key_max_running=1, rate=5)
+        await qsg.QueueServiceStub(ch).SetQueueLimits(
+            qs.SetQueueLimitsRequest(name="exports", limits=limits)
+        )
+    await page.goto(f"http://127.0.0.1:{srv.http_port}/")
+    await expect(page.locator('tr[data-queue="exports"] td[data-field="limits"]')).to_have_text(
+        "≤2 running, ≤1 per key, 5/s"
+    )
+    await page.goto(f"http://127.0.0.1:{srv.http_port}/#jobs")
+    await page.locator(f'tr[data-job="{held.job.id}"]').click()
+    await expect(page.locator('dd[data-field="concurrency key"]')).to_have_text("tenant-a")
+    await shot(page, "limits")
+    assert console.errors == []

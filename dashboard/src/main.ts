@@ -282,6 +282,7 @@ function queuesView(): HTMLElement {
       { "data-queue": q.name },
       h("td", {}, h("a", { href: "#jobs", onclick: () => filterJobsBy(q.name) }, q.name)),
       h("td", { "data-field": "paused" }, q.paused ? h("span", { class: "paused" }, "paused") : "running"),
+      h("td", { "data-field": "limits" }, limitsText(q.limits)),
       ...STATES.map((s) => {
         const key = stateName(s).toLowerCase() as keyof NonNullable<Queue["counts"]>;
         return h("td", { class: "num", "data-state": stateName(s).toLowerCase() }, String(q.counts?.[key] ?? 0n));
@@ -303,11 +304,24 @@ function queuesView(): HTMLElement {
       ? h(
           "table",
           {},
-          h("thead", {}, h("tr", {}, h("th", {}, "queue"), h("th", {}, "dispatch"), ...STATES.map((s) => h("th", { class: "num" }, stateName(s).toLowerCase())), h("th", {}, ""))),
+          h("thead", {}, h("tr", {}, h("th", {}, "queue"), h("th", {}, "dispatch"), h("th", {}, "limits"), ...STATES.map((s) => h("th", { class: "num" }, stateName(s).toLowerCase())), h("th", {}, ""))),
           h("tbody", {}, ...rows),
         )
       : h("p", { class: "muted" }, "No queues yet: enqueue a job."),
   );
+}
+
+// A queue's flow control in a few words ("—" when it has none): set with SetQueueLimits or
+// `jobqueue-grpc queues limit`.
+function limitsText(l: Queue["limits"]): string {
+  if (!l) return "—";
+  const parts: string[] = [];
+  if (l.maxRunning) parts.push(`≤${l.maxRunning} running`);
+  if (l.keyMaxRunning) parts.push(`≤${l.keyMaxRunning} per key`);
+  if (l.rate) parts.push(`${l.rate}/s`);
+  if (l.keyRate) parts.push(`${l.keyRate}/s per key`);
+  if (l.fairShare) parts.push("fair share");
+  return parts.join(", ") || "—";
 }
 
 async function setPaused(name: string, paused: boolean): Promise<void> {
@@ -416,6 +430,9 @@ function renderDetail(): void {
         ...row("attempt", `${j.attempt} of ${j.maxAttempts}`),
         ...row("priority", String(j.priority)),
         ...row("worker", j.workerId || "—"),
+        ...row("concurrency key", j.concurrencyKey || "—"),
+        ...row("held back", j.heldReason || "—"),
+        ...row("metadata", Object.entries(j.metadata).map(([k, v]) => `${k}=${v}`).join(", ") || "—"),
         ...row("cancel requested", j.cancelRequested ? "yes" : "no"),
         ...row("created", time(j.createdAt)),
         ...row("run at", time(j.runAt)),
