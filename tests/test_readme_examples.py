@@ -5,15 +5,21 @@ really do.
 The convention, in README.md: an HTML comment `<!-- readme-test -->` right before a fenced block
 marks it as tested (nothing else is run). A ```sh block holds commands (`\\` continues a line, `#`
 starts a comment); when the very next fenced block is its output, that output is checked against
-the last command's. A block whose lines start with `$ ` holds commands and their output in one.
-Commands run in README order against one fresh server, so each may build on the one before.
+the last command's. A block whose lines start with `$ ` holds commands, each followed by its
+output. Commands run in README order against one fresh server (gRPC on the README's
+localhost:50051, its HTTP port on localhost:8080), in a scratch directory, so each may build on the
+one before. `<!-- readme-test: file NAME -->` writes the block into NAME in that directory (a file
+a later command reads); `<!-- readme-test: eventually -->` runs the last command again until its
+output matches (for what a background loop does, such as a schedule's tick), within a deadline.
 
 Outputs are compared as patterns: JSON keys and values must match, `...` stands for anything
-left out (keys, list items, the rest of a string), and ids and times only need the same shape.
+left out (keys, list items, the rest of a string), and ids and times (alone or inside a string)
+only need the same shape.
 An id or token the README shows (say the enqueued job's, or `"eyJ0IjogIjIw...In0"`, shortened)
 is bound to the real one the first time it is printed: shown again, it must be the same one,
 and later commands get the real one in its place. `ERROR:` outputs are grpcurl's status: code,
 message and details are compared the same way. Tables compare their header and first column.
+`HTTP/1.1 ...` outputs (curl -i) compare the status line, the headers shown and the JSON body.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +39,7 @@ import asyncpg
 
 from tests.conftest import ServerFactory
 from tests.operators import seed_dead_letter
+from tests.support import free_port, wait_for_value
 from tests.test_clients import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +47,9 @@ README = ROOT / "README.md"
 TOOLS_BIN = ROOT / ".tools" / "bin"
 CLI = Path(sys.executable).parent / "jobqueue-grpc"
 MARKER = "<!-- readme-test -->"
-PROGRAMS = ("grpcurl", "grpc-health-probe", "jobqueue-grpc")
+PROGRAMS = ("grpcurl", "grpc-health-probe", "jobqueue-grpc", "curl")
 README_ADDRESS = "localhost:50051"
+README_HTTP_ADDRESS = "localhost:8080"
 ELLIPSIS = "\u2026readme-ellipsis\u2026"
 # The dead letter the README's DeadLetterService examples act on; the test seeds a real one.
 README_DEAD_LETTER = "3f0c9a52-1d7e-4b55-9f0a-2b8e6f3b7c11"
@@ -48,6 +57,7 @@ README_DEAD_LETTER = "3f0c9a52-1d7e-4b55-9f0a-2b8e6f3b7c11"
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 FENCE_RE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.MULTILINE | re.DOTALL)
+MARKER_RE = re.compile(r"<!-- readme-test(?::\s*(.*?))?\s*-->\Z")
 
 
 # -- reading the README ---------------------------------------------------------------------------
@@ -56,6 +66,8 @@ class Example:
     line: int  # where the commands start in README.md
     commands: list[list[str]]
     output: str | None  # what the README shows for the last command, if anything
+    eventually: bool = False  # run the last command again until its output matches
+    file: str | None = None  # not commands: a file to write, with `output` its text
 
     def __str__(self) -> str:
         return f"README.md:{self.line}: {shlex.join(self.commands[-1])[:100]}"
@@ -81,21 +93,30 @@ def split_commands(text: str) -> list[list[str]]:
 def examples(text: str) -> list[Example]:
     found = []
     for m in FENCE_RE.finditer(text):
-        before = text[: m.start()].rstrip()
-        if not before.endswith(MARKER):
+        marker = MARKER_RE.search(text[: m.start()].rstrip())
+        if not marker:
             continue
+        option = marker.group(1) or ""
         line = text.count("\n", 0, m.start()) + 2
         body = m.group(2)
-        if body.startswith("$ "):
-            cmd_lines = [ln[2:] for ln in body.splitlines() if ln.startswith("$ ")]
-            out_lines = [ln for ln in body.splitlines() if not ln.startswith("$ ")]
-            found.append(Example(line, split_commands("\n".join(cmd_lines)), "\n".join(out_lines)))
+        if option.startswith("file "):
+            found.append(Example(line, [], body, file=option.removeprefix("file ").strip()))
+            continue
+        assert option in ("", "eventually"), f"README.md:{line}: unknown {marker.group(0)}"
+        if body.startswith("$ "):  # each command, then its output
+            for n, ln in enumerate(body.splitlines()):
+                if ln.startswith("$ "):
+                    found.append(Example(line + n, split_commands(ln[2:]), None))
+                else:
+                    shown = found[-1].output
+                    found[-1].output = ln if shown is None else f"{shown}\n{ln}"
             continue
         rest = text[m.end() :]
         nxt = FENCE_RE.match(rest) if rest.startswith("```") else None
         if nxt and nxt.group(1) not in ("", "json", "text"):
             nxt = None  # more commands, not an output
-        found.append(Example(line, split_commands(body), nxt.group(2) if nxt else None))
+        output = nxt.group(2) if nxt else None
+        found.append(Example(line, split_commands(body), output, option == "eventually"))
     return found
 
 
@@ -178,11 +199,25 @@ def match(expected: Any, actual: Any, where: str, bind: Bindings, command: str) 
             assert bound == actual, f"{where}: README id {expected} was {bound}, now {actual}"
         elif TIME_RE.fullmatch(expected) and expected not in command:
             assert TIME_RE.fullmatch(actual), f"{where}: {actual!r} is not a time"
+        elif (TIME_RE.search(expected) or UUID_RE.search(expected)) and expected not in command:
+            shape = shape_pattern(bind.sub(expected))  # e.g. "schedule:heartbeat:<a time>"
+            assert shape.fullmatch(actual), f"{where}: README shows {expected!r}, real {actual!r}"
         else:
             expected = bind.sub(expected)
             assert actual == expected, f"{where}: README shows {expected!r}, real {actual!r}"
     else:
         assert actual == expected, f"{where}: README shows {expected!r}, real {actual!r}"
+
+
+def shape_pattern(text: str) -> re.Pattern[str]:
+    """A string with ids and times in it -> a regex where each may be any id or time."""
+    out, at = [], 0
+    for m in re.finditer(f"{TIME_RE.pattern}|{UUID_RE.pattern}", text):
+        out.append(re.escape(text[at : m.start()]))
+        out.append(TIME_RE.pattern if TIME_RE.fullmatch(m.group(0)) else UUID_RE.pattern)
+        at = m.end()
+    out.append(re.escape(text[at:]))
+    return re.compile("".join(out))
 
 
 def grpc_error(text: str) -> dict[str, Any]:
@@ -210,7 +245,22 @@ def compare(ex: Example, expected: str, code: int, actual: str, bind: Bindings) 
     exp = expected.strip()
     if not exp.startswith(("{", "[", "ERROR:")):
         exp = bind.sub(exp)
-    if exp.startswith("ERROR:"):
+    if exp.startswith("HTTP/"):
+        assert code == 0, f"{ex}: exit {code}\n{actual}"
+        head, _, body = exp.partition("\n\n")
+        real_head, _, real_body = actual.replace("\r\n", "\n").partition("\n\n")
+        status, *headers = head.splitlines()
+        real_status, *real_headers = real_head.splitlines()
+        assert real_status.strip() == status.strip(), f"{ex}: status line:\n{actual}"
+        seen = {h.split(":", 1)[0].lower(): h.split(":", 1)[1].strip() for h in real_headers}
+        for h in headers:
+            name, value = (part.strip() for part in h.split(":", 1))
+            assert seen.get(name.lower()) == value, f"{ex}: no header {h!r}:\n{actual}"
+        try:
+            match(pattern(body), json.loads(real_body), "body", bind, command)
+        except AssertionError as e:
+            raise AssertionError(f"{ex}: {e}\nreal output:\n{actual}") from None
+    elif exp.startswith("ERROR:"):
         assert code != 0, f"{ex}: README shows an error, the command succeeded:\n{actual}"
         match(grpc_error(exp), grpcurl_error(actual), "error", bind, command)
     elif exp.startswith(("{", "[")):
@@ -235,20 +285,31 @@ def compare(ex: Example, expected: str, code: int, actual: str, bind: Bindings) 
 
 
 # -- running them ---------------------------------------------------------------------------------
-async def run(argv: list[str], address: str) -> tuple[int, str]:
+@dataclass
+class Target:
+    address: str  # the gRPC port's host:port
+    http_address: str
+    cwd: Path
+
+
+async def run(argv: list[str], target: Target) -> tuple[int, str]:
     program, *args = argv
+    address = target.address
     args = [a.replace(README_ADDRESS, address) for a in args]
+    args = [a.replace(README_HTTP_ADDRESS, target.http_address) for a in args]
     if program in PROGRAMS[:2]:
         exe = TOOLS_BIN / program
     elif program == "jobqueue-grpc":
         exe = CLI
+    elif program == "curl":
+        exe = Path(shutil.which("curl") or "curl")
     else:
         raise AssertionError(f"README example runs {program!r}; only {PROGRAMS}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQUEUE_")}
     proc = await asyncio.create_subprocess_exec(
         str(exe),
         *args,
-        cwd=ROOT,
+        cwd=target.cwd,
         env={**env, "JOBQUEUE_ADDRESS": address},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -261,23 +322,55 @@ async def run(argv: list[str], address: str) -> tuple[int, str]:
 
 def test_the_readme_marks_its_examples() -> None:
     found = examples(README.read_text())
-    assert len(found) >= 10, [str(e) for e in found]
+    assert len(found) >= 30, [str(e) for e in found]
     shown = [e for e in found if e.output is not None]
-    assert len(shown) >= 8, [str(e) for e in shown]
+    assert len(shown) >= 20, [str(e) for e in shown]
+    assert any(e.file for e in found) and any(e.eventually for e in found)
     for ex in found:
         for argv in ex.commands:
             assert argv[0] in PROGRAMS, str(ex)
 
 
+# README blocks that run grpcurl, curl or the CLI and are not marked, each named by a piece of it,
+# and why it is not run. Any other such block must be marked.
+UNTESTED = {
+    "$ jobqueue-grpc serve\n": "needs an install without the server extra (tests/test_install.py)",
+    "jq.internal:50051": "another host",
+    "jobqueue-grpc dlq requeue 3f0c9a52": "alternatives, each acting on the one dead letter",
+    "jobqueue-grpc dlq delete 3f0c9a52": "alternatives, each acting on the one dead letter",
+    "--auth-tokens-file tokens": "starts servers with auth",
+    "--tls-ca ca.pem": "auth and TLS against another host",
+    "OTEL_EXPORTER_OTLP_ENDPOINT=": "starts a server",
+}
+COMMAND_RE = re.compile(r"^(\$ )?(\w+=\S+ )*(grpcurl|curl|jobqueue-grpc|grpc-health-probe)\b", re.M)
+
+
+def test_every_command_example_is_tested_or_says_why_not() -> None:
+    text = README.read_text()
+    unmarked = []
+    for m in FENCE_RE.finditer(text):
+        if MARKER_RE.search(text[: m.start()].rstrip()) or not COMMAND_RE.search(m.group(2)):
+            continue
+        if not any(piece in m.group(2) for piece in UNTESTED):
+            unmarked.append(f"README.md:{text.count(chr(10), 0, m.start()) + 2}")
+    assert not unmarked, f"mark these `{MARKER}` (or list them in UNTESTED): {unmarked}"
+    for piece in UNTESTED:
+        assert piece in text, f"UNTESTED names {piece!r}, which README.md no longer has"
+
+
 async def test_readme_examples_against_a_real_server(
-    make_server: ServerFactory, db: asyncpg.Connection
+    make_server: ServerFactory, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     for tool in PROGRAMS[:2]:
         if not (TOOLS_BIN / tool).exists():
             unavailable(f"{TOOLS_BIN / tool} missing (make tools): README examples not run")
-    srv = await make_server()
-    address = f"127.0.0.1:{srv.port}"
+    if not shutil.which("curl"):
+        unavailable("curl missing: README examples not run")
+    srv = await make_server(http_port=free_port())
+    target = Target(f"127.0.0.1:{srv.port}", f"127.0.0.1:{srv.http_port}", tmp_path)
     bind = Bindings()
+    # The waiting ping job the README's CancelJobs examples count and cancel.
+    await db.execute("SELECT jobqueue.enqueue('ping')")  # an id of its time, as the server's
     # The dead letter the README's DeadLetterService examples inspect.
     dead = await seed_dead_letter(db, queue="emails", kind="send_email", attempts=5, job_row=False)
     await db.execute(
@@ -289,12 +382,38 @@ async def test_readme_examples_against_a_real_server(
     bind.ids[README_DEAD_LETTER] = str(dead)
 
     for ex in examples(README.read_text()):
+        if ex.file is not None:
+            (tmp_path / ex.file).write_text(bind.sub(ex.output or ""))
+            continue
         for n, argv in enumerate(ex.commands):
-            code, out = await run(bind.apply(argv), address)
-            if n == len(ex.commands) - 1 and ex.output is not None:
-                compare(ex, ex.output, code, out, bind)
-            else:
+            if n < len(ex.commands) - 1 or ex.output is None:
+                code, out = await run(bind.apply(argv), target)
                 assert code == 0, f"{ex}: {shlex.join(argv)}: exit {code}\n{out}"
+            elif ex.eventually:
+                await wait_for_value(
+                    lambda argv=argv, ex=ex: attempt(ex, argv, target, bind),
+                    lambda failure: failure is None,
+                    within=20,
+                    interval=0.2,
+                    what=str(ex),
+                )
+            else:
+                code, out = await run(bind.apply(argv), target)
+                compare(ex, ex.output, code, out, bind)
+
+
+async def attempt(ex: Example, argv: list[str], target: Target, bind: Bindings) -> str | None:
+    """Runs the command once: None when its output matches (keeping the ids it bound), else why
+    not."""
+    assert ex.output is not None
+    code, out = await run(bind.apply(argv), target)
+    trial = Bindings(dict(bind.ids))
+    try:
+        compare(ex, ex.output, code, out, trial)
+    except AssertionError as e:
+        return str(e)
+    bind.ids = trial.ids
+    return None
 
 
 def test_quick_start_says_how_to_reach_what_the_readme_runs() -> None:
