@@ -242,3 +242,20 @@ async def test_queues_limit_sets_shows_and_clears(cli: Cli, db: asyncpg.Connecti
     code, out, _ = await cli("queues", "limit", "exports", "--clear")
     assert code == 0 and out.startswith("limits of exports cleared")
     assert await db.fetchval("SELECT count(*) FROM jobqueue.queue_limits") == 0
+
+
+async def test_queues_limit_kind_sets_shows_and_clears(cli: Cli, db: asyncpg.Connection) -> None:
+    code, out, _ = await cli("queues", "limit", "exports", "--kind", "pdf", "--max-running", "2")
+    assert code == 0 and out.startswith("limits of kind pdf in exports set")
+    assert "limits[kind pdf]:" in out and "max 2 running" in out
+    row = await db.fetchrow("SELECT * FROM jobqueue.kind_limits WHERE queue = 'exports'")
+    assert (row["kind"], row["max_running"]) == ("pdf", 2)
+    shown = await cli.json("queues", "show", "exports")
+    assert "limits" not in shown  # the queue's own: none
+    ((kind, lim),) = [(k["kind"], k["limits"]) for k in shown["kind_limits"]]
+    assert (kind, {k: v for k, v in lim.items() if v}) == ("pdf", {"max_running": 2})
+    code, _, err = await cli("queues", "limit", "exports", "--kind", "PDF!", "--max-running", "1")
+    assert code != 0 and "kind" in err
+    code, out, _ = await cli("queues", "limit", "exports", "--kind", "pdf", "--clear")
+    assert code == 0 and out.startswith("limits of kind pdf in exports cleared")
+    assert await db.fetchval("SELECT count(*) FROM jobqueue.queue_limits") == 0

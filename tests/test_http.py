@@ -142,6 +142,14 @@ async def test_every_unary_rpc_over_curl_and_json(http: JobQueueServer) -> None:
     limited = await ok("QueueService/SetQueueLimits", {"name": "web", "limits": {"maxRunning": 2}})
     assert limited["queue"]["limits"] == {"maxRunning": 2}
     assert "limits" not in (await ok("QueueService/SetQueueLimits", {"name": "web"}))["queue"]
+    per_kind = await ok(
+        "QueueService/SetQueueLimits", {"name": "web", "kind": "pdf", "limits": {"rate": 5}}
+    )
+    assert per_kind["queue"]["kindLimits"] == [{"kind": "pdf", "limits": {"rate": 5, "burst": 5}}]
+    assert (
+        "kindLimits"
+        not in (await ok("QueueService/SetQueueLimits", {"name": "web", "kind": "pdf"}))["queue"]
+    )
 
     # two dead letters, made by a real worker
     worker = Worker(f"127.0.0.1:{http.port}", queues=["dead"])

@@ -106,7 +106,9 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         row = await self.store.jobs.get(parse_uuid("id", request.id))
         out = convert.job(row)
         if row.state == JobState.QUEUED:  # flow control: what holds it, if anything
-            out.held_reason = await self.store.limits.held_reason(row.queue, row.concurrency_key)
+            out.held_reason = await self.store.limits.held_reason(
+                row.queue, row.concurrency_key, row.kind
+            )
         return job_service_pb2.GetJobResponse(job=out)
 
     async def ListJobs(

@@ -10,7 +10,7 @@ from jobqueue_grpc.domain.errors import FieldViolation, NotFound
 from jobqueue_grpc.domain.limits import QueueLimits, check_limits
 from jobqueue_grpc.domain.records import QueueRecord
 from jobqueue_grpc.domain.states import STATES
-from jobqueue_grpc.domain.validation import queue_violation, raise_if
+from jobqueue_grpc.domain.validation import kind_violation, queue_violation, raise_if
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2 as pb
 from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2_grpc as pb_grpc
 from jobqueue_grpc.store import Store
@@ -22,6 +22,7 @@ def queue(
     r: QueueRecord,
     limits: QueueLimits | None = None,
     running_by_key: list[tuple[str, int]] | None = None,
+    kind_limits: list[tuple[str, QueueLimits]] | None = None,
 ) -> pb.Queue:
     out = pb.Queue(
         name=r.name,
@@ -34,6 +35,8 @@ def queue(
         out.limits.CopyFrom(limits_message(limits))
     for key, n in running_by_key or ():
         out.running_by_key.add(key=key, running=n)
+    for kind, lim in kind_limits or ():
+        out.kind_limits.add(kind=kind, limits=limits_message(lim))
     return out
 
 
@@ -49,8 +52,8 @@ def limits_message(lim: QueueLimits) -> pb.QueueLimits:
     )
 
 
-def queue_limits(m: pb.QueueLimits) -> QueueLimits:
-    """The request's limits (0: not set), validated."""
+def queue_limits(m: pb.QueueLimits, violations: list[FieldViolation] | None = None) -> QueueLimits:
+    """The request's limits (0: not set), validated (with the request's other `violations`)."""
     lim = QueueLimits(
         max_running=m.max_running or None,
         key_max_running=m.key_max_running or None,
@@ -60,7 +63,7 @@ def queue_limits(m: pb.QueueLimits) -> QueueLimits:
         key_burst=m.key_burst or None,
         fair_share=m.fair_share,
     )
-    violations = check_limits(lim)
+    violations = [*(violations or ()), *check_limits(lim)]
     for name in ("max_running", "key_max_running"):
         if getattr(m, name) < 0:
             violations.append(FieldViolation(f"limits.{name}", f"{name} must not be negative"))
@@ -95,7 +98,9 @@ class QueueService(pb_grpc.QueueServiceServicer):
         self, request: pb.SetQueueLimitsRequest, context: Ctx
     ) -> pb.SetQueueLimitsResponse:
         name = queue_name(request.name)
-        await self.store.limits.set(name, queue_limits(request.limits))
+        kind = request.kind or None
+        v = kind_violation("kind", request.kind) if kind is not None else None
+        await self.store.limits.set(name, queue_limits(request.limits, [v] if v else []), kind)
         try:
             row = await self.store.queues.get(name)
         except NotFound:  # limits set before the queue's first job: it has no counts yet
@@ -106,8 +111,11 @@ class QueueService(pb_grpc.QueueServiceServicer):
     async def _with_limits(self, rows: list[QueueRecord], by_key: bool) -> list[pb.Queue]:
         names = [r.name for r in rows]
         limits = await self.store.limits.get(names)
-        running = await self.store.limits.running_by_key(names) if by_key and limits else {}
-        return [queue(r, limits.get(r.name), running.get(r.name)) for r in rows]
+        kinds = await self.store.limits.get_kinds(names)
+        running = (
+            await self.store.limits.running_by_key(names) if by_key and (limits or kinds) else {}
+        )
+        return [queue(r, limits.get(r.name), running.get(r.name), kinds.get(r.name)) for r in rows]
 
     async def PauseQueue(
         self, request: pb.PauseQueueRequest, context: Ctx

@@ -468,6 +468,7 @@ def _one_queue(args: argparse.Namespace, q: qs.Queue, said: str = "") -> int:
             *((s, getattr(q.counts, s)) for s in STATES),
             *((("limits", _limits_text(q.limits)),) if q.HasField("limits") else ()),
             *((f"running[{k.key}]", k.running) for k in q.running_by_key),
+            *((f"limits[kind {k.kind}]", _limits_text(k.limits)) for k in q.kind_limits),
         ]
     )
     return 0
@@ -501,9 +502,13 @@ def queues_limit(args: argparse.Namespace, ch: grpc.Channel) -> int:
     )
     if args.clear:
         lim = qs.QueueLimits()
-    req = qs.SetQueueLimitsRequest(name=args.name, limits=lim)
+    req = qs.SetQueueLimitsRequest(name=args.name, limits=lim, kind=args.kind or "")
     q = stub.SetQueueLimits(req, timeout=TIMEOUT).queue
-    said = f"limits of {q.name} set" if q.HasField("limits") else f"limits of {q.name} cleared"
+    if args.kind:
+        now_set = any(k.kind == args.kind for k in q.kind_limits)
+        said = f"limits of kind {args.kind} in {q.name} {'set' if now_set else 'cleared'}"
+    else:
+        said = f"limits of {q.name} set" if q.HasField("limits") else f"limits of {q.name} cleared"
     return _one_queue(args, q, said)
 
 
@@ -648,7 +653,8 @@ def register(sub: Any) -> None:
     p.add_argument("--key-rate", type=float, help="at most N starts per second per key")
     p.add_argument("--key-burst", type=float, help="each key's bucket (default: the key rate)")
     p.add_argument("--fair-share", action="store_true", help="round-robin across keys")
-    p.add_argument("--clear", action="store_true", help="remove every limit")
+    p.add_argument("--kind", help="set the limits of this kind of the queue's jobs (both apply)")
+    p.add_argument("--clear", action="store_true", help="remove every limit (of --kind's)")
     leaf(g, "pause", queues_pause, "stop dispatch from a queue (enqueue still works)").add_argument(
         "name"
     )

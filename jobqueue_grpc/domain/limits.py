@@ -13,6 +13,12 @@ Semantics:
 - `key_rate`/`key_burst`: the same per concurrency key.
 - Any limit (or `fair_share`) turns on the flow-controlled claim: jobs are taken round-robin
   across concurrency keys within priority.
+- Per kind: a queue may also have limits for one kind of its jobs (the same fields, counting only
+  that kind's jobs: its running, its running per key, its starts, its starts per key). Both apply:
+  a job of a limited kind starts only when its queue's limits and its kind's limits both allow it,
+  and it counts against both. Jobs of other kinds see only the queue's limits. A claim takes each
+  limited kind (and then the other kinds) in turn, rotating which goes first, each round-robin
+  across keys; any kind limit turns on the flow-controlled claim for the queue.
 """
 
 from __future__ import annotations
@@ -139,6 +145,15 @@ def key_take(limits: QueueLimits, running: int, tokens: float | None) -> int:
         t = max(0, math.floor(tokens))
         take = t if take < 0 else min(take, t)
     return take
+
+
+def both_take(a: int, b: int) -> int:
+    """Two `key_take`s that both apply (-1: no bound)."""
+    if a < 0:
+        return b
+    if b < 0:
+        return a
+    return min(a, b)
 
 
 def held_reason(

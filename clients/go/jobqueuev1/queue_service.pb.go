@@ -122,6 +122,60 @@ func (x *QueueLimits) GetFairShare() bool {
 	return false
 }
 
+// KindLimits are the limits of one kind of a queue's jobs. They apply to that kind's jobs on top of
+// the queue's own limits (both apply): its running caps and rates count only that kind's jobs.
+type KindLimits struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Limits        *QueueLimits           `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KindLimits) Reset() {
+	*x = KindLimits{}
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KindLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KindLimits) ProtoMessage() {}
+
+func (x *KindLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KindLimits.ProtoReflect.Descriptor instead.
+func (*KindLimits) Descriptor() ([]byte, []int) {
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *KindLimits) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *KindLimits) GetLimits() *QueueLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
 // KeyRunning is how many of a queue's jobs run under one concurrency key (flow-controlled leases).
 type KeyRunning struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -133,7 +187,7 @@ type KeyRunning struct {
 
 func (x *KeyRunning) Reset() {
 	*x = KeyRunning{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[1]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -145,7 +199,7 @@ func (x *KeyRunning) String() string {
 func (*KeyRunning) ProtoMessage() {}
 
 func (x *KeyRunning) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[1]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -158,7 +212,7 @@ func (x *KeyRunning) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyRunning.ProtoReflect.Descriptor instead.
 func (*KeyRunning) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{1}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *KeyRunning) GetKey() string {
@@ -191,7 +245,7 @@ type QueueCounts struct {
 
 func (x *QueueCounts) Reset() {
 	*x = QueueCounts{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[2]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -203,7 +257,7 @@ func (x *QueueCounts) String() string {
 func (*QueueCounts) ProtoMessage() {}
 
 func (x *QueueCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[2]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -216,7 +270,7 @@ func (x *QueueCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueCounts.ProtoReflect.Descriptor instead.
 func (*QueueCounts) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{2}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *QueueCounts) GetQueued() int64 {
@@ -277,14 +331,16 @@ type Queue struct {
 	// Unset: no flow control.
 	Limits *QueueLimits `protobuf:"bytes,5,opt,name=limits,proto3" json:"limits,omitempty"`
 	// Jobs running under flow control, per concurrency key, most first (on request).
-	RunningByKey  []*KeyRunning `protobuf:"bytes,6,rep,name=running_by_key,json=runningByKey,proto3" json:"running_by_key,omitempty"`
+	RunningByKey []*KeyRunning `protobuf:"bytes,6,rep,name=running_by_key,json=runningByKey,proto3" json:"running_by_key,omitempty"`
+	// The limits set per kind of the queue's jobs, by kind.
+	KindLimits    []*KindLimits `protobuf:"bytes,7,rep,name=kind_limits,json=kindLimits,proto3" json:"kind_limits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Queue) Reset() {
 	*x = Queue{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[3]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -296,7 +352,7 @@ func (x *Queue) String() string {
 func (*Queue) ProtoMessage() {}
 
 func (x *Queue) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[3]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -309,7 +365,7 @@ func (x *Queue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Queue.ProtoReflect.Descriptor instead.
 func (*Queue) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{3}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Queue) GetName() string {
@@ -354,6 +410,13 @@ func (x *Queue) GetRunningByKey() []*KeyRunning {
 	return nil
 }
 
+func (x *Queue) GetKindLimits() []*KindLimits {
+	if x != nil {
+		return x.KindLimits
+	}
+	return nil
+}
+
 type ListQueuesRequest struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
 	IncludeRunningByKey bool                   `protobuf:"varint,1,opt,name=include_running_by_key,json=includeRunningByKey,proto3" json:"include_running_by_key,omitempty"`
@@ -363,7 +426,7 @@ type ListQueuesRequest struct {
 
 func (x *ListQueuesRequest) Reset() {
 	*x = ListQueuesRequest{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[4]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -375,7 +438,7 @@ func (x *ListQueuesRequest) String() string {
 func (*ListQueuesRequest) ProtoMessage() {}
 
 func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[4]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -388,7 +451,7 @@ func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesRequest.ProtoReflect.Descriptor instead.
 func (*ListQueuesRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{4}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListQueuesRequest) GetIncludeRunningByKey() bool {
@@ -407,7 +470,7 @@ type ListQueuesResponse struct {
 
 func (x *ListQueuesResponse) Reset() {
 	*x = ListQueuesResponse{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[5]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -419,7 +482,7 @@ func (x *ListQueuesResponse) String() string {
 func (*ListQueuesResponse) ProtoMessage() {}
 
 func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[5]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -432,7 +495,7 @@ func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesResponse.ProtoReflect.Descriptor instead.
 func (*ListQueuesResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{5}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListQueuesResponse) GetQueues() []*Queue {
@@ -452,7 +515,7 @@ type GetQueueRequest struct {
 
 func (x *GetQueueRequest) Reset() {
 	*x = GetQueueRequest{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[6]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +527,7 @@ func (x *GetQueueRequest) String() string {
 func (*GetQueueRequest) ProtoMessage() {}
 
 func (x *GetQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[6]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +540,7 @@ func (x *GetQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueRequest.ProtoReflect.Descriptor instead.
 func (*GetQueueRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{6}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetQueueRequest) GetName() string {
@@ -503,7 +566,7 @@ type GetQueueResponse struct {
 
 func (x *GetQueueResponse) Reset() {
 	*x = GetQueueResponse{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[7]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -515,7 +578,7 @@ func (x *GetQueueResponse) String() string {
 func (*GetQueueResponse) ProtoMessage() {}
 
 func (x *GetQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[7]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -528,7 +591,7 @@ func (x *GetQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueResponse.ProtoReflect.Descriptor instead.
 func (*GetQueueResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{7}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetQueueResponse) GetQueue() *Queue {
@@ -547,7 +610,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[8]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +622,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[8]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +635,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{8}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PauseQueueRequest) GetName() string {
@@ -591,7 +654,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[9]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -603,7 +666,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[9]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -616,7 +679,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{9}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PauseQueueResponse) GetQueue() *Queue {
@@ -635,7 +698,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[10]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +710,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[10]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +723,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{10}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ResumeQueueRequest) GetName() string {
@@ -679,7 +742,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[11]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +754,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[11]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +767,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{11}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ResumeQueueResponse) GetQueue() *Queue {
@@ -718,14 +781,16 @@ type SetQueueLimitsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Unset or all zero: the queue's limits are cleared.
-	Limits        *QueueLimits `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
+	Limits *QueueLimits `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
+	// Set: the limits are this kind's (of this queue's jobs), not the queue's own.
+	Kind          string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SetQueueLimitsRequest) Reset() {
 	*x = SetQueueLimitsRequest{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[12]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +802,7 @@ func (x *SetQueueLimitsRequest) String() string {
 func (*SetQueueLimitsRequest) ProtoMessage() {}
 
 func (x *SetQueueLimitsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[12]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +815,7 @@ func (x *SetQueueLimitsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQueueLimitsRequest.ProtoReflect.Descriptor instead.
 func (*SetQueueLimitsRequest) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{12}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetQueueLimitsRequest) GetName() string {
@@ -767,6 +832,13 @@ func (x *SetQueueLimitsRequest) GetLimits() *QueueLimits {
 	return nil
 }
 
+func (x *SetQueueLimitsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
 type SetQueueLimitsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Queue         *Queue                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
@@ -776,7 +848,7 @@ type SetQueueLimitsResponse struct {
 
 func (x *SetQueueLimitsResponse) Reset() {
 	*x = SetQueueLimitsResponse{}
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[13]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -788,7 +860,7 @@ func (x *SetQueueLimitsResponse) String() string {
 func (*SetQueueLimitsResponse) ProtoMessage() {}
 
 func (x *SetQueueLimitsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[13]
+	mi := &file_jobqueue_v1_queue_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -801,7 +873,7 @@ func (x *SetQueueLimitsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQueueLimitsResponse.ProtoReflect.Descriptor instead.
 func (*SetQueueLimitsResponse) Descriptor() ([]byte, []int) {
-	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{13}
+	return file_jobqueue_v1_queue_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetQueueLimitsResponse) GetQueue() *Queue {
@@ -825,7 +897,11 @@ const file_jobqueue_v1_queue_service_proto_rawDesc = "" +
 	"\bkey_rate\x18\x05 \x01(\x01R\akeyRate\x12\x1b\n" +
 	"\tkey_burst\x18\x06 \x01(\x01R\bkeyBurst\x12\x1d\n" +
 	"\n" +
-	"fair_share\x18\a \x01(\bR\tfairShare\"8\n" +
+	"fair_share\x18\a \x01(\bR\tfairShare\"R\n" +
+	"\n" +
+	"KindLimits\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x120\n" +
+	"\x06limits\x18\x02 \x01(\v2\x18.jobqueue.v1.QueueLimitsR\x06limits\"8\n" +
 	"\n" +
 	"KeyRunning\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
@@ -837,14 +913,16 @@ const file_jobqueue_v1_queue_service_proto_rawDesc = "" +
 	"\bretrying\x18\x04 \x01(\x03R\bretrying\x12\x1c\n" +
 	"\tsucceeded\x18\x05 \x01(\x03R\tsucceeded\x12\x16\n" +
 	"\x06failed\x18\x06 \x01(\x03R\x06failed\x12\x1c\n" +
-	"\tcancelled\x18\a \x01(\x03R\tcancelled\"\x8f\x02\n" +
+	"\tcancelled\x18\a \x01(\x03R\tcancelled\"\xc9\x02\n" +
 	"\x05Queue\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06paused\x18\x02 \x01(\bR\x06paused\x120\n" +
 	"\x06counts\x18\x03 \x01(\v2\x18.jobqueue.v1.QueueCountsR\x06counts\x127\n" +
 	"\tpaused_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bpausedAt\x120\n" +
 	"\x06limits\x18\x05 \x01(\v2\x18.jobqueue.v1.QueueLimitsR\x06limits\x12=\n" +
-	"\x0erunning_by_key\x18\x06 \x03(\v2\x17.jobqueue.v1.KeyRunningR\frunningByKey\"H\n" +
+	"\x0erunning_by_key\x18\x06 \x03(\v2\x17.jobqueue.v1.KeyRunningR\frunningByKey\x128\n" +
+	"\vkind_limits\x18\a \x03(\v2\x17.jobqueue.v1.KindLimitsR\n" +
+	"kindLimits\"H\n" +
 	"\x11ListQueuesRequest\x123\n" +
 	"\x16include_running_by_key\x18\x01 \x01(\bR\x13includeRunningByKey\"@\n" +
 	"\x12ListQueuesResponse\x12*\n" +
@@ -861,10 +939,11 @@ const file_jobqueue_v1_queue_service_proto_rawDesc = "" +
 	"\x12ResumeQueueRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"?\n" +
 	"\x13ResumeQueueResponse\x12(\n" +
-	"\x05queue\x18\x01 \x01(\v2\x12.jobqueue.v1.QueueR\x05queue\"]\n" +
+	"\x05queue\x18\x01 \x01(\v2\x12.jobqueue.v1.QueueR\x05queue\"q\n" +
 	"\x15SetQueueLimitsRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
-	"\x06limits\x18\x02 \x01(\v2\x18.jobqueue.v1.QueueLimitsR\x06limits\"B\n" +
+	"\x06limits\x18\x02 \x01(\v2\x18.jobqueue.v1.QueueLimitsR\x06limits\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\"B\n" +
 	"\x16SetQueueLimitsResponse\x12(\n" +
 	"\x05queue\x18\x01 \x01(\v2\x12.jobqueue.v1.QueueR\x05queue2\xa2\x03\n" +
 	"\fQueueService\x12M\n" +
@@ -888,50 +967,53 @@ func file_jobqueue_v1_queue_service_proto_rawDescGZIP() []byte {
 	return file_jobqueue_v1_queue_service_proto_rawDescData
 }
 
-var file_jobqueue_v1_queue_service_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_jobqueue_v1_queue_service_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_jobqueue_v1_queue_service_proto_goTypes = []any{
 	(*QueueLimits)(nil),            // 0: jobqueue.v1.QueueLimits
-	(*KeyRunning)(nil),             // 1: jobqueue.v1.KeyRunning
-	(*QueueCounts)(nil),            // 2: jobqueue.v1.QueueCounts
-	(*Queue)(nil),                  // 3: jobqueue.v1.Queue
-	(*ListQueuesRequest)(nil),      // 4: jobqueue.v1.ListQueuesRequest
-	(*ListQueuesResponse)(nil),     // 5: jobqueue.v1.ListQueuesResponse
-	(*GetQueueRequest)(nil),        // 6: jobqueue.v1.GetQueueRequest
-	(*GetQueueResponse)(nil),       // 7: jobqueue.v1.GetQueueResponse
-	(*PauseQueueRequest)(nil),      // 8: jobqueue.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),     // 9: jobqueue.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),     // 10: jobqueue.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),    // 11: jobqueue.v1.ResumeQueueResponse
-	(*SetQueueLimitsRequest)(nil),  // 12: jobqueue.v1.SetQueueLimitsRequest
-	(*SetQueueLimitsResponse)(nil), // 13: jobqueue.v1.SetQueueLimitsResponse
-	(*timestamppb.Timestamp)(nil),  // 14: google.protobuf.Timestamp
+	(*KindLimits)(nil),             // 1: jobqueue.v1.KindLimits
+	(*KeyRunning)(nil),             // 2: jobqueue.v1.KeyRunning
+	(*QueueCounts)(nil),            // 3: jobqueue.v1.QueueCounts
+	(*Queue)(nil),                  // 4: jobqueue.v1.Queue
+	(*ListQueuesRequest)(nil),      // 5: jobqueue.v1.ListQueuesRequest
+	(*ListQueuesResponse)(nil),     // 6: jobqueue.v1.ListQueuesResponse
+	(*GetQueueRequest)(nil),        // 7: jobqueue.v1.GetQueueRequest
+	(*GetQueueResponse)(nil),       // 8: jobqueue.v1.GetQueueResponse
+	(*PauseQueueRequest)(nil),      // 9: jobqueue.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),     // 10: jobqueue.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),     // 11: jobqueue.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),    // 12: jobqueue.v1.ResumeQueueResponse
+	(*SetQueueLimitsRequest)(nil),  // 13: jobqueue.v1.SetQueueLimitsRequest
+	(*SetQueueLimitsResponse)(nil), // 14: jobqueue.v1.SetQueueLimitsResponse
+	(*timestamppb.Timestamp)(nil),  // 15: google.protobuf.Timestamp
 }
 var file_jobqueue_v1_queue_service_proto_depIdxs = []int32{
-	2,  // 0: jobqueue.v1.Queue.counts:type_name -> jobqueue.v1.QueueCounts
-	14, // 1: jobqueue.v1.Queue.paused_at:type_name -> google.protobuf.Timestamp
-	0,  // 2: jobqueue.v1.Queue.limits:type_name -> jobqueue.v1.QueueLimits
-	1,  // 3: jobqueue.v1.Queue.running_by_key:type_name -> jobqueue.v1.KeyRunning
-	3,  // 4: jobqueue.v1.ListQueuesResponse.queues:type_name -> jobqueue.v1.Queue
-	3,  // 5: jobqueue.v1.GetQueueResponse.queue:type_name -> jobqueue.v1.Queue
-	3,  // 6: jobqueue.v1.PauseQueueResponse.queue:type_name -> jobqueue.v1.Queue
-	3,  // 7: jobqueue.v1.ResumeQueueResponse.queue:type_name -> jobqueue.v1.Queue
-	0,  // 8: jobqueue.v1.SetQueueLimitsRequest.limits:type_name -> jobqueue.v1.QueueLimits
-	3,  // 9: jobqueue.v1.SetQueueLimitsResponse.queue:type_name -> jobqueue.v1.Queue
-	4,  // 10: jobqueue.v1.QueueService.ListQueues:input_type -> jobqueue.v1.ListQueuesRequest
-	6,  // 11: jobqueue.v1.QueueService.GetQueue:input_type -> jobqueue.v1.GetQueueRequest
-	8,  // 12: jobqueue.v1.QueueService.PauseQueue:input_type -> jobqueue.v1.PauseQueueRequest
-	10, // 13: jobqueue.v1.QueueService.ResumeQueue:input_type -> jobqueue.v1.ResumeQueueRequest
-	12, // 14: jobqueue.v1.QueueService.SetQueueLimits:input_type -> jobqueue.v1.SetQueueLimitsRequest
-	5,  // 15: jobqueue.v1.QueueService.ListQueues:output_type -> jobqueue.v1.ListQueuesResponse
-	7,  // 16: jobqueue.v1.QueueService.GetQueue:output_type -> jobqueue.v1.GetQueueResponse
-	9,  // 17: jobqueue.v1.QueueService.PauseQueue:output_type -> jobqueue.v1.PauseQueueResponse
-	11, // 18: jobqueue.v1.QueueService.ResumeQueue:output_type -> jobqueue.v1.ResumeQueueResponse
-	13, // 19: jobqueue.v1.QueueService.SetQueueLimits:output_type -> jobqueue.v1.SetQueueLimitsResponse
-	15, // [15:20] is the sub-list for method output_type
-	10, // [10:15] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	0,  // 0: jobqueue.v1.KindLimits.limits:type_name -> jobqueue.v1.QueueLimits
+	3,  // 1: jobqueue.v1.Queue.counts:type_name -> jobqueue.v1.QueueCounts
+	15, // 2: jobqueue.v1.Queue.paused_at:type_name -> google.protobuf.Timestamp
+	0,  // 3: jobqueue.v1.Queue.limits:type_name -> jobqueue.v1.QueueLimits
+	2,  // 4: jobqueue.v1.Queue.running_by_key:type_name -> jobqueue.v1.KeyRunning
+	1,  // 5: jobqueue.v1.Queue.kind_limits:type_name -> jobqueue.v1.KindLimits
+	4,  // 6: jobqueue.v1.ListQueuesResponse.queues:type_name -> jobqueue.v1.Queue
+	4,  // 7: jobqueue.v1.GetQueueResponse.queue:type_name -> jobqueue.v1.Queue
+	4,  // 8: jobqueue.v1.PauseQueueResponse.queue:type_name -> jobqueue.v1.Queue
+	4,  // 9: jobqueue.v1.ResumeQueueResponse.queue:type_name -> jobqueue.v1.Queue
+	0,  // 10: jobqueue.v1.SetQueueLimitsRequest.limits:type_name -> jobqueue.v1.QueueLimits
+	4,  // 11: jobqueue.v1.SetQueueLimitsResponse.queue:type_name -> jobqueue.v1.Queue
+	5,  // 12: jobqueue.v1.QueueService.ListQueues:input_type -> jobqueue.v1.ListQueuesRequest
+	7,  // 13: jobqueue.v1.QueueService.GetQueue:input_type -> jobqueue.v1.GetQueueRequest
+	9,  // 14: jobqueue.v1.QueueService.PauseQueue:input_type -> jobqueue.v1.PauseQueueRequest
+	11, // 15: jobqueue.v1.QueueService.ResumeQueue:input_type -> jobqueue.v1.ResumeQueueRequest
+	13, // 16: jobqueue.v1.QueueService.SetQueueLimits:input_type -> jobqueue.v1.SetQueueLimitsRequest
+	6,  // 17: jobqueue.v1.QueueService.ListQueues:output_type -> jobqueue.v1.ListQueuesResponse
+	8,  // 18: jobqueue.v1.QueueService.GetQueue:output_type -> jobqueue.v1.GetQueueResponse
+	10, // 19: jobqueue.v1.QueueService.PauseQueue:output_type -> jobqueue.v1.PauseQueueResponse
+	12, // 20: jobqueue.v1.QueueService.ResumeQueue:output_type -> jobqueue.v1.ResumeQueueResponse
+	14, // 21: jobqueue.v1.QueueService.SetQueueLimits:output_type -> jobqueue.v1.SetQueueLimitsResponse
+	17, // [17:22] is the sub-list for method output_type
+	12, // [12:17] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_jobqueue_v1_queue_service_proto_init() }
@@ -945,7 +1027,7 @@ func file_jobqueue_v1_queue_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobqueue_v1_queue_service_proto_rawDesc), len(file_jobqueue_v1_queue_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,7 +39,8 @@ type QueueServiceClient interface {
 	ResumeQueue(ctx context.Context, in *ResumeQueueRequest, opts ...grpc.CallOption) (*ResumeQueueResponse, error)
 	// SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
 	// the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
-	// replica applies it within a second.
+	// replica applies it within a second. With `kind`, it sets (or clears) the limits of that kind of
+	// the queue's jobs instead; a queue's own limits and its kinds' limits both apply.
 	SetQueueLimits(ctx context.Context, in *SetQueueLimitsRequest, opts ...grpc.CallOption) (*SetQueueLimitsResponse, error)
 }
 
@@ -114,7 +115,8 @@ type QueueServiceServer interface {
 	ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error)
 	// SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
 	// the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
-	// replica applies it within a second.
+	// replica applies it within a second. With `kind`, it sets (or clears) the limits of that kind of
+	// the queue's jobs instead; a queue's own limits and its kinds' limits both apply.
 	SetQueueLimits(context.Context, *SetQueueLimitsRequest) (*SetQueueLimitsResponse, error)
 	mustEmbedUnimplementedQueueServiceServer()
 }

@@ -85,7 +85,7 @@ SELECT min(run_at) FROM jobqueue.jobs WHERE state IN ('scheduled', 'retrying');
 -- fragment: uncount
 -- The settle statements' tail (flow control, store/sql/limits.sql): leases the flow-controlled
 -- claim counted (limit_token is the ending lease's token) come off their queue's and key's
--- running counters, and every replica is woken to claim in the room they leave. It touches
+-- running counters (and their kind's), and every replica is woken to claim in the room they leave. It touches
 -- nothing for a lease of a queue without limits: `upd` has `counted` false for all of them.
 -- INSERT .. ON CONFLICT adds to the row as it is now (not as this statement's snapshot saw it),
 -- and in (queue, key) order, the order the claim takes the same rows in.
@@ -98,6 +98,15 @@ uncounted AS (
     ORDER BY u.queue, k.key
     ON CONFLICT (queue, key) DO UPDATE SET running = c.running + excluded.running
     RETURNING c.queue, c.key
+), kind_uncounted AS (
+    -- and off their kind's counters (migration 0043), after the queue's, as the claim counts
+    INSERT INTO jobqueue.kind_running_counts AS c (queue, kind, key, running)
+    SELECT u.queue, u.kind, k.key, -count(*)::int
+    FROM upd u CROSS JOIN LATERAL (VALUES (''), (u.concurrency_key)) AS k(key)
+    WHERE u.counted AND k.key IS NOT NULL
+    GROUP BY u.queue, u.kind, k.key
+    ORDER BY u.queue, u.kind, k.key
+    ON CONFLICT (queue, kind, key) DO UPDATE SET running = c.running + excluded.running
 ), room AS (
     SELECT count(pg_notify({jobs_channel}, queue)) AS n FROM uncounted WHERE key = ''
 )
@@ -109,7 +118,7 @@ WITH upd AS (
         lease_token = NULL, lease_expires_at = NULL, stream_id = NULL
     FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS t(id, token, result)
     WHERE j.id = t.id AND j.lease_token = t.token
-    RETURNING j.id, j.queue, j.concurrency_key, j.limit_token = t.token AS counted
+    RETURNING j.id, j.queue, j.kind, j.concurrency_key, j.limit_token = t.token AS counted
 ), {uncount}
 SELECT upd.id FROM upd, room;
 
@@ -121,7 +130,7 @@ WITH upd AS (
         lease_token = NULL, lease_expires_at = NULL, stream_id = NULL
     FROM unnest($1::uuid[], $2::uuid[]) AS t(id, token)
     WHERE j.id = t.id AND j.lease_token = t.token
-    RETURNING j.id, j.queue, j.concurrency_key, j.limit_token = t.token AS counted
+    RETURNING j.id, j.queue, j.kind, j.concurrency_key, j.limit_token = t.token AS counted
 ), {uncount}
 SELECT upd.id FROM upd, room;
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fjobqueue/v1/queue_service.proto\x12\x0bjobqueue.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n\x0bQueueLimits\x12\x13\n\x0bmax_running\x18\x01 \x01(\x05\x12\x17\n\x0fkey_max_running\x18\x02 \x01(\x05\x12\x0c\n\x04rate\x18\x03 \x01(\x01\x12\r\n\x05\x62urst\x18\x04 \x01(\x01\x12\x10\n\x08key_rate\x18\x05 \x01(\x01\x12\x11\n\tkey_burst\x18\x06 \x01(\x01\x12\x12\n\nfair_share\x18\x07 \x01(\x08\"*\n\nKeyRunning\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\x03\"\x89\x01\n\x0bQueueCounts\x12\x0e\n\x06queued\x18\x01 \x01(\x03\x12\x11\n\tscheduled\x18\x02 \x01(\x03\x12\x0f\n\x07running\x18\x03 \x01(\x03\x12\x10\n\x08retrying\x18\x04 \x01(\x03\x12\x11\n\tsucceeded\x18\x05 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x03\x12\x11\n\tcancelled\x18\x07 \x01(\x03\"\xd9\x01\n\x05Queue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06paused\x18\x02 \x01(\x08\x12(\n\x06\x63ounts\x18\x03 \x01(\x0b\x32\x18.jobqueue.v1.QueueCounts\x12-\n\tpaused_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06limits\x18\x05 \x01(\x0b\x32\x18.jobqueue.v1.QueueLimits\x12/\n\x0erunning_by_key\x18\x06 \x03(\x0b\x32\x17.jobqueue.v1.KeyRunning\"3\n\x11ListQueuesRequest\x12\x1e\n\x16include_running_by_key\x18\x01 \x01(\x08\"8\n\x12ListQueuesResponse\x12\"\n\x06queues\x18\x01 \x03(\x0b\x32\x12.jobqueue.v1.Queue\"?\n\x0fGetQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x16include_running_by_key\x18\x02 \x01(\x08\"5\n\x10GetQueueResponse\x12!\n\x05queue\x18\x01 \x01(\x0b\x32\x12.jobqueue.v1.Queue\"!\n\x11PauseQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"7\n\x12PauseQueueResponse\x12!\n\x05queue\x18\x01 \x01(\x0b\x32\x12.jobqueue.v1.Queue\"\"\n\x12ResumeQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x13ResumeQueueResponse\x12!\n\x05queue\x18\x01 \x01(\x0b\x32\x12.jobqueue.v1.Queue\"O\n\x15SetQueueLimitsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x06limits\x18\x02 \x01(\x0b\x32\x18.jobqueue.v1.QueueLimits\";\n\x16SetQueueLimitsResponse\x12!\n\x05queue\x18\x01 \x01(\x0b\x32\x12.jobqueue.v1.Queue2\xa2\x03\n\x0cQueueService\x12M\n\nListQueues\x12\x1e.jobqueue.v1.ListQueuesRequest\x1a\x1f.jobqueue.v1.ListQueuesResponse\x12G\n\x08GetQueue\x12\x1c.jobqueue.v1.GetQueueRequest\x1a\x1d.jobqueue.v1.GetQueueResponse\x12M\n\nPauseQueue\x12\x1e.jobqueue.v1.PauseQueueRequest\x1a\x1f.jobqueue.v1.PauseQueueResponse\x12P\n\x0bResumeQueue\x12\x1f.jobqueue.v1.ResumeQueueRequest\x1a .jobqueue.v1.ResumeQueueResponse\x12Y\n\x0eSetQueueLimits\x12\".jobqueue.v1.SetQueueLimitsRequest\x1a#.jobqueue.v1.SetQueueLimitsResponseBIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fjobqueue/v1/queue_service.proto\x12\x0bjobqueue.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n\x0bQueueLimits\x12\x13\n\x0bmax_running\x18\x01 \x01(\x05\x12\x17\n\x0fkey_max_running\x18\x02 \x01(\x05\x12\x0c\n\x04rate\x18\x03 \x01(\x01\x12\r\n\x05\x62urst\x18\x04 \x01(\x01\x12\x10\n\x08key_rate\x18\x05 \x01(\x01\x12\x11\n\tkey_burst\x18\x06 \x01(\x01\x12\x12\n\nfair_share\x18\x07 \x01(\x08\"D\n\nKindLimits\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12(\n\x06limits\x18\x02 \x01(\x0b\x32\x18.jobqueue.v1.QueueLimits\"*\n\nKeyRunning\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\x03\"\x89\x01\n\x0bQueueCounts\x12\x0e\n\x06queued\x18\x01 \x01(\x03\x12\x11\n\tscheduled\x18\x02 \x01(\x03\x12\x0f\n\x07running\x18\x03 \x01(\x03\x12\x10\n\x08retrying\x18\x04 \x01(\x03\x12\x11\n\tsucceeded\x18\x05 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x03\x12\x11\n\tcancelled\x18\x07 \x01(\x03\"\x87\x02\n\x05Queue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06paused\x18\x02 \x01(\x08\x12(\n\x06\x63ounts\x18\x03 \x01(\x0b\x32\x18.jobqueue.v1.QueueCounts\x12-\n\tpaused_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06limits\x18\x05 \x01(\x0b\x32\x18.jobqueue.v1.QueueLimits\x12/\n\x0erunning_by_key\x18\x06 \x03(\x0b\x32\x17.jobqueue.v1.KeyRunning\x12,\n\x0bkind_limits\x18\x07 \x03(\x0b\x32\x17.jobqueue.v1.KindLimits\"3\n\x11ListQueuesRequest\x12\x1e\n\x16include_running_by_key\x18\x01 \x01(\x08\"8\n\x12ListQueuesResponse\x12\"\n\x06queues\x18\x01 \x03(\x0b\x32\x12.jobqueue.v1.Queue\"?\n\x0fGetQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x16include_running_by_key\x18\x02 \x01(\x08\"5\n\x10GetQueueResponse\x12!\n\x05queue\x18\x01 \x01(\x0b\x32\x12.jobqueue.v1.Queue\"!\n\x11PauseQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"7\n\x12PauseQueueResponse\x12!\n\x05queue\x18\x01 \x01(\x0b\x32\x12.jobqueue.v1.Queue\"\"\n\x12ResumeQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x13ResumeQueueResponse\x12!\n\x05queue\x18\x01 \x01(\x0b\x32\x12.jobqueue.v1.Queue\"]\n\x15SetQueueLimitsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x06limits\x18\x02 \x01(\x0b\x32\x18.jobqueue.v1.QueueLimits\x12\x0c\n\x04kind\x18\x03 \x01(\t\";\n\x16SetQueueLimitsResponse\x12!\n\x05queue\x18\x01 \x01(\x0b\x32\x12.jobqueue.v1.Queue2\xa2\x03\n\x0cQueueService\x12M\n\nListQueues\x12\x1e.jobqueue.v1.ListQueuesRequest\x1a\x1f.jobqueue.v1.ListQueuesResponse\x12G\n\x08GetQueue\x12\x1c.jobqueue.v1.GetQueueRequest\x1a\x1d.jobqueue.v1.GetQueueResponse\x12M\n\nPauseQueue\x12\x1e.jobqueue.v1.PauseQueueRequest\x1a\x1f.jobqueue.v1.PauseQueueResponse\x12P\n\x0bResumeQueue\x12\x1f.jobqueue.v1.ResumeQueueRequest\x1a .jobqueue.v1.ResumeQueueResponse\x12Y\n\x0eSetQueueLimits\x12\".jobqueue.v1.SetQueueLimitsRequest\x1a#.jobqueue.v1.SetQueueLimitsResponseBIZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,32 +35,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'ZGgithub.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1;jobqueuev1'
   _globals['_QUEUELIMITS']._serialized_start=82
   _globals['_QUEUELIMITS']._serialized_end=227
-  _globals['_KEYRUNNING']._serialized_start=229
-  _globals['_KEYRUNNING']._serialized_end=271
-  _globals['_QUEUECOUNTS']._serialized_start=274
-  _globals['_QUEUECOUNTS']._serialized_end=411
-  _globals['_QUEUE']._serialized_start=414
-  _globals['_QUEUE']._serialized_end=631
-  _globals['_LISTQUEUESREQUEST']._serialized_start=633
-  _globals['_LISTQUEUESREQUEST']._serialized_end=684
-  _globals['_LISTQUEUESRESPONSE']._serialized_start=686
-  _globals['_LISTQUEUESRESPONSE']._serialized_end=742
-  _globals['_GETQUEUEREQUEST']._serialized_start=744
-  _globals['_GETQUEUEREQUEST']._serialized_end=807
-  _globals['_GETQUEUERESPONSE']._serialized_start=809
-  _globals['_GETQUEUERESPONSE']._serialized_end=862
-  _globals['_PAUSEQUEUEREQUEST']._serialized_start=864
-  _globals['_PAUSEQUEUEREQUEST']._serialized_end=897
-  _globals['_PAUSEQUEUERESPONSE']._serialized_start=899
-  _globals['_PAUSEQUEUERESPONSE']._serialized_end=954
-  _globals['_RESUMEQUEUEREQUEST']._serialized_start=956
-  _globals['_RESUMEQUEUEREQUEST']._serialized_end=990
-  _globals['_RESUMEQUEUERESPONSE']._serialized_start=992
-  _globals['_RESUMEQUEUERESPONSE']._serialized_end=1048
-  _globals['_SETQUEUELIMITSREQUEST']._serialized_start=1050
-  _globals['_SETQUEUELIMITSREQUEST']._serialized_end=1129
-  _globals['_SETQUEUELIMITSRESPONSE']._serialized_start=1131
-  _globals['_SETQUEUELIMITSRESPONSE']._serialized_end=1190
-  _globals['_QUEUESERVICE']._serialized_start=1193
-  _globals['_QUEUESERVICE']._serialized_end=1611
+  _globals['_KINDLIMITS']._serialized_start=229
+  _globals['_KINDLIMITS']._serialized_end=297
+  _globals['_KEYRUNNING']._serialized_start=299
+  _globals['_KEYRUNNING']._serialized_end=341
+  _globals['_QUEUECOUNTS']._serialized_start=344
+  _globals['_QUEUECOUNTS']._serialized_end=481
+  _globals['_QUEUE']._serialized_start=484
+  _globals['_QUEUE']._serialized_end=747
+  _globals['_LISTQUEUESREQUEST']._serialized_start=749
+  _globals['_LISTQUEUESREQUEST']._serialized_end=800
+  _globals['_LISTQUEUESRESPONSE']._serialized_start=802
+  _globals['_LISTQUEUESRESPONSE']._serialized_end=858
+  _globals['_GETQUEUEREQUEST']._serialized_start=860
+  _globals['_GETQUEUEREQUEST']._serialized_end=923
+  _globals['_GETQUEUERESPONSE']._serialized_start=925
+  _globals['_GETQUEUERESPONSE']._serialized_end=978
+  _globals['_PAUSEQUEUEREQUEST']._serialized_start=980
+  _globals['_PAUSEQUEUEREQUEST']._serialized_end=1013
+  _globals['_PAUSEQUEUERESPONSE']._serialized_start=1015
+  _globals['_PAUSEQUEUERESPONSE']._serialized_end=1070
+  _globals['_RESUMEQUEUEREQUEST']._serialized_start=1072
+  _globals['_RESUMEQUEUEREQUEST']._serialized_end=1106
+  _globals['_RESUMEQUEUERESPONSE']._serialized_start=1108
+  _globals['_RESUMEQUEUERESPONSE']._serialized_end=1164
+  _globals['_SETQUEUELIMITSREQUEST']._serialized_start=1166
+  _globals['_SETQUEUELIMITSREQUEST']._serialized_end=1259
+  _globals['_SETQUEUELIMITSRESPONSE']._serialized_start=1261
+  _globals['_SETQUEUELIMITSRESPONSE']._serialized_end=1320
+  _globals['_QUEUESERVICE']._serialized_start=1323
+  _globals['_QUEUESERVICE']._serialized_end=1741
 # @@protoc_insertion_point(module_scope)

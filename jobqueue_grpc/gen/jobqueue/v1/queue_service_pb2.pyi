@@ -68,6 +68,33 @@ class QueueLimits(_message.Message):
 Global___QueueLimits: _TypeAlias = QueueLimits  # noqa: Y015
 
 @_typing.final
+class KindLimits(_message.Message):
+    """KindLimits are the limits of one kind of a queue's jobs. They apply to that kind's jobs on top of
+    the queue's own limits (both apply): its running caps and rates count only that kind's jobs.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    @_builtins.property
+    def limits(self) -> Global___QueueLimits: ...
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        limits: Global___QueueLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KindLimits: _TypeAlias = KindLimits  # noqa: Y015
+
+@_typing.final
 class KeyRunning(_message.Message):
     """KeyRunning is how many of a queue's jobs run under one concurrency key (flow-controlled leases)."""
 
@@ -140,6 +167,7 @@ class Queue(_message.Message):
     PAUSED_AT_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     RUNNING_BY_KEY_FIELD_NUMBER: _builtins.int
+    KIND_LIMITS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     paused: _builtins.bool
     @_builtins.property
@@ -154,6 +182,10 @@ class Queue(_message.Message):
     def running_by_key(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyRunning]:
         """Jobs running under flow control, per concurrency key, most first (on request)."""
 
+    @_builtins.property
+    def kind_limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___KindLimits]:
+        """The limits set per kind of the queue's jobs, by kind."""
+
     def __init__(
         self,
         *,
@@ -163,10 +195,11 @@ class Queue(_message.Message):
         paused_at: _timestamp_pb2.Timestamp | None = ...,
         limits: Global___QueueLimits | None = ...,
         running_by_key: _abc.Iterable[Global___KeyRunning] | None = ...,
+        kind_limits: _abc.Iterable[Global___KindLimits] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "limits", b"limits", "paused_at", b"paused_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "limits", b"limits", "name", b"name", "paused", b"paused", "paused_at", b"paused_at", "running_by_key", b"running_by_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "kind_limits", b"kind_limits", "limits", b"limits", "name", b"name", "paused", b"paused", "paused_at", b"paused_at", "running_by_key", b"running_by_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -337,7 +370,10 @@ class SetQueueLimitsRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    kind: _builtins.str
+    """Set: the limits are this kind's (of this queue's jobs), not the queue's own."""
     @_builtins.property
     def limits(self) -> Global___QueueLimits:
         """Unset or all zero: the queue's limits are cleared."""
@@ -347,10 +383,11 @@ class SetQueueLimitsRequest(_message.Message):
         *,
         name: _builtins.str = ...,
         limits: Global___QueueLimits | None = ...,
+        kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "limits", b"limits", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

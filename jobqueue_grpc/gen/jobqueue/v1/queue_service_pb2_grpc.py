@@ -94,7 +94,8 @@ class QueueServiceServicer:
     def SetQueueLimits(self, request, context):
         """SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
         the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
-        replica applies it within a second.
+        replica applies it within a second. With `kind`, it sets (or clears) the limits of that kind of
+        the queue's jobs instead; a queue's own limits and its kinds' limits both apply.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

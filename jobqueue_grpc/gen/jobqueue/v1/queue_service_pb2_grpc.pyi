@@ -41,7 +41,8 @@ class QueueServiceStub:
     SetQueueLimits: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.SetQueueLimitsRequest, _queue_service_pb2.SetQueueLimitsResponse]
     """SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
     the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
-    replica applies it within a second.
+    replica applies it within a second. With `kind`, it sets (or clears) the limits of that kind of
+    the queue's jobs instead; a queue's own limits and its kinds' limits both apply.
     """
 
 @_typing.type_check_only
@@ -57,7 +58,8 @@ class QueueServiceAsyncStub(QueueServiceStub):
     SetQueueLimits: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.SetQueueLimitsRequest, _queue_service_pb2.SetQueueLimitsResponse]  # type: ignore[assignment]
     """SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
     the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
-    replica applies it within a second.
+    replica applies it within a second. With `kind`, it sets (or clears) the limits of that kind of
+    the queue's jobs instead; a queue's own limits and its kinds' limits both apply.
     """
 
 class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -100,7 +102,8 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_queue_service_pb2.SetQueueLimitsResponse, _abc.Awaitable[_queue_service_pb2.SetQueueLimitsResponse]]:
         """SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
         the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
-        replica applies it within a second.
+        replica applies it within a second. With `kind`, it sets (or clears) the limits of that kind of
+        the queue's jobs instead; a queue's own limits and its kinds' limits both apply.
         """
 
 def add_QueueServiceServicer_to_server(servicer: QueueServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file jobqueue/v1/queue_service.proto.
  */
 export const file_jobqueue_v1_queue_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9qb2JxdWV1ZS92MS9xdWV1ZV9zZXJ2aWNlLnByb3RvEgtqb2JxdWV1ZS52MSKRAQoLUXVldWVMaW1pdHMSEwoLbWF4X3J1bm5pbmcYASABKAUSFwoPa2V5X21heF9ydW5uaW5nGAIgASgFEgwKBHJhdGUYAyABKAESDQoFYnVyc3QYBCABKAESEAoIa2V5X3JhdGUYBSABKAESEQoJa2V5X2J1cnN0GAYgASgBEhIKCmZhaXJfc2hhcmUYByABKAgiKgoKS2V5UnVubmluZxILCgNrZXkYASABKAkSDwoHcnVubmluZxgCIAEoAyKJAQoLUXVldWVDb3VudHMSDgoGcXVldWVkGAEgASgDEhEKCXNjaGVkdWxlZBgCIAEoAxIPCgdydW5uaW5nGAMgASgDEhAKCHJldHJ5aW5nGAQgASgDEhEKCXN1Y2NlZWRlZBgFIAEoAxIOCgZmYWlsZWQYBiABKAMSEQoJY2FuY2VsbGVkGAcgASgDItkBCgVRdWV1ZRIMCgRuYW1lGAEgASgJEg4KBnBhdXNlZBgCIAEoCBIoCgZjb3VudHMYAyABKAsyGC5qb2JxdWV1ZS52MS5RdWV1ZUNvdW50cxItCglwYXVzZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKBmxpbWl0cxgFIAEoCzIYLmpvYnF1ZXVlLnYxLlF1ZXVlTGltaXRzEi8KDnJ1bm5pbmdfYnlfa2V5GAYgAygLMhcuam9icXVldWUudjEuS2V5UnVubmluZyIzChFMaXN0UXVldWVzUmVxdWVzdBIeChZpbmNsdWRlX3J1bm5pbmdfYnlfa2V5GAEgASgIIjgKEkxpc3RRdWV1ZXNSZXNwb25zZRIiCgZxdWV1ZXMYASADKAsyEi5qb2JxdWV1ZS52MS5RdWV1ZSI/Cg9HZXRRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIeChZpbmNsdWRlX3J1bm5pbmdfYnlfa2V5GAIgASgIIjUKEEdldFF1ZXVlUmVzcG9uc2USIQoFcXVldWUYASABKAsyEi5qb2JxdWV1ZS52MS5RdWV1ZSIhChFQYXVzZVF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjcKElBhdXNlUXVldWVSZXNwb25zZRIhCgVxdWV1ZRgBIAEoCzISLmpvYnF1ZXVlLnYxLlF1ZXVlIiIKElJlc3VtZVF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjgKE1Jlc3VtZVF1ZXVlUmVzcG9uc2USIQoFcXVldWUYASABKAsyEi5qb2JxdWV1ZS52MS5RdWV1ZSJPChVTZXRRdWV1ZUxpbWl0c1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5qb2JxdWV1ZS52MS5RdWV1ZUxpbWl0cyI7ChZTZXRRdWV1ZUxpbWl0c1Jlc3BvbnNlEiEKBXF1ZXVlGAEgASgLMhIuam9icXVldWUudjEuUXVldWUyogMKDFF1ZXVlU2VydmljZRJNCgpMaXN0UXVldWVzEh4uam9icXVldWUudjEuTGlzdFF1ZXVlc1JlcXVlc3QaHy5qb2JxdWV1ZS52MS5MaXN0UXVldWVzUmVzcG9uc2USRwoIR2V0UXVldWUSHC5qb2JxdWV1ZS52MS5HZXRRdWV1ZVJlcXVlc3QaHS5qb2JxdWV1ZS52MS5HZXRRdWV1ZVJlc3BvbnNlEk0KClBhdXNlUXVldWUSHi5qb2JxdWV1ZS52MS5QYXVzZVF1ZXVlUmVxdWVzdBofLmpvYnF1ZXVlLnYxLlBhdXNlUXVldWVSZXNwb25zZRJQCgtSZXN1bWVRdWV1ZRIfLmpvYnF1ZXVlLnYxLlJlc3VtZVF1ZXVlUmVxdWVzdBogLmpvYnF1ZXVlLnYxLlJlc3VtZVF1ZXVlUmVzcG9uc2USWQoOU2V0UXVldWVMaW1pdHMSIi5qb2JxdWV1ZS52MS5TZXRRdWV1ZUxpbWl0c1JlcXVlc3QaIy5qb2JxdWV1ZS52MS5TZXRRdWV1ZUxpbWl0c1Jlc3BvbnNlQklaR2dpdGh1Yi5jb20vam9icXVldWUtZ3JwYy9qb2JxdWV1ZS1ncnBjL2NsaWVudHMvZ28vam9icXVldWV2MTtqb2JxdWV1ZXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch9qb2JxdWV1ZS92MS9xdWV1ZV9zZXJ2aWNlLnByb3RvEgtqb2JxdWV1ZS52MSKRAQoLUXVldWVMaW1pdHMSEwoLbWF4X3J1bm5pbmcYASABKAUSFwoPa2V5X21heF9ydW5uaW5nGAIgASgFEgwKBHJhdGUYAyABKAESDQoFYnVyc3QYBCABKAESEAoIa2V5X3JhdGUYBSABKAESEQoJa2V5X2J1cnN0GAYgASgBEhIKCmZhaXJfc2hhcmUYByABKAgiRAoKS2luZExpbWl0cxIMCgRraW5kGAEgASgJEigKBmxpbWl0cxgCIAEoCzIYLmpvYnF1ZXVlLnYxLlF1ZXVlTGltaXRzIioKCktleVJ1bm5pbmcSCwoDa2V5GAEgASgJEg8KB3J1bm5pbmcYAiABKAMiiQEKC1F1ZXVlQ291bnRzEg4KBnF1ZXVlZBgBIAEoAxIRCglzY2hlZHVsZWQYAiABKAMSDwoHcnVubmluZxgDIAEoAxIQCghyZXRyeWluZxgEIAEoAxIRCglzdWNjZWVkZWQYBSABKAMSDgoGZmFpbGVkGAYgASgDEhEKCWNhbmNlbGxlZBgHIAEoAyKHAgoFUXVldWUSDAoEbmFtZRgBIAEoCRIOCgZwYXVzZWQYAiABKAgSKAoGY291bnRzGAMgASgLMhguam9icXVldWUudjEuUXVldWVDb3VudHMSLQoJcGF1c2VkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgZsaW1pdHMYBSABKAsyGC5qb2JxdWV1ZS52MS5RdWV1ZUxpbWl0cxIvCg5ydW5uaW5nX2J5X2tleRgGIAMoCzIXLmpvYnF1ZXVlLnYxLktleVJ1bm5pbmcSLAoLa2luZF9saW1pdHMYByADKAsyFy5qb2JxdWV1ZS52MS5LaW5kTGltaXRzIjMKEUxpc3RRdWV1ZXNSZXF1ZXN0Eh4KFmluY2x1ZGVfcnVubmluZ19ieV9rZXkYASABKAgiOAoSTGlzdFF1ZXVlc1Jlc3BvbnNlEiIKBnF1ZXVlcxgBIAMoCzISLmpvYnF1ZXVlLnYxLlF1ZXVlIj8KD0dldFF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJEh4KFmluY2x1ZGVfcnVubmluZ19ieV9rZXkYAiABKAgiNQoQR2V0UXVldWVSZXNwb25zZRIhCgVxdWV1ZRgBIAEoCzISLmpvYnF1ZXVlLnYxLlF1ZXVlIiEKEVBhdXNlUXVldWVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNwoSUGF1c2VRdWV1ZVJlc3BvbnNlEiEKBXF1ZXVlGAEgASgLMhIuam9icXVldWUudjEuUXVldWUiIgoSUmVzdW1lUXVldWVSZXF1ZXN0EgwKBG5hbWUYASABKAkiOAoTUmVzdW1lUXVldWVSZXNwb25zZRIhCgVxdWV1ZRgBIAEoCzISLmpvYnF1ZXVlLnYxLlF1ZXVlIl0KFVNldFF1ZXVlTGltaXRzUmVxdWVzdBIMCgRuYW1lGAEgASgJEigKBmxpbWl0cxgCIAEoCzIYLmpvYnF1ZXVlLnYxLlF1ZXVlTGltaXRzEgwKBGtpbmQYAyABKAkiOwoWU2V0UXVldWVMaW1pdHNSZXNwb25zZRIhCgVxdWV1ZRgBIAEoCzISLmpvYnF1ZXVlLnYxLlF1ZXVlMqIDCgxRdWV1ZVNlcnZpY2USTQoKTGlzdFF1ZXVlcxIeLmpvYnF1ZXVlLnYxLkxpc3RRdWV1ZXNSZXF1ZXN0Gh8uam9icXVldWUudjEuTGlzdFF1ZXVlc1Jlc3BvbnNlEkcKCEdldFF1ZXVlEhwuam9icXVldWUudjEuR2V0UXVldWVSZXF1ZXN0Gh0uam9icXVldWUudjEuR2V0UXVldWVSZXNwb25zZRJNCgpQYXVzZVF1ZXVlEh4uam9icXVldWUudjEuUGF1c2VRdWV1ZVJlcXVlc3QaHy5qb2JxdWV1ZS52MS5QYXVzZVF1ZXVlUmVzcG9uc2USUAoLUmVzdW1lUXVldWUSHy5qb2JxdWV1ZS52MS5SZXN1bWVRdWV1ZVJlcXVlc3QaIC5qb2JxdWV1ZS52MS5SZXN1bWVRdWV1ZVJlc3BvbnNlElkKDlNldFF1ZXVlTGltaXRzEiIuam9icXVldWUudjEuU2V0UXVldWVMaW1pdHNSZXF1ZXN0GiMuam9icXVldWUudjEuU2V0UXVldWVMaW1pdHNSZXNwb25zZUJJWkdnaXRodWIuY29tL2pvYnF1ZXVlLWdycGMvam9icXVldWUtZ3JwYy9jbGllbnRzL2dvL2pvYnF1ZXVldjE7am9icXVldWV2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * QueueLimits is a queue's flow control. An unset field (0) is no limit. Any field set turns on
@@ -76,6 +76,31 @@ export const QueueLimitsSchema: GenMessage<QueueLimits> = /*@__PURE__*/
   messageDesc(file_jobqueue_v1_queue_service, 0);
 
 /**
+ * KindLimits are the limits of one kind of a queue's jobs. They apply to that kind's jobs on top of
+ * the queue's own limits (both apply): its running caps and rates count only that kind's jobs.
+ *
+ * @generated from message jobqueue.v1.KindLimits
+ */
+export type KindLimits = Message<"jobqueue.v1.KindLimits"> & {
+  /**
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * @generated from field: jobqueue.v1.QueueLimits limits = 2;
+   */
+  limits?: QueueLimits | undefined;
+};
+
+/**
+ * Describes the message jobqueue.v1.KindLimits.
+ * Use `create(KindLimitsSchema)` to create a new message.
+ */
+export const KindLimitsSchema: GenMessage<KindLimits> = /*@__PURE__*/
+  messageDesc(file_jobqueue_v1_queue_service, 1);
+
+/**
  * KeyRunning is how many of a queue's jobs run under one concurrency key (flow-controlled leases).
  *
  * @generated from message jobqueue.v1.KeyRunning
@@ -97,7 +122,7 @@ export type KeyRunning = Message<"jobqueue.v1.KeyRunning"> & {
  * Use `create(KeyRunningSchema)` to create a new message.
  */
 export const KeyRunningSchema: GenMessage<KeyRunning> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 1);
+  messageDesc(file_jobqueue_v1_queue_service, 2);
 
 /**
  * QueueCounts are live counts of a queue's jobs by state.
@@ -146,7 +171,7 @@ export type QueueCounts = Message<"jobqueue.v1.QueueCounts"> & {
  * Use `create(QueueCountsSchema)` to create a new message.
  */
 export const QueueCountsSchema: GenMessage<QueueCounts> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 2);
+  messageDesc(file_jobqueue_v1_queue_service, 3);
 
 /**
  * @generated from message jobqueue.v1.Queue
@@ -185,6 +210,13 @@ export type Queue = Message<"jobqueue.v1.Queue"> & {
    * @generated from field: repeated jobqueue.v1.KeyRunning running_by_key = 6;
    */
   runningByKey: KeyRunning[];
+
+  /**
+   * The limits set per kind of the queue's jobs, by kind.
+   *
+   * @generated from field: repeated jobqueue.v1.KindLimits kind_limits = 7;
+   */
+  kindLimits: KindLimits[];
 };
 
 /**
@@ -192,7 +224,7 @@ export type Queue = Message<"jobqueue.v1.Queue"> & {
  * Use `create(QueueSchema)` to create a new message.
  */
 export const QueueSchema: GenMessage<Queue> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 3);
+  messageDesc(file_jobqueue_v1_queue_service, 4);
 
 /**
  * @generated from message jobqueue.v1.ListQueuesRequest
@@ -209,7 +241,7 @@ export type ListQueuesRequest = Message<"jobqueue.v1.ListQueuesRequest"> & {
  * Use `create(ListQueuesRequestSchema)` to create a new message.
  */
 export const ListQueuesRequestSchema: GenMessage<ListQueuesRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 4);
+  messageDesc(file_jobqueue_v1_queue_service, 5);
 
 /**
  * @generated from message jobqueue.v1.ListQueuesResponse
@@ -226,7 +258,7 @@ export type ListQueuesResponse = Message<"jobqueue.v1.ListQueuesResponse"> & {
  * Use `create(ListQueuesResponseSchema)` to create a new message.
  */
 export const ListQueuesResponseSchema: GenMessage<ListQueuesResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 5);
+  messageDesc(file_jobqueue_v1_queue_service, 6);
 
 /**
  * @generated from message jobqueue.v1.GetQueueRequest
@@ -248,7 +280,7 @@ export type GetQueueRequest = Message<"jobqueue.v1.GetQueueRequest"> & {
  * Use `create(GetQueueRequestSchema)` to create a new message.
  */
 export const GetQueueRequestSchema: GenMessage<GetQueueRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 6);
+  messageDesc(file_jobqueue_v1_queue_service, 7);
 
 /**
  * @generated from message jobqueue.v1.GetQueueResponse
@@ -265,7 +297,7 @@ export type GetQueueResponse = Message<"jobqueue.v1.GetQueueResponse"> & {
  * Use `create(GetQueueResponseSchema)` to create a new message.
  */
 export const GetQueueResponseSchema: GenMessage<GetQueueResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 7);
+  messageDesc(file_jobqueue_v1_queue_service, 8);
 
 /**
  * @generated from message jobqueue.v1.PauseQueueRequest
@@ -282,7 +314,7 @@ export type PauseQueueRequest = Message<"jobqueue.v1.PauseQueueRequest"> & {
  * Use `create(PauseQueueRequestSchema)` to create a new message.
  */
 export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 8);
+  messageDesc(file_jobqueue_v1_queue_service, 9);
 
 /**
  * @generated from message jobqueue.v1.PauseQueueResponse
@@ -299,7 +331,7 @@ export type PauseQueueResponse = Message<"jobqueue.v1.PauseQueueResponse"> & {
  * Use `create(PauseQueueResponseSchema)` to create a new message.
  */
 export const PauseQueueResponseSchema: GenMessage<PauseQueueResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 9);
+  messageDesc(file_jobqueue_v1_queue_service, 10);
 
 /**
  * @generated from message jobqueue.v1.ResumeQueueRequest
@@ -316,7 +348,7 @@ export type ResumeQueueRequest = Message<"jobqueue.v1.ResumeQueueRequest"> & {
  * Use `create(ResumeQueueRequestSchema)` to create a new message.
  */
 export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 10);
+  messageDesc(file_jobqueue_v1_queue_service, 11);
 
 /**
  * @generated from message jobqueue.v1.ResumeQueueResponse
@@ -333,7 +365,7 @@ export type ResumeQueueResponse = Message<"jobqueue.v1.ResumeQueueResponse"> & {
  * Use `create(ResumeQueueResponseSchema)` to create a new message.
  */
 export const ResumeQueueResponseSchema: GenMessage<ResumeQueueResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 11);
+  messageDesc(file_jobqueue_v1_queue_service, 12);
 
 /**
  * @generated from message jobqueue.v1.SetQueueLimitsRequest
@@ -350,6 +382,13 @@ export type SetQueueLimitsRequest = Message<"jobqueue.v1.SetQueueLimitsRequest">
    * @generated from field: jobqueue.v1.QueueLimits limits = 2;
    */
   limits?: QueueLimits | undefined;
+
+  /**
+   * Set: the limits are this kind's (of this queue's jobs), not the queue's own.
+   *
+   * @generated from field: string kind = 3;
+   */
+  kind: string;
 };
 
 /**
@@ -357,7 +396,7 @@ export type SetQueueLimitsRequest = Message<"jobqueue.v1.SetQueueLimitsRequest">
  * Use `create(SetQueueLimitsRequestSchema)` to create a new message.
  */
 export const SetQueueLimitsRequestSchema: GenMessage<SetQueueLimitsRequest> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 12);
+  messageDesc(file_jobqueue_v1_queue_service, 13);
 
 /**
  * @generated from message jobqueue.v1.SetQueueLimitsResponse
@@ -374,7 +413,7 @@ export type SetQueueLimitsResponse = Message<"jobqueue.v1.SetQueueLimitsResponse
  * Use `create(SetQueueLimitsResponseSchema)` to create a new message.
  */
 export const SetQueueLimitsResponseSchema: GenMessage<SetQueueLimitsResponse> = /*@__PURE__*/
-  messageDesc(file_jobqueue_v1_queue_service, 13);
+  messageDesc(file_jobqueue_v1_queue_service, 14);
 
 /**
  * QueueService shows every queue that has jobs and pauses or resumes dispatch from it.
@@ -419,7 +458,8 @@ export const QueueService: GenService<{
   /**
    * SetQueueLimits sets (or, with no field set, clears) a queue's flow control: running caps for
    * the queue and per concurrency key, token-bucket rate limits, fair share across keys. Every
-   * replica applies it within a second.
+   * replica applies it within a second. With `kind`, it sets (or clears) the limits of that kind of
+   * the queue's jobs instead; a queue's own limits and its kinds' limits both apply.
    *
    * @generated from rpc jobqueue.v1.QueueService.SetQueueLimits
    */
