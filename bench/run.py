@@ -15,15 +15,21 @@ records which ran ("load_generator": "go" or "python"). Figures:
   latency_enqueue_to_claim_ms_p50  of those, created_at to started_at (the lease): 0 when the
                               jobs were handed off to the waiting worker in their insert
   server_rss_mb               the server's resident memory at the end (peak too)
-  cpu_s                       per phase, CPU seconds of the server process and of the load
-                              generator processes (not the SDK workers), to see what the
-                              load generator took from the server
+  cpu_s                       per phase, CPU seconds of the server process, of the load
+                              generator processes (to see what the load generator took from
+                              the server) and of the worker processes ("workers")
+  end_to_end_worker_cpu_us_per_job  the worker processes' CPU per job in end_to_end
   flow_jobs_per_s             phase `flow` (not in the default list): queued no-op jobs over
                               10,000 concurrency keys burned down by SDK workers, with a
                               per-key limit of 2 and a queue rate limit (--flow-rate)
   flow_claim_us_per_job       the flow-controlled claim timed alone (batches of 100 slots,
                               10,000 keys, per-key limit 2), microseconds per job leased;
   plain_claim_us_per_job      and the plain claim_jobs on the same number of jobs, for scale
+
+--workers go runs the end_to_end and flow phases' workers as one Go process (bench/goworker, the
+Go SDK's worker.Run; built into the run's temporary directory) with --worker-procs Lease streams
+of --worker-concurrency each, instead of --worker-procs Python SDK processes; the latency phase
+keeps the Python worker. The JSON records which ran ("workers").
 """
 
 from __future__ import annotations
@@ -124,6 +130,16 @@ def build_loadgen(out: Path) -> Path | None:
     return binary
 
 
+def build_goworker(out: Path) -> Path:
+    """Builds bench/goworker (the Go SDK's worker, no-op handler) into `out`."""
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("--workers go needs `go` on PATH")
+    binary = out / "goworker"
+    subprocess.run([go, "build", "-o", str(binary), "."], cwd=ROOT / "bench/goworker", check=True)
+    return binary
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -144,7 +160,9 @@ class Bench:
         self.pg_url = ""
         self.results: dict[str, Any] = {}
         self.loadgen: Path | None = None
+        self.goworker: Path | None = None
         self.load_cpu = 0.0  # CPU seconds (user + system) of this phase's load generator processes
+        self.worker_cpu = 0.0  # and of its worker processes
 
     def start_server(self, database: str) -> None:
         """A fresh database and a fresh server for one phase, so phases do not skew each other
@@ -186,8 +204,12 @@ class Bench:
         if self.server is not None:
             cpu = self.results.setdefault("cpu_s", {})
             server = _cpu_s(self.server.pid) + sum(map(_cpu_s, _children(self.server.pid)))
-            cpu[phase] = {"server": round(server, 2), "load": round(self.load_cpu, 2)}
-            self.load_cpu = 0.0
+            cpu[phase] = {
+                "server": round(server, 2),
+                "load": round(self.load_cpu, 2),
+                "workers": round(self.worker_cpu, 2),
+            }
+            self.load_cpu = self.worker_cpu = 0.0
             rss = _rss_mb(self.server.pid, "VmRSS")
             peak = _rss_mb(self.server.pid, "VmHWM")
             self.results["server_rss_mb"] = max(rss, self.results.get("server_rss_mb", 0))
@@ -211,6 +233,10 @@ class Bench:
         self.load_cpu += usage.ru_utime + usage.ru_stime
         assert p.returncode == 0, f"load generator exited {p.returncode}"
 
+    @property
+    def go_workers(self) -> bool:
+        return bool(self.args.workers == "go")
+
     def unary(self) -> None:
         n, procs, per = self.args.unary_jobs, 2, 8
         t = time.monotonic()
@@ -230,10 +256,11 @@ class Bench:
         self.results["enqueue_batch_jobs_per_s"] = round(n / (time.monotonic() - t))
 
     def _workers(
-        self, queue: str, procs: int, concurrency: int
+        self, queue: str, procs: int, concurrency: int, go: bool = False
     ) -> list[tuple[subprocess.Popen[bytes], Path]]:
+        """`procs` Python SDK worker processes; with `go`, one Go process of `procs` streams."""
         out = []
-        for i in range(procs):
+        for i in range(1 if go else procs):
             path = self.tmp / f"{queue}-{i}.json"
             progress = self.tmp / f"{queue}-{i}.progress"
             env = {
@@ -246,22 +273,33 @@ class Bench:
                 "JOBQUEUE_LOG_LEVEL": "WARNING",
                 "PYTHONPATH": str(ROOT),
             }
-            p = subprocess.Popen(
-                [str(BIN / "jobqueue-grpc"), "worker", "bench.workers:make_worker"],
-                env=env,
-                cwd=ROOT,
-            )
+            if go:
+                assert self.goworker is not None
+                argv = [str(self.goworker), "-streams", str(procs)]
+            else:
+                argv = [str(BIN / "jobqueue-grpc"), "worker", "bench.workers:make_worker"]
+            p = subprocess.Popen(argv, env=env, cwd=ROOT)
             out.append((p, path))
         return out
 
     def _stop_workers(
         self, workers: list[tuple[subprocess.Popen[bytes], Path]]
     ) -> list[dict[str, Any]]:
+        """SIGTERM (they drain), waits for each and adds up the CPU it used."""
         for p, _ in workers:
             p.send_signal(signal.SIGTERM)
         stats = []
         for p, path in workers:
-            p.wait(60)
+            deadline = time.monotonic() + 60
+            while True:
+                pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"worker process {p.pid} did not exit on SIGTERM")
+                time.sleep(0.02)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            self.worker_cpu += usage.ru_utime + usage.ru_stime
             stats.append(json.loads(path.read_text()) if path.exists() else {})
         return stats
 
@@ -294,7 +332,9 @@ class Bench:
             queues.PauseQueue(qs.PauseQueueRequest(name=queue))
             p = self._spawn("_batch", self.address, str(n), "4", queue)
             self._wait_load(p)
-            workers = self._workers(queue, self.args.worker_procs, self.args.worker_concurrency)
+            workers = self._workers(
+                queue, self.args.worker_procs, self.args.worker_concurrency, self.go_workers
+            )
             time.sleep(2.0)  # let the worker processes start and open their streams
             t = time.time()
             queues.ResumeQueue(qs.ResumeQueueRequest(name=queue))
@@ -306,6 +346,7 @@ class Bench:
         self.results["end_to_end_jobs_per_s"] = round(n / elapsed)
         self.results["end_to_end_jobs"] = n
         self.results["end_to_end_executions"] = sum(s.get("done", 0) for s in stats)
+        self.results["end_to_end_worker_cpu_us_per_job"] = round(self.worker_cpu / n * 1e6, 1)
 
     def flow(self) -> None:
         """Flow control on: 10,000 keys, at most 2 running per key, a queue rate limit."""
@@ -322,7 +363,9 @@ class Bench:
                     for i in range(start, min(n, start + 1000))
                 ]
                 stub.EnqueueBatch(js.EnqueueBatchRequest(jobs=reqs))
-            workers = self._workers(queue, self.args.worker_procs, self.args.worker_concurrency)
+            workers = self._workers(
+                queue, self.args.worker_procs, self.args.worker_concurrency, self.go_workers
+            )
             time.sleep(2.0)  # let the worker processes start and open their streams
             t = time.time()
             queues.ResumeQueue(qs.ResumeQueueRequest(name=queue))
@@ -362,6 +405,9 @@ class Bench:
             self.loadgen = build_loadgen(self.tmp)
         self.results["load_generator"] = "go" if self.loadgen else "python"
         print(f"  load generator: {self.results['load_generator']}", file=sys.stderr, flush=True)
+        if self.go_workers:
+            self.goworker = build_goworker(self.tmp)
+        self.results["workers"] = self.args.workers
         self.pg_url = self.pg.start()
         try:
             for phase in self.args.phases.split(","):
@@ -481,9 +527,18 @@ def table(r: dict[str, Any]) -> str:
     for k in ("server_rss_mb", "server_peak_rss_mb"):
         if k in r:
             rows.append((k, str(r[k]), ""))
+    if "end_to_end_worker_cpu_us_per_job" in r:
+        per_job = str(r["end_to_end_worker_cpu_us_per_job"])
+        rows.append(("end_to_end worker cpu us/job", per_job, ""))
     for phase, cpu in r.get("cpu_s", {}).items():
-        gen = r.get("load_generator", "")
-        rows.append((f"cpu s {phase}: server / {gen} load", f"{cpu['server']} / {cpu['load']}", ""))
+        gen, workers = r.get("load_generator", ""), r.get("workers", "python")
+        rows.append(
+            (
+                f"cpu s {phase}: server / {gen} load / {workers} workers",
+                f"{cpu['server']} / {cpu['load']} / {cpu.get('workers', 0)}",
+                "",
+            )
+        )
     w = [max(len(x[i]) for x in rows) for i in range(3)]
     return "\n".join(f"{a:<{w[0]}}  {b:>{w[1]}}  {c}" for a, b, c in rows)
 
@@ -515,6 +570,12 @@ def main() -> None:
     p.add_argument("--pg-setting", action="append", default=[], help="extra postgres -c k=v")
     p.add_argument(
         "--python-load", action="store_true", help="Python load generators even when Go is there"
+    )
+    p.add_argument(
+        "--workers",
+        choices=("python", "go"),
+        default="python",
+        help="end_to_end and flow workers: Python SDK processes or one Go process (bench/goworker)",
     )
     p.add_argument("--keep", action="store_true", help="keep the data directory (and its log)")
     args = p.parse_args()
