@@ -346,6 +346,9 @@ class Bench:
         self.results["end_to_end_jobs_per_s"] = round(n / elapsed)
         self.results["end_to_end_jobs"] = n
         self.results["end_to_end_executions"] = sum(s.get("done", 0) for s in stats)
+        messages = sum(s.get("complete_messages", 0) for s in stats)
+        if messages:  # the Go worker counts them: jobs per LeaseComplete
+            self.results["end_to_end_jobs_per_complete_message"] = round(n / messages, 1)
         self.results["end_to_end_worker_cpu_us_per_job"] = round(self.worker_cpu / n * 1e6, 1)
 
     def flow(self) -> None:

@@ -4,7 +4,8 @@
 // same way:
 //
 //	BENCH_PROGRESS  a file rewritten every 20 ms with "done last_done_unix_time"
-//	BENCH_OUT       a file that gets {"done": n} at exit
+//	BENCH_OUT       a file that gets {"done": n, "complete_messages": m} at exit, m being the
+//	                LeaseComplete messages sent (so done/m is the mean batch)
 //
 // SIGTERM or SIGINT drains: running jobs finish and are reported, then it exits 0. A stream that
 // fails makes it exit 1 (run.py then stops waiting). GOMAXPROCS defaults to 1 here: a no-op
@@ -31,13 +32,33 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	jobqueuev1 "github.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1"
 	"github.com/jobqueue-grpc/jobqueue-grpc/clients/go/worker"
 )
 
 var (
-	done     atomic.Int64
-	lastDone atomic.Int64 // unix nanoseconds of the latest job run
+	done             atomic.Int64
+	lastDone         atomic.Int64 // unix nanoseconds of the latest job run
+	completeMessages atomic.Int64
 )
+
+// countingConn counts the LeaseComplete messages sent on its streams.
+type countingConn struct{ grpc.ClientConnInterface }
+
+func (c countingConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string,
+	opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	s, err := c.ClientConnInterface.NewStream(ctx, desc, method, opts...)
+	return countingStream{s}, err
+}
+
+type countingStream struct{ grpc.ClientStream }
+
+func (s countingStream) SendMsg(m any) error {
+	if req, ok := m.(*jobqueuev1.LeaseRequest); ok && req.GetComplete() != nil {
+		completeMessages.Add(1)
+	}
+	return s.ClientStream.SendMsg(m)
+}
 
 func main() {
 	addr := flag.String("addr", envOr("JOBQUEUE_ADDRESS", "127.0.0.1:50051"), "server host:port")
@@ -92,7 +113,7 @@ func main() {
 			// Run returns nil after a drain; the server's own drain ends this stream, not ours:
 			// reconnect until our context ends.
 			for ctx.Err() == nil {
-				if err := worker.Run(ctx, conn, opts, handler); err != nil {
+				if err := worker.Run(ctx, countingConn{conn}, opts, handler); err != nil {
 					failed <- err
 					return
 				}
@@ -112,7 +133,7 @@ func main() {
 		writeProgress(path)
 	}
 	if path := os.Getenv("BENCH_OUT"); path != "" {
-		b, _ := json.Marshal(map[string]int64{"done": done.Load()})
+		b, _ := json.Marshal(map[string]int64{"done": done.Load(), "complete_messages": completeMessages.Load()})
 		if err := os.WriteFile(path, b, 0o644); err != nil {
 			fail(err)
 		}
