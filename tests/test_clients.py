@@ -128,6 +128,11 @@ async def test_go_client_suite(make_server: ServerFactory) -> None:
         "TestLeaseProtocol",
         "TestWorkerHelper",
         "TestWaitReturnsTheTerminalJob",
+        "TestWorkerBatchesOutcomes",
+        "TestOutcomesGroupCommit",
+        "TestDrainReportsBeforeHalfClose",
+        "TestServerDrainingReportsBeforeHalfClose",
+        "TestSharedExtender",
     ):
         assert f"--- PASS: {name}" in out, out
 
