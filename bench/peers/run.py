@@ -33,6 +33,8 @@ settings of graphile-worker's own benchmark (perfTest; cited there). Ours is the
               the handler subtracts it from the time it starts (p50/p95/p99 ms). Ours: loadgen
               `stamped` and one SDK worker process (concurrency 50, as bench/run.py); graphile:
               bench.mjs `steady` (addJob) and one worker process (as perfTest/latencyTest.js).
+              Each first sends 100 jobs at that rate and waits for them, left out (a warm-up,
+              as perfTest/latencyTest.js does).
 
 Enqueue rates: ours from the loadgen process's spawn to its exit (its start-up and dialling
 included); graphile's from inside the Node process, after its pool is connected.

@@ -51,7 +51,9 @@ const epochSeconds = () => (performance.timeOrigin + performance.now()) / 1000;
 // A pool with all its connections opened up front, so no timed call waits for a connection.
 async function warmPool(connectionString, max) {
   const pool = new pg.Pool({ connectionString, max });
-  pool.on("error", (e) => console.error(`pool: ${e}`)); // an idle client's connection failed
+  // graphile-worker asks for both handlers: an idle client's connection failing, or any client's
+  pool.on("error", (e) => console.error(`pool: ${e}`));
+  pool.on("connect", (client) => client.on("error", (e) => console.error(`client: ${e}`)));
   const clients = await Promise.all(Array.from({ length: max }, () => pool.connect()));
   await Promise.all(clients.map((c) => c.query("select 1")));
   clients.forEach((c) => c.release());
