@@ -16,9 +16,10 @@ settings of graphile-worker's own benchmark (perfTest; cited there). Ours is the
               worker processes (--graphile-procs, perfTest's 4 by default) started with their
               pools connected, the clock starts when they are told to run(), so graphile's
               start-up (start_ms in the JSON, tens of ms) is inside its clock. Both clocks stop
-              when a probe connection, polling every 25 ms, sees every job's completion
-              committed (ours: no job queued or running, then all n succeeded, checked;
-              graphile: its jobs table empty). Over the same interval, the CPU of
+              when a probe connection, polling every 50 ms (a poll costs PostgreSQL ~0.5-1 ms),
+              sees every job's completion committed (ours: no job queued or running, then all
+              n succeeded, checked; graphile: its jobs table empty; probe_cpu_ms in the JSON).
+              Over the same interval, the CPU of
               PostgreSQL (every process of the cluster: the postmaster's live children's utime
               + stime from /proc, plus the postmaster's own and its cutime + cstime for the
               children that exited; less the probe's backend) and of the application (ours:

