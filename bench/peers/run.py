@@ -55,19 +55,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.peers.systems import (
-    Bare,
-    Cluster,
-    Graphile,
-    Ours,
-    ensure_graphile,
-)
+from bench.peers.systems import Bare, Cluster, Graphile, Ours, ensure_graphile
 from bench.run import PG_SETTINGS, build_loadgen
 
 PHASES = ("end_to_end", "batch", "single", "latency")
@@ -77,30 +70,30 @@ def log(msg: str) -> None:
     print(f"  {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
 
-def run_phase(system: Ours | Graphile, database: str, fn: Callable[[], dict[str, Any]]) -> Any:
+def measure(system: Ours | Graphile, phase: str, a: argparse.Namespace) -> dict[str, Any]:
+    """One phase of one system, on a fresh database dropped after."""
+    database = f"peers_{phase}_{type(system).__name__.lower()}"
     system.start(database)
     try:
-        return fn()
+        if phase == "end_to_end":
+            return system.end_to_end(a.e2e_jobs)
+        if phase == "batch":
+            return system.batch(a.batch_jobs)
+        if phase == "single":
+            return system.single(a.single_jobs)
+        return system.latency(a.latency_rate, a.latency_seconds)
     finally:
         system.stop()
         system.cluster.sql(f'DROP DATABASE "{database}" WITH (FORCE)')  # keeps the disk small
 
 
-def one_round(i: int, args: argparse.Namespace, ours: Ours, graphile: Graphile, bare: Bare) -> Any:
+def one_round(i: int, a: argparse.Namespace, ours: Ours, graphile: Graphile, bare: Bare) -> Any:
+    """Every phase, ours then graphile-worker (then the bare server for single calls)."""
     out: dict[str, dict[str, Any]] = {}
-    a = args
-    work: dict[str, Callable[[Ours | Graphile], dict[str, Any]]] = {
-        "end_to_end": lambda s: s.end_to_end(a.e2e_jobs),
-        "batch": lambda s: s.batch(a.batch_jobs),
-        "single": lambda s: s.single(a.single_jobs),
-        "latency": lambda s: s.latency(a.latency_rate, a.latency_seconds),
-    }
     for phase in a.phases.split(","):
         out[phase] = {}
         for name, system in (("ours", ours), ("graphile", graphile)):
-            out[phase][name] = fig = run_phase(
-                system, f"peers_r{i}_{phase}_{name}", lambda s=system, p=phase: work[p](s)
-            )
+            out[phase][name] = fig = measure(system, phase, a)
             log(f"round {i} {phase} {name}: {fig}")
         if phase == "single":
             out[phase]["bare"] = fig = bare.single(a.single_jobs)
@@ -113,7 +106,7 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
 
     def ratio(key: str, a: float, b: float) -> None:
-        out[key] = round(a / b, 3) if b else float("nan")
+        out[key] = round(a / b, 3)
 
     if "end_to_end" in r:
         o, g = r["end_to_end"]["ours"], r["end_to_end"]["graphile"]
