@@ -164,6 +164,8 @@ class Bench:
                 "0",
                 "--grace-period",
                 "2",
+                "--processes",
+                str(self.args.server_processes),
             ],
             env=env,
         )
@@ -181,7 +183,8 @@ class Bench:
     def stop_server(self, phase: str) -> None:
         if self.server is not None:
             cpu = self.results.setdefault("cpu_s", {})
-            cpu[phase] = {"server": _cpu_s(self.server.pid), "load": round(self.load_cpu, 2)}
+            server = _cpu_s(self.server.pid) + sum(map(_cpu_s, _children(self.server.pid)))
+            cpu[phase] = {"server": round(server, 2), "load": round(self.load_cpu, 2)}
             self.load_cpu = 0.0
             rss = _rss_mb(self.server.pid, "VmRSS")
             peak = _rss_mb(self.server.pid, "VmHWM")
@@ -432,6 +435,20 @@ def _cpu_s(pid: int) -> float:
     return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (serve --processes N starts N - 1)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
 def _rss_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -485,6 +502,7 @@ def main() -> None:
     p.add_argument("--batch-jobs", type=int, default=200_000)
     p.add_argument("--e2e-jobs", type=int, default=200_000)
     p.add_argument("--worker-procs", type=int, default=2)
+    p.add_argument("--server-processes", type=int, default=1, help="serve --processes N")
     p.add_argument("--worker-concurrency", type=int, default=1000)
     p.add_argument("--latency-rate", type=float, default=200)
     p.add_argument("--latency-seconds", type=float, default=10)

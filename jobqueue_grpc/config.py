@@ -200,6 +200,16 @@ class Settings(BaseSettings):
         description="Origins (comma-separated, or *) whose browser pages may call the HTTP port "
         "from another origin; empty: no CORS headers (the dashboard is same-origin).",
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the gRPC port (SO_REUSEPORT), each a replica "
+        "with its own event loop: more cores used. The first also serves HTTP and /metrics.",
+    )
+    # Set by `processes` for the extra processes it starts (and for the first): bind the gRPC
+    # port with SO_REUSEPORT. Off otherwise, so that a port already taken fails the start.
+    reuse_port: bool = Field(False, description="Share the gRPC port (set by `processes`).")
     log_level: str = Field("INFO")
     log_format: str = Field("text", pattern="^(text|json)$")
 

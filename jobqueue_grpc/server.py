@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 from typing import Any
@@ -84,7 +85,7 @@ class JobQueueServer:
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
                 ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
                 # Accept client keepalive pings every 10 s; drop peers silent for long.
                 (
@@ -243,11 +244,77 @@ def _quiet_connection_tracebacks() -> None:
         pool_log.addFilter(_ConnectionErrorsInOneLine())
 
 
-async def run(settings: Settings) -> int:
+def _child(settings: Settings) -> None:
+    """An extra server process of `serve --processes N` (multiprocessing's spawn target)."""
+    from jobqueue_grpc.logs import setup_logging
+
+    setup_logging(settings)
+    raise SystemExit(asyncio.run(run(settings, child=True)))
+
+
+class Children:
+    """The extra processes of `serve --processes N`: replicas on the same port and database.
+
+    Each is a whole replica (its own engine, pools and LISTEN connection), so they share work
+    the way replicas on several hosts do: through PostgreSQL. The kernel spreads new
+    connections over the processes (SO_REUSEPORT); a Lease stream stays where it connected.
+    """
+
+    def __init__(self, settings: Settings, url: str, port: int) -> None:
+        import multiprocessing
+
+        child = settings.model_copy(
+            update={
+                "database_url": url,
+                "port": port,
+                "processes": 1,
+                "reuse_port": True,
+                "migrate_on_start": False,  # the first process has migrated
+                "http_port": 0,  # HTTP and /metrics stay with the first process
+                "metrics_port": 0,
+            }
+        )
+        ctx = multiprocessing.get_context("spawn")  # no forked event loop or gRPC state
+        self.procs = [
+            ctx.Process(target=_child, args=(child,), name=f"jobqueue-grpc-{i}", daemon=False)
+            for i in range(1, settings.processes)
+        ]
+        self.grace = settings.grace_period
+        for p in self.procs:
+            p.start()
+
+    async def first_exit(self) -> None:
+        """Returns when any of them has exited."""
+        waits = [asyncio.ensure_future(asyncio.to_thread(p.join)) for p in self.procs]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def stop(self) -> bool:
+        """SIGTERM to each, then waits (their grace period and then some); True if all exited
+        0."""
+        for p in self.procs:
+            if p.is_alive() and p.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            await asyncio.to_thread(p.join, self.grace + 15)
+            if p.is_alive():
+                log.error("server process %s did not stop in time; killing it", p.pid)
+                p.kill()
+                await asyncio.to_thread(p.join)
+        return all(p.exitcode == 0 for p in self.procs)
+
+
+async def run(settings: Settings, *, child: bool = False) -> int:
     """`jobqueue-grpc serve`: runs until SIGTERM or SIGINT, then shuts down gracefully.
 
     The signal handlers go in first, so a SIGTERM during start-up (while the embedded
-    PostgreSQL starts or migrations run) still stops everything this process started.
+    PostgreSQL starts or migrations run) still stops everything this process started. With
+    `processes` > 1 the extra processes start once this one listens (`Children`); should one
+    of them die, the server stops (exit 1) so that its supervisor restarts it whole.
     """
     _quiet_connection_tracebacks()
     stop = asyncio.Event()
@@ -277,16 +344,39 @@ async def run(settings: Settings) -> int:
                 await store.migrate()
             if stop.is_set():
                 return 0
+            if settings.processes > 1:
+                settings = settings.model_copy(update={"reuse_port": True})
             srv = JobQueueServer(settings, store, tracer_provider)
             await srv.start()
+            if child:
+                await stop.wait()
+                await srv.stop()
+                return 0
+            children = Children(settings, url, srv.port) if settings.processes > 1 else None
             print(f"jobqueue-grpc listening on {settings.host}:{srv.port}", flush=True)
+            if children is not None:
+                print(f"  in {settings.processes} processes", flush=True)
             if srv.http is not None:
                 print(
                     f"HTTP (Connect, gRPC-Web, dashboard) on http://{settings.host}:{srv.http_port}/",
                     flush=True,
                 )
-            await stop.wait()
-            await srv.stop()
+            if children is None:
+                await stop.wait()
+            else:
+                stopping = asyncio.ensure_future(stop.wait())
+                died = asyncio.ensure_future(children.first_exit())
+                await asyncio.wait({stopping, died}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if died.done():
+                    log.error("a server process exited; stopping the others")
+                    stopped = False
+                died.cancel()
+            if children is not None:
+                _, all_exited = await asyncio.gather(srv.stop(), children.stop())
+                stopped = all_exited and stopped
+            else:
+                await srv.stop()
         finally:
             await store.close()
     except (OSError, RuntimeError, asyncpg.PostgresError) as exc:

@@ -33,8 +33,19 @@ import (
 
 const (
 	batchSize = 1000
-	conns     = 2 // separate HTTP/2 connections, so one connection's framing is not the limit
 )
+
+// conns is how many HTTP/2 connections each process opens (LOADGEN_CONNS, default 2), so one
+// connection's framing is not the limit; and with `serve --processes N`, where the kernel
+// spreads connections (not calls) over the server processes, enough of them to spread evenly.
+var conns = envInt("LOADGEN_CONNS", 2)
+
+func envInt(name string, def int) int {
+	if v := os.Getenv(name); v != "" {
+		return atoi(v)
+	}
+	return def
+}
 
 func main() {
 	if len(os.Args) != 6 {

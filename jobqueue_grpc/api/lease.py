@@ -198,11 +198,9 @@ def response(msg: ev.Outgoing) -> w.LeaseResponse:
     """The engine's value as the message the worker gets."""
     if isinstance(msg, ev.Delivered):
         out = w.LeaseResponse()
-        add = out.jobs.jobs.add
-        for lease in msg.leases:  # each Job built in place in the message (no copies)
-            leased = add(lease_token=lease.token_str)
-            convert.fill_leased_job(leased.job, lease.job)
-            convert.set_epoch(leased.lease_expires_at, lease.expires_at)
+        convert.add_leased_jobs(
+            out.jobs.jobs, ((le.job, le.id_str, le.token_str, le.expires_at) for le in msg.leases)
+        )
         return out
     if isinstance(msg, ev.Rejected):
         code = REJECT_CODES[msg.code]

@@ -46,6 +46,12 @@ _FLAGS: list[tuple[str, str, type, str]] = [
         "origins (comma-separated, or *) allowed to call the HTTP port cross-origin (none)",
     ),
     ("--grace-period", "grace_period", float, "seconds to drain on SIGTERM (10)"),
+    (
+        "--processes",
+        "processes",
+        int,
+        "server processes sharing the gRPC port, one event loop each (1)",
+    ),
     ("--metrics-host", "metrics_host", str, "address /metrics binds to (127.0.0.1)"),
     ("--log-format", "log_format", str, "json or text (text)"),
     ("--log-level", "log_level", str, "DEBUG, INFO, WARNING, ERROR (INFO)"),

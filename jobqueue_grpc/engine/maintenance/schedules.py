@@ -50,6 +50,11 @@ class ScheduleLoop:
 
     async def pass_once(self) -> float:
         """Fires what is due; returns how long to sleep before the next pass."""
+        left = await self.schedules.seconds_to_next()
+        if left is None:  # no schedule: one cheap statement a second, no transaction
+            return MAX_SLEEP
+        if left > 0:
+            return min(MAX_SLEEP, left)
         fired = await self.schedules.fire_due(BATCH, self.grace)
         states: set[str] = set()
         for f in fired:
