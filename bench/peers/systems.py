@@ -61,20 +61,28 @@ def proc_cpu(pid: int) -> float:
     return sum(int(x) for x in f[11:15]) / CLK
 
 
-def cluster_cpu(postmaster: int) -> float:
-    """CPU seconds of a PostgreSQL cluster: the postmaster (with its cutime/cstime, which holds
-    every backend and worker that exited) plus each live child (backends, the checkpointer, WAL
-    writer, autovacuum, ...)."""
-    total = proc_cpu(postmaster)
+def tree_cpu(pids: Sequence[int]) -> float:
+    """CPU seconds of processes and of all their live descendants, each with its children that
+    exited (see proc_cpu). A PostgreSQL cluster is its postmaster's tree: the postmaster's
+    cutime/cstime holds every backend and worker that exited, and the live ones (backends, the
+    checkpointer, WAL writer, autovacuum, ...) are its children. Our server with `--processes N`
+    is its first process's tree."""
+    stats: dict[int, list[str]] = {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            f = _stat(int(entry.name))
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # exited meanwhile: counted in the postmaster's cutime once reaped
-        if int(f[1]) == postmaster:
-            total += sum(int(x) for x in f[11:15]) / CLK
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = _stat(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # exited meanwhile: counted in its parent's cutime once reaped
+    children: dict[int, list[int]] = {}
+    for pid, f in stats.items():
+        children.setdefault(int(f[1]), []).append(pid)
+    total, todo = 0.0, list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += sum(int(x) for x in stats[pid][11:15]) / CLK
+            todo += children.get(pid, [])
     return total
 
 
@@ -113,7 +121,7 @@ class Cluster:
         self.run(go())
 
     def cpu(self) -> float:
-        return cluster_cpu(self.postmaster)
+        return tree_cpu([self.postmaster])
 
 
 class Probe:
@@ -158,7 +166,7 @@ class Window:
 
     def _read(self) -> tuple[float, float, float]:
         probe = proc_cpu(self.probe.pid)
-        return self.cluster.cpu() - probe, sum(proc_cpu(p) for p in self.app), probe
+        return self.cluster.cpu() - probe, tree_cpu(self.app), probe
 
     def start(self) -> None:
         self.pg_s, self.app_s, self.probe_s = self._read()
@@ -201,8 +209,8 @@ def _timed(argv: list[str], timeout: float = 900) -> float:
 
 # -- ours ------------------------------------------------------------------------------------------
 class Ours:
-    """Our server (`jobqueue-grpc serve`, one process, as `make bench` runs it), the Go load
-    generator (bench/loadgen) and SDK worker processes (bench/peers/ourworker.py)."""
+    """Our server (`jobqueue-grpc serve`, --server-processes processes, as `make bench` runs it),
+    the Go load generator (bench/loadgen) and SDK worker processes (bench/peers/ourworker.py)."""
 
     def __init__(self, cluster: Cluster, tmp: Path, loadgen: Path, args: Any) -> None:
         self.cluster, self.tmp, self.loadgen, self.args = cluster, tmp, loadgen, args
@@ -230,6 +238,8 @@ class Ours:
                 "0",
                 "--grace-period",
                 "2",
+                # only when asked for: `serve --processes` is newer than this benchmark
+                *(["--processes", str(n)] if (n := self.args.server_processes) > 1 else []),
             ],
             env={**os.environ, "JOBQUEUE_LOG_LEVEL": "WARNING"},
             stdout=sys.stderr,  # stdout is the table and the JSON line
@@ -262,7 +272,11 @@ class Ours:
         return 0.0
 
     def _workers(self, queue: str, procs: int, concurrency: int) -> list[subprocess.Popen[bytes]]:
-        """SDK worker processes; returns once the server has all their Lease streams open."""
+        """SDK worker processes; returns once each has its Lease stream open, and (one server
+        process) once the server has them all."""
+        ready = [self.tmp / f"ours-{queue}-{i}.ready" for i in range(procs)]
+        for r in ready:
+            r.unlink(missing_ok=True)  # the last round's
         ps = [
             subprocess.Popen(
                 [str(BIN / "jobqueue-grpc"), "worker", "bench.peers.ourworker:make_worker"],
@@ -272,6 +286,7 @@ class Ours:
                     "BENCH_QUEUE": queue,
                     "BENCH_CONCURRENCY": str(concurrency),
                     "BENCH_OUT": str(self.tmp / f"ours-{queue}-{i}.json"),
+                    "BENCH_READY": str(ready[i]),
                     "JOBQUEUE_LOG_LEVEL": "WARNING",
                     "PYTHONPATH": str(ROOT),
                 },
@@ -281,7 +296,8 @@ class Ours:
             for i in range(procs)
         ]
         deadline = time.monotonic() + 60
-        while self._lease_streams() < procs:
+        one = self.args.server_processes == 1  # else /metrics counts the first process's only
+        while not all(r.exists() for r in ready) or (one and self._lease_streams() < procs):
             if time.monotonic() > deadline or any(p.poll() is not None for p in ps):
                 raise RuntimeError("our SDK workers did not connect")
             time.sleep(0.05)
@@ -374,24 +390,32 @@ def _e2e(n: int, seconds: float, w: Window, polls: int, done: int) -> dict[str, 
 
 
 class Bare:
-    """bench/bare_grpc.py: a grpc.aio server whose Enqueue returns at once, one process."""
+    """bench/bare_grpc.py: a grpc.aio server whose Enqueue returns at once, in as many processes
+    sharing the port (SO_REUSEPORT) as our server has (--server-processes)."""
 
-    def __init__(self, loadgen: Path) -> None:
-        self.loadgen = loadgen
+    def __init__(self, loadgen: Path, processes: int) -> None:
+        self.loadgen, self.processes = loadgen, processes
 
     def single(self, n: int) -> dict[str, Any]:
         port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench/bare_grpc.py"), str(port)],
-            stdout=subprocess.DEVNULL,
-        )
+        servers = [
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "bench/bare_grpc.py"), str(port)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(self.processes)
+        ]
         try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                grpc.channel_ready_future(ch).result(timeout=30)
+            for server in servers:  # each prints a line once it listens
+                assert server.stdout is not None
+                if not server.stdout.readline():
+                    raise RuntimeError(f"bench/bare_grpc.py exited {server.wait()}")
             took = _timed([str(self.loadgen), "unary", f"127.0.0.1:{port}", str(n), "16", "bare"])
         finally:
-            server.kill()
-            server.wait()
+            for server in servers:
+                server.kill()
+                server.wait()
         return {"jobs_per_s": round(n / took)}
 
 
