@@ -68,4 +68,7 @@ lint: $(STAMP) ## buf lint, ruff, mypy --strict
 bench: $(STAMP) ## run the benchmarks; prints JSON and a table
 	$(BIN)/python bench/run.py
 
-.PHONY: help install serve test tools generate breaking check-generated dashboard check-dashboard lint bench
+bench-peers: $(STAMP) ## ours vs graphile-worker on one PostgreSQL, in rounds (needs npm and go)
+	$(BIN)/python bench/peers/run.py
+
+.PHONY: help install serve test tools generate breaking check-generated dashboard check-dashboard lint bench bench-peers

@@ -64,6 +64,9 @@ from jobqueue_grpc.gen.jobqueue.v1 import queue_service_pb2_grpc as qsg  # noqa:
 
 BIN = Path(sys.executable).parent
 
+# The benchmark cluster's settings (bench/peers/run.py uses them too): durable commits.
+PG_SETTINGS = {"synchronous_commit": "on", "fsync": "on", "shared_buffers": "256MB"}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -146,12 +149,7 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="jq-bench-"))
         self.pg = EmbeddedPostgres(
             self.tmp / "pg",
-            settings={
-                "synchronous_commit": "on",
-                "fsync": "on",
-                "shared_buffers": "256MB",
-                **dict(kv.split("=", 1) for kv in args.pg_setting),
-            },
+            settings={**PG_SETTINGS, **dict(kv.split("=", 1) for kv in args.pg_setting)},
         )
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"

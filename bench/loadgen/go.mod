@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/jobqueue-grpc/jobqueue-grpc/clients/go v0.0.0
 	google.golang.org/grpc v1.85.0
+	google.golang.org/protobuf v1.36.12
 )
 
 require (
@@ -12,7 +13,6 @@ require (
 	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
-	google.golang.org/protobuf v1.36.12 // indirect
 )
 
 replace github.com/jobqueue-grpc/jobqueue-grpc/clients/go => ../../clients/go

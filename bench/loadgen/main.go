@@ -6,6 +6,10 @@
 //	loadgen batch  ADDRESS N CONCURRENCY QUEUE    N/1000 EnqueueBatch RPCs of 1,000 "noop" jobs
 //	loadgen steady ADDRESS RATE SECONDS QUEUE     Enqueue (kind "latency") at RATE per second for
 //	                                              SECONDS, open loop: each call in its own goroutine
+//	loadgen stamped ADDRESS RATE SECONDS QUEUE    as steady, with the payload {"t": the wall-clock
+//	                                              time of the send, epoch seconds}, for handlers
+//	                                              that time enqueue -> start themselves
+//	                                              (bench/peers/run.py)
 //
 // It exits non-zero, printing the error, on the first RPC that fails.
 package main
@@ -22,6 +26,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	jobqueuev1 "github.com/jobqueue-grpc/jobqueue-grpc/clients/go/jobqueuev1"
 )
@@ -44,7 +49,7 @@ func envInt(name string, def int) int {
 
 func main() {
 	if len(os.Args) != 6 {
-		fail(fmt.Errorf("usage: loadgen unary|batch|steady ADDRESS N|RATE CONCURRENCY|SECONDS QUEUE"))
+		fail(fmt.Errorf("usage: loadgen unary|batch|steady|stamped ADDRESS N|RATE CONCURRENCY|SECONDS QUEUE"))
 	}
 	if os.Getenv("GOMAXPROCS") == "" {
 		// One P is plenty for a few thousand RPCs a second, and an idle second P spins
@@ -61,7 +66,9 @@ func main() {
 	case "batch":
 		err = batch(clients, atoi(os.Args[3]), atoi(os.Args[4]), queue)
 	case "steady":
-		err = steady(clients[0], atof(os.Args[3]), atof(os.Args[4]), queue)
+		err = steady(clients[0], atof(os.Args[3]), atof(os.Args[4]), queue, false)
+	case "stamped":
+		err = steady(clients[0], atof(os.Args[3]), atof(os.Args[4]), queue, true)
 	default:
 		err = fmt.Errorf("unknown mode %q", mode)
 	}
@@ -136,7 +143,7 @@ func batch(clients []jobqueuev1.JobServiceClient, n, concurrency int, queue stri
 	})
 }
 
-func steady(client jobqueuev1.JobServiceClient, rate, seconds float64, queue string) error {
+func steady(client jobqueuev1.JobServiceClient, rate, seconds float64, queue string, stamp bool) error {
 	ctx := context.Background()
 	total := int(rate * seconds)
 	errs := make(chan error, total)
@@ -145,7 +152,12 @@ func steady(client jobqueuev1.JobServiceClient, rate, seconds float64, queue str
 	for i := range total {
 		time.Sleep(time.Until(start.Add(time.Duration(float64(i) / rate * float64(time.Second)))))
 		wg.Go(func() {
-			_, err := client.Enqueue(ctx, &jobqueuev1.EnqueueRequest{Queue: queue, Kind: "latency"})
+			req := &jobqueuev1.EnqueueRequest{Queue: queue, Kind: "latency"}
+			if stamp {
+				now := float64(time.Now().UnixNano()) / 1e9
+				req.Payload = &structpb.Struct{Fields: map[string]*structpb.Value{"t": structpb.NewNumberValue(now)}}
+			}
+			_, err := client.Enqueue(ctx, req)
 			if err != nil {
 				errs <- wrap("Enqueue", err)
 			}
