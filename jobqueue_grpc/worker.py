@@ -28,7 +28,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -96,10 +96,14 @@ class JobContext:
     _payload: dict[str, Any] | None = None
     expires_at: float = 0.0  # monotonic
     lost: bool = False  # the lease is gone: the outcome would be rejected
+    # The job's id, read once from the message (each read of job.id makes a new str), and the
+    # task running the handler: set by the worker.
+    _id: str = field(default="", repr=False)
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
-        return self.job.id
+        return self._id or self.job.id
 
     @property
     def kind(self) -> str:
@@ -152,12 +156,14 @@ class _Session:
         self.worker = worker
         self.call = call
         self.outbox: asyncio.Queue[w.LeaseRequest | None] = asyncio.Queue()
-        self.running: dict[str, tuple[JobContext, asyncio.Task[None]]] = {}
+        self.running: dict[str, JobContext] = {}  # by job id; each has its _task
         self.idle = asyncio.Event()
         self.idle.set()
         self.draining = False
         self.drained = asyncio.Event()  # the server has answered after our `drain`
-        self._completes: list[w.CompletedJob] = []
+        # Each a CompletedJob, or its fields as a dict when it has no result: a dict is cheaper to
+        # build and to copy into LeaseComplete (the stubs do not type that form: Any)
+        self._completes: list[Any] = []
         self._fails: list[w.FailedJob] = []
         self._cancelled: list[w.CancelledJob] = []
         self._flush_scheduled = False
@@ -193,11 +199,15 @@ class _Session:
             self._cancelled = []
 
     def complete(self, ctx: JobContext, result: Any) -> None:
-        c = w.CompletedJob(job_id=ctx.job.id, lease_token=ctx.lease_token)
-        if result is not None:
+        if result is None:
+            self._completes.append({"job_id": ctx._id, "lease_token": ctx.lease_token})
+        else:
+            c = w.CompletedJob(job_id=ctx._id, lease_token=ctx.lease_token)
             c.result.update(result if isinstance(result, Mapping) else {"value": result})
-        self._completes.append(c)
-        self._schedule_flush()
+            self._completes.append(c)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def fail(
         self,
@@ -211,7 +221,7 @@ class _Session:
             "traceback": "".join(traceback.format_exception(exc))[-4000:],
         }
         f = w.FailedJob(
-            job_id=ctx.job.id,
+            job_id=ctx.id,
             lease_token=ctx.lease_token,
             error=w.JobError(
                 message=f"{type(exc).__name__}: {exc}"[:8000], details=_struct(details)
@@ -224,7 +234,7 @@ class _Session:
         self._schedule_flush()
 
     def cancelled(self, ctx: JobContext) -> None:
-        self._cancelled.append(w.CancelledJob(job_id=ctx.job.id, lease_token=ctx.lease_token))
+        self._cancelled.append(w.CancelledJob(job_id=ctx.id, lease_token=ctx.lease_token))
         self._schedule_flush()
 
 
@@ -358,9 +368,10 @@ class Worker:
                 for t in (writer, ticker, stopper):
                     t.cancel()
                 # The stream is gone, and with it our leases: stop work whose outcome is moot.
-                for ctx, task in list(s.running.values()):
+                for ctx in list(s.running.values()):
                     ctx.lost = True
-                    task.cancel()
+                    if ctx._task is not None:
+                        ctx._task.cancel()
                 self._session = None
 
     async def _write(self, s: _Session) -> None:
@@ -409,8 +420,8 @@ class Worker:
             await asyncio.sleep(0.5)
             now = time.monotonic()
             due = [
-                w.ExtendedJob(job_id=ctx.job.id, lease_token=ctx.lease_token)
-                for ctx, _ in s.running.values()
+                w.ExtendedJob(job_id=ctx.id, lease_token=ctx.lease_token)
+                for ctx in s.running.values()
                 if not ctx.lost and ctx.expires_at - now < _lease_seconds(ctx) / 2
             ]
             if due:
@@ -424,34 +435,38 @@ class Worker:
         which = msg.WhichOneof("msg")
         if which == "jobs":
             offset = time.monotonic() - time.time()  # wall clock -> monotonic
-            create_task = asyncio.get_running_loop().create_task
+            loop = asyncio.get_running_loop()
+            # loop.create_task without a task factory is Task(coro, loop=loop), less a frame
+            task = asyncio.Task if loop.get_task_factory() is None else None
             running = s.running
+            execute = self._execute
             for leased in msg.jobs.jobs:
-                job = leased.job
-                ctx = JobContext(job=job, lease_token=leased.lease_token, _worker=self, _session=s)
+                ctx = JobContext(leased.job, leased.lease_token, self, s)
+                ctx._id = job_id = ctx.job.id
                 at = leased.lease_expires_at
                 ctx.expires_at = at.seconds + at.nanos * 1e-9 + offset
-                running[job.id] = (ctx, create_task(self._execute(s, ctx)))
+                running[job_id] = ctx
+                coro = execute(s, ctx)
+                ctx._task = task(coro, loop=loop) if task is not None else loop.create_task(coro)
             if running:
                 s.idle.clear()
         elif which == "cancel":
-            entry = s.running.get(msg.cancel.job_id)
-            if entry is not None and not entry[0].cancel_requested:
-                ctx, task = entry
-                ctx._cancel = True
-                if ctx.kind in self._async:
-                    task.cancel()
+            found = s.running.get(msg.cancel.job_id)
+            if found is not None and not found.cancel_requested:
+                found._cancel = True
+                if found.kind in self._async and found._task is not None:
+                    found._task.cancel()
         elif which == "extended":
-            entry = s.running.get(msg.extended.job_id)
-            if entry is not None:
+            found = s.running.get(msg.extended.job_id)
+            if found is not None:
                 wall = msg.extended.lease_expires_at.ToNanoseconds() / 1e9
-                entry[0].expires_at = time.monotonic() + (wall - time.time())
+                found.expires_at = time.monotonic() + (wall - time.time())
         elif which == "rejected":
             r = msg.rejected
             log.warning("server rejected an update for job %s: %s", r.job_id, r.reason)
-            entry = s.running.get(r.job_id)
-            if entry is not None and r.code == w.REJECT_REASON_STALE_LEASE:
-                entry[0].lost = True  # another worker may have it now; stop extending
+            found = s.running.get(r.job_id)
+            if found is not None and r.code == w.REJECT_REASON_STALE_LEASE:
+                found.lost = True  # another worker may have it now; stop extending
         elif which == "draining":
             log.info("server is draining; finishing running jobs, then reconnecting")
             spawn(self._drain(s))
@@ -461,6 +476,9 @@ class Worker:
     async def _call(self, fn: Handler, ctx: JobContext) -> Any:
         if ctx.kind in self._async:
             return await fn(ctx)
+        return await self._call_in_thread(fn, ctx)
+
+    async def _call_in_thread(self, fn: Handler, ctx: JobContext) -> Any:
         assert self._threads is not None
         loop = asyncio.get_running_loop()
         if self._tracer is not None:  # the thread runs in this task's context: the job's span
@@ -474,63 +492,75 @@ class Worker:
         return result
 
     async def _execute(self, s: _Session, ctx: JobContext) -> None:
-        fn = self.handlers.get(ctx.kind)
+        kind = ctx.job.kind
+        fn = self.handlers.get(kind)
         started = time.monotonic()
-
-        def outcome(what: str) -> None:  # one INFO line per job outcome
-            log.info(
-                "job %s (%s, attempt %d) %s in %.3fs",
-                ctx.id,
-                ctx.kind,
-                ctx.attempt,
-                what,
-                time.monotonic() - started,
-            )
 
         try:
             if fn is None:
-                raise DoNotRetry(f"this worker has no handler for kind {ctx.kind!r}")
-            if self._tracer is None:
-                result = await self._call(fn, ctx)
+                raise DoNotRetry(f"this worker has no handler for kind {kind!r}")
+            if self._tracer is None:  # (self._call inlined)
+                if kind in self._async:
+                    result = await fn(ctx)
+                else:
+                    result = await self._call_in_thread(fn, ctx)
             else:
                 with _trace.job_span(self._tracer, ctx.job):
                     result = await self._call(fn, ctx)
         except asyncio.CancelledError:
             if ctx.lost:
-                outcome("abandoned: its lease is gone")
+                _log_outcome(ctx, "abandoned: its lease is gone", started)
                 return
             if ctx.cancel_requested:
-                outcome("cancelled")
+                _log_outcome(ctx, "cancelled", started)
                 s.cancelled(ctx)
                 return
             raise
         except JobCancelled:
-            outcome("cancelled")
+            _log_outcome(ctx, "cancelled", started)
             s.cancelled(ctx)
         except DoNotRetry as e:
-            outcome(f"failed, not to be retried: {_brief(e)}")
+            _log_outcome(ctx, f"failed, not to be retried: {_brief(e)}", started)
             s.fail(ctx, e, w.FAILURE_CLASS_DO_NOT_RETRY)
         except RetryAfter as e:
-            outcome(f"failed, retry after {e.seconds:g}s: {_brief(e)}")
+            _log_outcome(ctx, f"failed, retry after {e.seconds:g}s: {_brief(e)}", started)
             s.fail(ctx, e, w.FAILURE_CLASS_RETRY_AFTER, e.seconds)
         except Exception as e:
-            outcome(f"failed, to be retried: {type(e).__name__}: {_brief(e)}")
+            _log_outcome(ctx, f"failed, to be retried: {type(e).__name__}: {_brief(e)}", started)
             s.fail(ctx, e, w.FAILURE_CLASS_RETRY)
         else:
             if ctx.lost:
-                outcome("finished after its lease was lost: not reported")
+                _log_outcome(ctx, "finished after its lease was lost: not reported", started)
             else:
                 try:
                     s.complete(ctx, result)
                 except (ValueError, TypeError) as e:  # not JSON-shaped: the job cannot succeed
-                    outcome(f"failed, not to be retried: result not JSON-shaped: {_brief(e)}")
+                    _log_outcome(
+                        ctx,
+                        f"failed, not to be retried: result not JSON-shaped: {_brief(e)}",
+                        started,
+                    )
                     s.fail(ctx, e, w.FAILURE_CLASS_DO_NOT_RETRY)
                 else:
-                    outcome("succeeded")
+                    if log.isEnabledFor(logging.INFO):
+                        _log_outcome(ctx, "succeeded", started)
         finally:
-            s.running.pop(ctx.job.id, None)
-            if not s.running:
+            running = s.running
+            running.pop(ctx._id, None)
+            if not running:
                 s.idle.set()
+
+
+def _log_outcome(ctx: JobContext, what: str, started: float) -> None:
+    """The one INFO line per job outcome."""
+    log.info(
+        "job %s (%s, attempt %d) %s in %.3fs",
+        ctx.id,
+        ctx.kind,
+        ctx.attempt,
+        what,
+        time.monotonic() - started,
+    )
 
 
 def _brief(exc: BaseException, limit: int = 200) -> str:
