@@ -20,7 +20,9 @@ records which ran ("load_generator": "go" or "python"). Figures:
                               the server; for end_to_end and flow also of the SDK worker
                               processes: "workers" while the jobs were burned down (resume to
                               the last job), "workers_total" from start to exit
-  workers_us_per_job          per phase with workers, their CPU ("workers") per job, in us
+  workers_us_per_job          per phase with workers, their CPU ("workers") per job, in us;
+  workers_net_us_per_job      less what they spend idle ("workers_idle_per_s", measured for 2 s
+                              after the last job) over the burn-down's time
   flow_jobs_per_s             phase `flow` (not in the default list): queued no-op jobs over
                               10,000 concurrency keys burned down by SDK workers, with a
                               per-key limit of 2 and a queue rate limit (--flow-rate)
@@ -296,6 +298,15 @@ class Bench:
             # then check what the database committed (not timed)
             while self._counts(queues, queue).succeeded < n:
                 time.sleep(0.25)
+            # What idle workers spend a second (the benchmark's progress file, 50 writes a
+            # second, mostly): workers_net_us_per_job leaves that out of the burn-down's CPU.
+            idle0, t0 = sum(_cpu_ticks(p.pid) for p, _ in workers), time.monotonic()
+            time.sleep(2.0)
+            idle = (sum(_cpu_ticks(p.pid) for p, _ in workers) - idle0) / os.sysconf("SC_CLK_TCK")
+            rate = idle / (time.monotonic() - t0)
+            self.worker_cpu["workers_idle_per_s"] = rate
+            net = (spent - rate * elapsed) / n * 1e6
+            self.results.setdefault("workers_net_us_per_job", {})[phase] = round(net, 1)
         return elapsed
 
     def _wait_done(
@@ -502,6 +513,8 @@ def table(r: dict[str, Any]) -> str:
         if "workers" in cpu:
             us = r.get("workers_us_per_job", {}).get(phase, "")
             rows.append((f"cpu s {phase}: workers (us/job)", f"{cpu['workers']} ({us})", ""))
+            net = r.get("workers_net_us_per_job", {}).get(phase, "")
+            rows.append((f"workers net of idle (us/job) {phase}", str(net), ""))
     w = [max(len(x[i]) for x in rows) for i in range(3)]
     return "\n".join(f"{a:<{w[0]}}  {b:>{w[1]}}  {c}" for a, b, c in rows)
 
