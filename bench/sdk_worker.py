@@ -56,6 +56,10 @@ async def measure(jobs: int, size: int, kind: str) -> float:
     async def noop(ctx: JobContext) -> None:
         pass
 
+    @worker.handler("noop_yield")
+    async def noop_yield(ctx: JobContext) -> None:
+        await asyncio.sleep(0)
+
     @worker.handler("noop_sync")
     def noop_sync(ctx: JobContext) -> None:
         pass
@@ -93,7 +97,11 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=100, help="jobs a LeaseResponse")
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--kind", default="noop", help="noop (async handler) or noop_sync (thread)")
+    p.add_argument(
+        "--kind",
+        default="noop",
+        help="noop (async), noop_yield (async, suspends once) or noop_sync (thread)",
+    )
     args = p.parse_args()
     runs = [asyncio.run(measure(args.jobs, args.batch, args.kind)) for _ in range(args.repeat)]
     print(f"{min(runs):.2f} us/job CPU (runs: {', '.join(f'{r:.2f}' for r in runs)})")

@@ -26,7 +26,8 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+import types
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -272,6 +273,9 @@ class Worker:
         self._tracer: Any | None = None
         self.handlers: dict[str, Handler] = {}
         self._async: set[str] = set()  # kinds whose handler is a coroutine function
+        # Async kinds whose handler suspended when last started inline (see _start_inline): how
+        # many of their jobs still get a task of their own before the next try.
+        self._suspends: dict[str, int] = {}
         self._threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -435,19 +439,16 @@ class Worker:
         which = msg.WhichOneof("msg")
         if which == "jobs":
             offset = time.monotonic() - time.time()  # wall clock -> monotonic
-            loop = asyncio.get_running_loop()
-            # loop.create_task without a task factory is Task(coro, loop=loop), less a frame
-            task = asyncio.Task if loop.get_task_factory() is None else None
             running = s.running
-            execute = self._execute
+            ctxs = []
             for leased in msg.jobs.jobs:
                 ctx = JobContext(leased.job, leased.lease_token, self, s)
                 ctx._id = job_id = ctx.job.id
                 at = leased.lease_expires_at
                 ctx.expires_at = at.seconds + at.nanos * 1e-9 + offset
                 running[job_id] = ctx
-                coro = execute(s, ctx)
-                ctx._task = task(coro, loop=loop) if task is not None else loop.create_task(coro)
+                ctxs.append(ctx)
+            self._start(s, ctxs)
             if running:
                 s.idle.clear()
         elif which == "cancel":
@@ -491,6 +492,73 @@ class Worker:
             result = await result
         return result
 
+    def _start(self, s: _Session, ctxs: Sequence[JobContext]) -> None:
+        """Starts jobs: those of async kinds in one task (_start_inline), unless their handler
+        lately suspended when started so, the others (and all while tracing) in a task each."""
+        loop = asyncio.get_running_loop()
+        # loop.create_task without a task factory is Task(coro, loop=loop), less a frame
+        task = asyncio.Task if loop.get_task_factory() is None else None
+        execute = self._execute
+        asyncs = self._async if self._tracer is None else ()
+        suspends = self._suspends
+        inline: list[JobContext] = []
+        for ctx in ctxs:
+            kind = ctx.job.kind
+            if kind in asyncs:
+                if not suspends:
+                    inline.append(ctx)
+                    continue
+                left = suspends.get(kind)
+                if left is None:
+                    inline.append(ctx)
+                    continue
+                if left > 1:
+                    suspends[kind] = left - 1
+                else:
+                    del suspends[kind]
+            coro = execute(s, ctx)
+            ctx._task = task(coro, loop=loop) if task is not None else loop.create_task(coro)
+        if inline:
+            spawn(self._start_inline(s, inline, 0))
+
+    async def _start_inline(self, s: _Session, ctxs: list[JobContext], i: int) -> None:
+        """Starts the jobs ctxs[i:] of async kinds in turn, in this one task rather than a task
+        each: a handler that returns without suspending (the common case for quick ones) costs no
+        task. Each job runs in a context of its own, as in a task of its own. The first job whose
+        handler suspends makes this task its own for the rest of its run (so what it saw as
+        asyncio.current_task() stays its task: timeouts, task groups), and the jobs after it
+        start in a new task; its kind gets tasks of its own for a while (SUSPENDED_TASKS)."""
+        n = len(ctxs)
+        while i < n:
+            ctx = ctxs[i]
+            i += 1
+            if ctx.lost:  # the stream went before it started: as a task cancelled before it ran
+                s.running.pop(ctx._id, None)
+                if not s.running:
+                    s.idle.set()
+                continue
+            context = contextvars.copy_context()
+            coro = self._execute(s, ctx)
+            try:
+                yielded = context.run(coro.send, None)
+            except StopIteration:
+                continue
+            except asyncio.CancelledError:  # the handler raised it: as a task ending cancelled
+                continue
+            except (KeyboardInterrupt, SystemExit):  # they stop the loop, as from a task
+                self._start(s, ctxs[i:])
+                raise
+            except BaseException as e:  # as from a task nobody awaits
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": f"job {ctx.id} failed", "exception": e}
+                )
+                continue
+            ctx._task = asyncio.current_task()
+            self._suspends[ctx.job.kind] = SUSPENDED_TASKS
+            self._start(s, [c for c in ctxs[i:] if not c.lost])
+            await _resume(coro, yielded, context)
+            return
+
     async def _execute(self, s: _Session, ctx: JobContext) -> None:
         kind = ctx.job.kind
         fn = self.handlers.get(kind)
@@ -499,6 +567,11 @@ class Worker:
         try:
             if fn is None:
                 raise DoNotRetry(f"this worker has no handler for kind {kind!r}")
+            if ctx._cancel and ctx._task is None and kind in self._async:
+                # cancelled before _start_inline reached it: as a task cancelled before it ran,
+                # but reported (a task of its own would have been cancelled, and its handler
+                # never called)
+                raise asyncio.CancelledError
             if self._tracer is None:  # (self._call inlined)
                 if kind in self._async:
                     result = await fn(ctx)
@@ -549,6 +622,34 @@ class Worker:
             running.pop(ctx._id, None)
             if not running:
                 s.idle.set()
+
+
+# After a handler started inline suspends, this many jobs of its kind get a task of their own
+# (started at once, as the handler will likely suspend again) before the next one is tried inline.
+SUSPENDED_TASKS = 256
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any, context: contextvars.Context) -> Generator[Any, Any, None]:
+    """`await coro` for a coroutine that has run up to its first suspension, which yielded
+    `yielded`: the awaiting task takes over from there, each step run in `context`."""
+    send, throw, run = coro.send, coro.throw, context.run
+    while True:
+        try:
+            value = yield yielded
+        except GeneratorExit:
+            run(coro.close)
+            raise
+        except BaseException as e:  # thrown into the task (cancel): on into the coroutine
+            try:
+                yielded = run(throw, e)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = run(send, value)
+            except StopIteration:
+                return
 
 
 def _log_outcome(ctx: JobContext, what: str, started: float) -> None:
