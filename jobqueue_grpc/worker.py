@@ -529,7 +529,14 @@ class Worker:
         asyncio.current_task() stays its task: timeouts, task groups), and the jobs after it
         start in a new task; its kind gets tasks of its own for a while (SUSPENDED_TASKS)."""
         n = len(ctxs)
+        current = asyncio.current_task()
+        assert current is not None
         while i < n:
+            if current.cancelling():
+                # A job cancelled its task (this one) and returned: as its own task would, this
+                # one ends cancelled, and the jobs after it start in another.
+                self._start(s, ctxs[i:])
+                return
             ctx = ctxs[i]
             i += 1
             if ctx.lost:  # the stream went before it started: as a task cancelled before it ran
@@ -553,7 +560,7 @@ class Worker:
                     {"message": f"job {ctx.id} failed", "exception": e}
                 )
                 continue
-            ctx._task = asyncio.current_task()
+            ctx._task = current
             self._suspends[ctx.job.kind] = SUSPENDED_TASKS
             self._start(s, [c for c in ctxs[i:] if not c.lost])
             await _resume(coro, yielded, context)

@@ -117,3 +117,26 @@ async def test_cancel_reaches_a_handler_that_suspended_after_starting_inline(
         await wait_until(
             lambda: _all_in(client, [ids[0], ids[2]], job_pb2.JOB_STATE_SUCCEEDED), within=15
         )
+
+
+async def test_a_handler_cancelling_its_own_task_inline_spares_the_jobs_after_it(
+    server: JobQueueServer, client: AsyncClient
+) -> None:
+    worker = Worker(f"127.0.0.1:{server.port}", concurrency=10)
+
+    @worker.handler("rude")
+    async def rude(ctx: JobContext) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # and returns: the job itself succeeds
+
+    @worker.handler("polite")
+    async def polite(ctx: JobContext) -> None:
+        await asyncio.sleep(0.01)
+
+    results = await client.enqueue_batch(
+        [{"kind": "rude"}, {"kind": "polite"}, {"kind": "rude"}, {"kind": "polite"}]
+    )
+    ids = [r.job.id for r in results]
+    async with running(worker):
+        await wait_until(lambda: _all_in(client, ids, job_pb2.JOB_STATE_SUCCEEDED), within=15)
