@@ -15,10 +15,14 @@ records which ran ("load_generator": "go" or "python"). Figures:
   latency_enqueue_to_claim_ms_p50  of those, created_at to started_at (the lease): 0 when the
                               jobs were handed off to the waiting worker in their insert
   server_rss_mb               the server's resident memory at the end (peak too)
-  cpu_s                       per phase, CPU seconds of the server process, of the load
-                              generator processes (to see what the load generator took from
-                              the server) and of the worker processes ("workers")
-  end_to_end_worker_cpu_us_per_job  the worker processes' CPU per job in end_to_end
+  cpu_s                       per phase, CPU seconds of the server (all its processes), of the load
+                              generator processes, to see what the load generator took from
+                              the server; for end_to_end and flow also of the SDK worker
+                              processes: "workers" while the jobs were burned down (resume to
+                              the last job), "workers_total" from start to exit
+  workers_us_per_job          per phase with workers, their CPU ("workers") per job, in us;
+  workers_net_us_per_job      less what they spend idle ("workers_idle_per_s", measured for 2 s
+                              after the last job) over the burn-down's time
   flow_jobs_per_s             phase `flow` (not in the default list): queued no-op jobs over
                               10,000 concurrency keys burned down by SDK workers, with a
                               per-key limit of 2 and a queue rate limit (--flow-rate)
@@ -160,7 +164,7 @@ class Bench:
         self.loadgen: Path | None = None
         self.goworker: Path | None = None
         self.load_cpu = 0.0  # CPU seconds (user + system) of this phase's load generator processes
-        self.worker_cpu = 0.0  # and of its worker processes
+        self.worker_cpu: dict[str, float] = {}  # this phase's SDK worker processes (see cpu_s)
 
     def start_server(self, database: str) -> None:
         """A fresh database and a fresh server for one phase, so phases do not skew each other
@@ -202,12 +206,10 @@ class Bench:
         if self.server is not None:
             cpu = self.results.setdefault("cpu_s", {})
             server = _cpu_s(self.server.pid) + sum(map(_cpu_s, _children(self.server.pid)))
-            cpu[phase] = {
-                "server": round(server, 2),
-                "load": round(self.load_cpu, 2),
-                "workers": round(self.worker_cpu, 2),
-            }
-            self.load_cpu = self.worker_cpu = 0.0
+            cpu[phase] = {"server": round(server, 2), "load": round(self.load_cpu, 2)}
+            cpu[phase].update({k: round(v, 2) for k, v in self.worker_cpu.items()})
+            self.load_cpu = 0.0
+            self.worker_cpu = {}
             rss = _rss_mb(self.server.pid, "VmRSS")
             peak = _rss_mb(self.server.pid, "VmHWM")
             self.results["server_rss_mb"] = max(rss, self.results.get("server_rss_mb", 0))
@@ -287,19 +289,49 @@ class Bench:
         for p, _ in workers:
             p.send_signal(signal.SIGTERM)
         stats = []
+        total = 0.0
         for p, path in workers:
             deadline = time.monotonic() + 60
-            while True:
+            while True:  # p.wait(60), reaping it ourselves for its rusage
                 pid, status, usage = os.wait4(p.pid, os.WNOHANG)
                 if pid:
                     break
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"worker process {p.pid} did not exit on SIGTERM")
-                time.sleep(0.02)
+                    raise subprocess.TimeoutExpired(p.args, 60)
+                time.sleep(0.05)
             p.returncode = os.waitstatus_to_exitcode(status)
-            self.worker_cpu += usage.ru_utime + usage.ru_stime
+            total += usage.ru_utime + usage.ru_stime
             stats.append(json.loads(path.read_text()) if path.exists() else {})
+        self.worker_cpu["workers_total"] = total
         return stats
+
+    def _burn_down(
+        self, queue: str, workers: list[tuple[subprocess.Popen[bytes], Path]], n: int, phase: str
+    ) -> float:
+        """Resumes `queue`, waits for `n` jobs and returns the seconds they took; records the
+        worker processes' CPU over that time (cpu_s "workers", workers_us_per_job)."""
+        with grpc.insecure_channel(self.address) as ch:
+            queues = qsg.QueueServiceStub(ch)
+            cpu0 = sum(_cpu_ticks(p.pid) for p, _ in workers)
+            t = time.time()
+            queues.ResumeQueue(qs.ResumeQueueRequest(name=queue))
+            elapsed = self._wait_done(queue, workers, n) - t
+            spent = (sum(_cpu_ticks(p.pid) for p, _ in workers) - cpu0) / os.sysconf("SC_CLK_TCK")
+            self.worker_cpu["workers"] = spent
+            self.results.setdefault("workers_us_per_job", {})[phase] = round(spent / n * 1e6, 1)
+            # then check what the database committed (not timed)
+            while self._counts(queues, queue).succeeded < n:
+                time.sleep(0.25)
+            # What idle workers spend a second (the benchmark's progress file, 50 writes a
+            # second, mostly): workers_net_us_per_job leaves that out of the burn-down's CPU.
+            idle0, t0 = sum(_cpu_ticks(p.pid) for p, _ in workers), time.monotonic()
+            time.sleep(2.0)
+            idle = (sum(_cpu_ticks(p.pid) for p, _ in workers) - idle0) / os.sysconf("SC_CLK_TCK")
+            rate = idle / (time.monotonic() - t0)
+            self.worker_cpu["workers_idle_per_s"] = rate
+            net = (spent - rate * elapsed) / n * 1e6
+            self.results.setdefault("workers_net_us_per_job", {})[phase] = round(net, 1)
+        return elapsed
 
     def _wait_done(
         self, queue: str, workers: list[tuple[subprocess.Popen[bytes], Path]], n: int
@@ -334,12 +366,7 @@ class Bench:
                 queue, self.args.worker_procs, self.args.worker_concurrency, self.go_workers
             )
             time.sleep(2.0)  # let the worker processes start and open their streams
-            t = time.time()
-            queues.ResumeQueue(qs.ResumeQueueRequest(name=queue))
-            elapsed = self._wait_done(queue, workers, n) - t
-            # then check what the database committed (not timed)
-            while self._counts(queues, queue).succeeded < n:
-                time.sleep(0.25)
+        elapsed = self._burn_down(queue, workers, n, "end_to_end")
         stats = self._stop_workers(workers)
         self.results["end_to_end_jobs_per_s"] = round(n / elapsed)
         self.results["end_to_end_jobs"] = n
@@ -347,7 +374,6 @@ class Bench:
         messages = sum(s.get("complete_messages", 0) for s in stats)
         if messages:  # the Go worker counts them: jobs per LeaseComplete
             self.results["end_to_end_jobs_per_complete_message"] = round(n / messages, 1)
-        self.results["end_to_end_worker_cpu_us_per_job"] = round(self.worker_cpu / n * 1e6, 1)
 
     def flow(self) -> None:
         """Flow control on: 10,000 keys, at most 2 running per key, a queue rate limit."""
@@ -368,11 +394,7 @@ class Bench:
                 queue, self.args.worker_procs, self.args.worker_concurrency, self.go_workers
             )
             time.sleep(2.0)  # let the worker processes start and open their streams
-            t = time.time()
-            queues.ResumeQueue(qs.ResumeQueueRequest(name=queue))
-            elapsed = self._wait_done(queue, workers, n) - t
-            while self._counts(queues, queue).succeeded < n:
-                time.sleep(0.25)
+        elapsed = self._burn_down(queue, workers, n, "flow")
         self._stop_workers(workers)
         self.results["flow_jobs_per_s"] = round(n / elapsed)
         self.results["flow_jobs"] = n
@@ -478,10 +500,15 @@ async def _create_database(admin_url: str, name: str) -> None:
         await conn.close()
 
 
+def _cpu_ticks(pid: int) -> int:
+    """Clock ticks of CPU (user + system) a live process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def _cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a live process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    return round(_cpu_ticks(pid) / os.sysconf("SC_CLK_TCK"), 2)
 
 
 def _children(pid: int) -> list[int]:
@@ -528,18 +555,15 @@ def table(r: dict[str, Any]) -> str:
     for k in ("server_rss_mb", "server_peak_rss_mb"):
         if k in r:
             rows.append((k, str(r[k]), ""))
-    if "end_to_end_worker_cpu_us_per_job" in r:
-        per_job = str(r["end_to_end_worker_cpu_us_per_job"])
-        rows.append(("end_to_end worker cpu us/job", per_job, ""))
     for phase, cpu in r.get("cpu_s", {}).items():
-        gen, workers = r.get("load_generator", ""), r.get("workers", "python")
-        rows.append(
-            (
-                f"cpu s {phase}: server / {gen} load / {workers} workers",
-                f"{cpu['server']} / {cpu['load']} / {cpu.get('workers', 0)}",
-                "",
-            )
-        )
+        gen = r.get("load_generator", "")
+        rows.append((f"cpu s {phase}: server / {gen} load", f"{cpu['server']} / {cpu['load']}", ""))
+        if "workers" in cpu:
+            kind = r.get("workers", "python")
+            us = r.get("workers_us_per_job", {}).get(phase, "")
+            rows.append((f"cpu s {phase}: {kind} workers (us/job)", f"{cpu['workers']} ({us})", ""))
+            net = r.get("workers_net_us_per_job", {}).get(phase, "")
+            rows.append((f"workers net of idle (us/job) {phase}", str(net), ""))
     w = [max(len(x[i]) for x in rows) for i in range(3)]
     return "\n".join(f"{a:<{w[0]}}  {b:>{w[1]}}  {c}" for a, b, c in rows)
 

@@ -26,9 +26,10 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+import types
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -96,10 +97,14 @@ class JobContext:
     _payload: dict[str, Any] | None = None
     expires_at: float = 0.0  # monotonic
     lost: bool = False  # the lease is gone: the outcome would be rejected
+    # The job's id, read once from the message (each read of job.id makes a new str), and the
+    # task running the handler: set by the worker.
+    _id: str = field(default="", repr=False)
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
-        return self.job.id
+        return self._id or self.job.id
 
     @property
     def kind(self) -> str:
@@ -152,12 +157,14 @@ class _Session:
         self.worker = worker
         self.call = call
         self.outbox: asyncio.Queue[w.LeaseRequest | None] = asyncio.Queue()
-        self.running: dict[str, tuple[JobContext, asyncio.Task[None]]] = {}
+        self.running: dict[str, JobContext] = {}  # by job id; each has its _task
         self.idle = asyncio.Event()
         self.idle.set()
         self.draining = False
         self.drained = asyncio.Event()  # the server has answered after our `drain`
-        self._completes: list[w.CompletedJob] = []
+        # Each a CompletedJob, or its fields as a dict when it has no result: a dict is cheaper to
+        # build and to copy into LeaseComplete (the stubs do not type that form: Any)
+        self._completes: list[Any] = []
         self._fails: list[w.FailedJob] = []
         self._cancelled: list[w.CancelledJob] = []
         self._flush_scheduled = False
@@ -193,11 +200,15 @@ class _Session:
             self._cancelled = []
 
     def complete(self, ctx: JobContext, result: Any) -> None:
-        c = w.CompletedJob(job_id=ctx.job.id, lease_token=ctx.lease_token)
-        if result is not None:
+        if result is None:
+            self._completes.append({"job_id": ctx._id, "lease_token": ctx.lease_token})
+        else:
+            c = w.CompletedJob(job_id=ctx._id, lease_token=ctx.lease_token)
             c.result.update(result if isinstance(result, Mapping) else {"value": result})
-        self._completes.append(c)
-        self._schedule_flush()
+            self._completes.append(c)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def fail(
         self,
@@ -211,7 +222,7 @@ class _Session:
             "traceback": "".join(traceback.format_exception(exc))[-4000:],
         }
         f = w.FailedJob(
-            job_id=ctx.job.id,
+            job_id=ctx.id,
             lease_token=ctx.lease_token,
             error=w.JobError(
                 message=f"{type(exc).__name__}: {exc}"[:8000], details=_struct(details)
@@ -224,7 +235,7 @@ class _Session:
         self._schedule_flush()
 
     def cancelled(self, ctx: JobContext) -> None:
-        self._cancelled.append(w.CancelledJob(job_id=ctx.job.id, lease_token=ctx.lease_token))
+        self._cancelled.append(w.CancelledJob(job_id=ctx.id, lease_token=ctx.lease_token))
         self._schedule_flush()
 
 
@@ -262,6 +273,9 @@ class Worker:
         self._tracer: Any | None = None
         self.handlers: dict[str, Handler] = {}
         self._async: set[str] = set()  # kinds whose handler is a coroutine function
+        # Async kinds whose handler suspended when last started inline (see _start_inline): how
+        # many of their jobs still get a task of their own before the next try.
+        self._suspends: dict[str, int] = {}
         self._threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -358,9 +372,10 @@ class Worker:
                 for t in (writer, ticker, stopper):
                     t.cancel()
                 # The stream is gone, and with it our leases: stop work whose outcome is moot.
-                for ctx, task in list(s.running.values()):
+                for ctx in list(s.running.values()):
                     ctx.lost = True
-                    task.cancel()
+                    if ctx._task is not None:
+                        ctx._task.cancel()
                 self._session = None
 
     async def _write(self, s: _Session) -> None:
@@ -409,8 +424,8 @@ class Worker:
             await asyncio.sleep(0.5)
             now = time.monotonic()
             due = [
-                w.ExtendedJob(job_id=ctx.job.id, lease_token=ctx.lease_token)
-                for ctx, _ in s.running.values()
+                w.ExtendedJob(job_id=ctx.id, lease_token=ctx.lease_token)
+                for ctx in s.running.values()
                 if not ctx.lost and ctx.expires_at - now < _lease_seconds(ctx) / 2
             ]
             if due:
@@ -424,34 +439,35 @@ class Worker:
         which = msg.WhichOneof("msg")
         if which == "jobs":
             offset = time.monotonic() - time.time()  # wall clock -> monotonic
-            create_task = asyncio.get_running_loop().create_task
             running = s.running
+            ctxs = []
             for leased in msg.jobs.jobs:
-                job = leased.job
-                ctx = JobContext(job=job, lease_token=leased.lease_token, _worker=self, _session=s)
+                ctx = JobContext(leased.job, leased.lease_token, self, s)
+                ctx._id = job_id = ctx.job.id
                 at = leased.lease_expires_at
                 ctx.expires_at = at.seconds + at.nanos * 1e-9 + offset
-                running[job.id] = (ctx, create_task(self._execute(s, ctx)))
+                running[job_id] = ctx
+                ctxs.append(ctx)
+            self._start(s, ctxs)
             if running:
                 s.idle.clear()
         elif which == "cancel":
-            entry = s.running.get(msg.cancel.job_id)
-            if entry is not None and not entry[0].cancel_requested:
-                ctx, task = entry
-                ctx._cancel = True
-                if ctx.kind in self._async:
-                    task.cancel()
+            found = s.running.get(msg.cancel.job_id)
+            if found is not None and not found.cancel_requested:
+                found._cancel = True
+                if found.kind in self._async and found._task is not None:
+                    found._task.cancel()
         elif which == "extended":
-            entry = s.running.get(msg.extended.job_id)
-            if entry is not None:
+            found = s.running.get(msg.extended.job_id)
+            if found is not None:
                 wall = msg.extended.lease_expires_at.ToNanoseconds() / 1e9
-                entry[0].expires_at = time.monotonic() + (wall - time.time())
+                found.expires_at = time.monotonic() + (wall - time.time())
         elif which == "rejected":
             r = msg.rejected
             log.warning("server rejected an update for job %s: %s", r.job_id, r.reason)
-            entry = s.running.get(r.job_id)
-            if entry is not None and r.code == w.REJECT_REASON_STALE_LEASE:
-                entry[0].lost = True  # another worker may have it now; stop extending
+            found = s.running.get(r.job_id)
+            if found is not None and r.code == w.REJECT_REASON_STALE_LEASE:
+                found.lost = True  # another worker may have it now; stop extending
         elif which == "draining":
             log.info("server is draining; finishing running jobs, then reconnecting")
             spawn(self._drain(s))
@@ -461,6 +477,9 @@ class Worker:
     async def _call(self, fn: Handler, ctx: JobContext) -> Any:
         if ctx.kind in self._async:
             return await fn(ctx)
+        return await self._call_in_thread(fn, ctx)
+
+    async def _call_in_thread(self, fn: Handler, ctx: JobContext) -> Any:
         assert self._threads is not None
         loop = asyncio.get_running_loop()
         if self._tracer is not None:  # the thread runs in this task's context: the job's span
@@ -473,64 +492,183 @@ class Worker:
             result = await result
         return result
 
-    async def _execute(self, s: _Session, ctx: JobContext) -> None:
-        fn = self.handlers.get(ctx.kind)
-        started = time.monotonic()
+    def _start(self, s: _Session, ctxs: Sequence[JobContext]) -> None:
+        """Starts jobs: those of async kinds in one task (_start_inline), unless their handler
+        lately suspended when started so, the others (and all while tracing) in a task each."""
+        loop = asyncio.get_running_loop()
+        # loop.create_task without a task factory is Task(coro, loop=loop), less a frame
+        task = asyncio.Task if loop.get_task_factory() is None else None
+        execute = self._execute
+        asyncs = self._async if self._tracer is None else ()
+        suspends = self._suspends
+        inline: list[JobContext] = []
+        for ctx in ctxs:
+            kind = ctx.job.kind
+            if kind in asyncs:
+                if not suspends:
+                    inline.append(ctx)
+                    continue
+                left = suspends.get(kind)
+                if left is None:
+                    inline.append(ctx)
+                    continue
+                if left > 1:
+                    suspends[kind] = left - 1
+                else:
+                    del suspends[kind]
+            coro = execute(s, ctx)
+            ctx._task = task(coro, loop=loop) if task is not None else loop.create_task(coro)
+        if inline:
+            spawn(self._start_inline(s, inline, 0))
 
-        def outcome(what: str) -> None:  # one INFO line per job outcome
-            log.info(
-                "job %s (%s, attempt %d) %s in %.3fs",
-                ctx.id,
-                ctx.kind,
-                ctx.attempt,
-                what,
-                time.monotonic() - started,
-            )
+    async def _start_inline(self, s: _Session, ctxs: list[JobContext], i: int) -> None:
+        """Starts the jobs ctxs[i:] of async kinds in turn, in this one task rather than a task
+        each: a handler that returns without suspending (the common case for quick ones) costs no
+        task. Each job runs in a context of its own, as in a task of its own. The first job whose
+        handler suspends makes this task its own for the rest of its run (so what it saw as
+        asyncio.current_task() stays its task: timeouts, task groups), and the jobs after it
+        start in a new task; its kind gets tasks of its own for a while (SUSPENDED_TASKS)."""
+        n = len(ctxs)
+        current = asyncio.current_task()
+        assert current is not None
+        while i < n:
+            if current.cancelling():
+                # A job cancelled its task (this one) and returned: as its own task would, this
+                # one ends cancelled, and the jobs after it start in another.
+                self._start(s, ctxs[i:])
+                return
+            ctx = ctxs[i]
+            i += 1
+            if ctx.lost:  # the stream went before it started: as a task cancelled before it ran
+                s.running.pop(ctx._id, None)
+                if not s.running:
+                    s.idle.set()
+                continue
+            context = contextvars.copy_context()
+            coro = self._execute(s, ctx)
+            try:
+                yielded = context.run(coro.send, None)
+            except StopIteration:
+                continue
+            except asyncio.CancelledError:  # the handler raised it: as a task ending cancelled
+                continue
+            except (KeyboardInterrupt, SystemExit):  # they stop the loop, as from a task
+                self._start(s, ctxs[i:])
+                raise
+            except BaseException as e:  # as from a task nobody awaits
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": f"job {ctx.id} failed", "exception": e}
+                )
+                continue
+            ctx._task = current
+            self._suspends[ctx.job.kind] = SUSPENDED_TASKS
+            self._start(s, [c for c in ctxs[i:] if not c.lost])
+            await _resume(coro, yielded, context)
+            return
+
+    async def _execute(self, s: _Session, ctx: JobContext) -> None:
+        kind = ctx.job.kind
+        fn = self.handlers.get(kind)
+        started = time.monotonic()
 
         try:
             if fn is None:
-                raise DoNotRetry(f"this worker has no handler for kind {ctx.kind!r}")
-            if self._tracer is None:
-                result = await self._call(fn, ctx)
+                raise DoNotRetry(f"this worker has no handler for kind {kind!r}")
+            if ctx._cancel and ctx._task is None and kind in self._async:
+                # cancelled before _start_inline reached it: as a task cancelled before it ran,
+                # but reported (a task of its own would have been cancelled, and its handler
+                # never called)
+                raise asyncio.CancelledError
+            if self._tracer is None:  # (self._call inlined)
+                if kind in self._async:
+                    result = await fn(ctx)
+                else:
+                    result = await self._call_in_thread(fn, ctx)
             else:
                 with _trace.job_span(self._tracer, ctx.job):
                     result = await self._call(fn, ctx)
         except asyncio.CancelledError:
             if ctx.lost:
-                outcome("abandoned: its lease is gone")
+                _log_outcome(ctx, "abandoned: its lease is gone", started)
                 return
             if ctx.cancel_requested:
-                outcome("cancelled")
+                _log_outcome(ctx, "cancelled", started)
                 s.cancelled(ctx)
                 return
             raise
         except JobCancelled:
-            outcome("cancelled")
+            _log_outcome(ctx, "cancelled", started)
             s.cancelled(ctx)
         except DoNotRetry as e:
-            outcome(f"failed, not to be retried: {_brief(e)}")
+            _log_outcome(ctx, f"failed, not to be retried: {_brief(e)}", started)
             s.fail(ctx, e, w.FAILURE_CLASS_DO_NOT_RETRY)
         except RetryAfter as e:
-            outcome(f"failed, retry after {e.seconds:g}s: {_brief(e)}")
+            _log_outcome(ctx, f"failed, retry after {e.seconds:g}s: {_brief(e)}", started)
             s.fail(ctx, e, w.FAILURE_CLASS_RETRY_AFTER, e.seconds)
         except Exception as e:
-            outcome(f"failed, to be retried: {type(e).__name__}: {_brief(e)}")
+            _log_outcome(ctx, f"failed, to be retried: {type(e).__name__}: {_brief(e)}", started)
             s.fail(ctx, e, w.FAILURE_CLASS_RETRY)
         else:
             if ctx.lost:
-                outcome("finished after its lease was lost: not reported")
+                _log_outcome(ctx, "finished after its lease was lost: not reported", started)
             else:
                 try:
                     s.complete(ctx, result)
                 except (ValueError, TypeError) as e:  # not JSON-shaped: the job cannot succeed
-                    outcome(f"failed, not to be retried: result not JSON-shaped: {_brief(e)}")
+                    _log_outcome(
+                        ctx,
+                        f"failed, not to be retried: result not JSON-shaped: {_brief(e)}",
+                        started,
+                    )
                     s.fail(ctx, e, w.FAILURE_CLASS_DO_NOT_RETRY)
                 else:
-                    outcome("succeeded")
+                    if log.isEnabledFor(logging.INFO):
+                        _log_outcome(ctx, "succeeded", started)
         finally:
-            s.running.pop(ctx.job.id, None)
-            if not s.running:
+            running = s.running
+            running.pop(ctx._id, None)
+            if not running:
                 s.idle.set()
+
+
+# After a handler started inline suspends, this many jobs of its kind get a task of their own
+# (started at once, as the handler will likely suspend again) before the next one is tried inline.
+SUSPENDED_TASKS = 256
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any, context: contextvars.Context) -> Generator[Any, Any, None]:
+    """`await coro` for a coroutine that has run up to its first suspension, which yielded
+    `yielded`: the awaiting task takes over from there, each step run in `context`."""
+    send, throw, run = coro.send, coro.throw, context.run
+    while True:
+        try:
+            value = yield yielded
+        except GeneratorExit:
+            run(coro.close)
+            raise
+        except BaseException as e:  # thrown into the task (cancel): on into the coroutine
+            try:
+                yielded = run(throw, e)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = run(send, value)
+            except StopIteration:
+                return
+
+
+def _log_outcome(ctx: JobContext, what: str, started: float) -> None:
+    """The one INFO line per job outcome."""
+    log.info(
+        "job %s (%s, attempt %d) %s in %.3fs",
+        ctx.id,
+        ctx.kind,
+        ctx.attempt,
+        what,
+        time.monotonic() - started,
+    )
 
 
 def _brief(exc: BaseException, limit: int = 200) -> str:
