@@ -6,6 +6,9 @@
 //	BENCH_PROGRESS  a file rewritten every 20 ms with "done last_done_unix_time"
 //	BENCH_OUT       a file that gets {"done": n, "complete_messages": m} at exit, m being the
 //	                LeaseComplete messages sent (so done/m is the mean batch)
+//	BENCH_READY     a file created once every stream has sent its LeaseOpen (bench/peers/run.py
+//	                waits for it, as for its Python workers': with `serve --processes N` the
+//	                streams are spread over processes whose open-stream gauges it cannot all read)
 //
 // SIGTERM or SIGINT drains: running jobs finish and are reported, then it exits 0. A stream that
 // fails makes it exit 1 (run.py then stops waiting). GOMAXPROCS defaults to 1 here: a no-op
@@ -42,22 +45,34 @@ var (
 	completeMessages atomic.Int64
 )
 
-// countingConn counts the LeaseComplete messages sent on its streams.
-type countingConn struct{ grpc.ClientConnInterface }
+// countingConn counts the LeaseComplete messages sent on its streams and calls opened after
+// each LeaseOpen sent.
+type countingConn struct {
+	grpc.ClientConnInterface
+	opened func()
+}
 
 func (c countingConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string,
 	opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	s, err := c.ClientConnInterface.NewStream(ctx, desc, method, opts...)
-	return countingStream{s}, err
+	return countingStream{s, c.opened}, err
 }
 
-type countingStream struct{ grpc.ClientStream }
+type countingStream struct {
+	grpc.ClientStream
+	opened func()
+}
 
 func (s countingStream) SendMsg(m any) error {
-	if req, ok := m.(*jobqueuev1.LeaseRequest); ok && req.GetComplete() != nil {
+	req, _ := m.(*jobqueuev1.LeaseRequest)
+	if req.GetComplete() != nil {
 		completeMessages.Add(1)
 	}
-	return s.ClientStream.SendMsg(m)
+	err := s.ClientStream.SendMsg(m)
+	if err == nil && req.GetOpen() != nil {
+		s.opened()
+	}
+	return err
 }
 
 func main() {
@@ -95,7 +110,16 @@ func main() {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	failed := make(chan error, *streams)
-	var wg sync.WaitGroup
+	var wg, opened sync.WaitGroup
+	opened.Add(*streams) // each stream's first LeaseOpen
+	if path := os.Getenv("BENCH_READY"); path != "" {
+		go func() {
+			opened.Wait()
+			if err := os.WriteFile(path, nil, 0o644); err != nil {
+				fail(err)
+			}
+		}()
+	}
 	for i := range *streams {
 		conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
@@ -107,13 +131,15 @@ func main() {
 			WorkerID: fmt.Sprintf("bench-go-%d-%d", os.Getpid(), i), Queues: []string{*queue},
 			MaxInFlight: int32(*maxInFlight), Logger: log,
 		}
+		var once sync.Once
+		cc := countingConn{conn, func() { once.Do(opened.Done) }}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			// Run returns nil after a drain; the server's own drain ends this stream, not ours:
 			// reconnect until our context ends.
 			for ctx.Err() == nil {
-				if err := worker.Run(ctx, countingConn{conn}, opts, handler); err != nil {
+				if err := worker.Run(ctx, cc, opts, handler); err != nil {
 					failed <- err
 					return
 				}

