@@ -111,3 +111,26 @@ async def test_settling_probes_the_primary_key(store: Store, db: asyncpg.Connect
     for nodes in (complete, extend):
         assert _whole_table_reads(nodes) == []
         assert nodes[0]["Actual Rows"] == 1000
+
+
+async def test_enqueue_inserts_run_their_generic_plan(store: Store) -> None:
+    """Enqueue's group-committed insert is planned once per session, not per call (see
+    pool.INSERT_SETTINGS): PostgreSQL would otherwise plan each one afresh, for ever."""
+    from jobqueue_grpc.api import convert
+    from jobqueue_grpc.domain.jobs import Limits
+    from jobqueue_grpc.gen.jobqueue.v1 import job_service_pb2 as js
+
+    limits = Limits(payload_max_bytes=1 << 20, default_max_attempts=5, default_lease_seconds=30)
+    assert store.insert_pool is not None
+    async with store.insert_pool.acquire() as conn:
+        for i in range(8):
+            job = convert.new_job(js.EnqueueRequest(queue="plans", kind="noop"), "", limits)
+            hand_off = [(uuid.uuid4(), "w")] if i % 2 else None
+            await store.jobs._insert(conn, [job], hand_off)
+        row = await conn.fetchrow(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE '%INSERT INTO jobqueue.jobs AS j%'"
+            " AND statement NOT LIKE '%pg_prepared_statements%'"
+        )
+    assert row is not None
+    assert (row["generic_plans"], row["custom_plans"]) == (8, 0)  # auto: (0, 8)

@@ -19,7 +19,7 @@ from jobqueue_grpc.store.jobs import JobStore
 from jobqueue_grpc.store.leases import LeaseStore
 from jobqueue_grpc.store.limits import LimitStore
 from jobqueue_grpc.store.notify import Commits, Listener, Peers
-from jobqueue_grpc.store.pool import CLAIM_SETTINGS, connect_pool
+from jobqueue_grpc.store.pool import CLAIM_SETTINGS, INSERT_SETTINGS, connect_pool
 from jobqueue_grpc.store.queries import q
 from jobqueue_grpc.store.queues import QueueStore
 from jobqueue_grpc.store.retention import RetentionStore
@@ -39,6 +39,7 @@ class Store:
         url: str = "",
         claim_pool: asyncpg.Pool | None = None,
         backends: set[int] | None = None,
+        insert_pool: asyncpg.Pool | None = None,
     ) -> None:
         self.pool = pool
         self.claim_pool = claim_pool  # the engine's claims (pool.CLAIM_SETTINGS); else `pool`
@@ -52,7 +53,8 @@ class Store:
         self.commits = Commits()
         # Whether another replica listens for wake-ups; each engine's Listener keeps it.
         self.peers = Peers()
-        self.jobs = JobStore(pool, self.peers)
+        self.insert_pool = insert_pool  # Enqueue's inserts (pool.INSERT_SETTINGS); else `pool`
+        self.jobs = JobStore(pool, self.peers, insert_pool)
         self.dead_letters = DeadLetterStore(pool, on_available=self.commits.jobs_ready)
         self.queues = QueueStore(pool, on_available=self.commits.jobs_ready)
         self.retention = RetentionStore(pool)
@@ -70,11 +72,17 @@ class Store:
         claim_pool = await connect_pool(
             url, min_size=0, max_size=2, settings=CLAIM_SETTINGS, backends=backends
         )
-        return cls(pool, url, claim_pool, backends)
+        # as many as the Enqueuer's group commits that may run at once
+        insert_pool = await connect_pool(
+            url, min_size=0, max_size=2, settings=INSERT_SETTINGS, backends=backends
+        )
+        return cls(pool, url, claim_pool, backends, insert_pool)
 
     async def close(self) -> None:
         if self.claim_pool is not None:
             await self.claim_pool.close()
+        if self.insert_pool is not None:
+            await self.insert_pool.close()
         await self.pool.close()
 
     def listener(

@@ -59,9 +59,15 @@ def _array_or_value(values: list[Any]) -> tuple[list[Any] | None, Any]:
 
 @translated
 class JobStore:
-    def __init__(self, pool: asyncpg.Pool, peers: Peers | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        peers: Peers | None = None,
+        insert_pool: asyncpg.Pool | None = None,
+    ) -> None:
         self.pool = pool
         self.peers = peers if peers is not None else Peers()  # enqueues NOTIFY only if listening
+        self.insert_pool = insert_pool or pool  # insert()'s statements: see pool.INSERT_SETTINGS
 
     async def insert(
         self, jobs: Sequence[NewJob], hand_off: Sequence[Slot | None] | None = None
@@ -74,7 +80,7 @@ class JobStore:
         (stream id, worker id) slot in `hand_off` is inserted leased to it when it is due and
         its queue is not paused (state 'running'; see insert_jobs); those come back in `leased`.
         """
-        async with self.pool.acquire() as conn:
+        async with self.insert_pool.acquire() as conn:
             return await self._insert(conn, jobs, hand_off)
 
     async def _insert(
