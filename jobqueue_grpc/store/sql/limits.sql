@@ -9,6 +9,12 @@
 --   claim_jobs_limited    leases what the domain allowed per key, fairly, and counts it.
 -- A counted lease carries limit_token = lease_token; the settle statements in lease.sql
 -- (fragment uncount) take it off the counters when it ends, however it ends.
+-- Time in the claim is read after the lock, never now(): now() is when the transaction began,
+-- before it waited for the lock, so a claim that waited behind another would record a refill
+-- (and its jobs' started_at) earlier than the claim before it, and the next claim would be given
+-- the overlap again. The locking statements read clock_timestamp() (evaluated again once the
+-- lock is granted, when the holder changed the row), the statements after them their own
+-- statement_timestamp(): times move forward from one claim of a queue to the next.
 
 -- name: limited_queues
 -- What each replica caches (engine/flow.py): the queues that go through the flow-controlled claim.
@@ -77,7 +83,7 @@ ORDER BY queue, running DESC, key;
 
 -- name: lock_queue_limits
 SELECT max_running, key_max_running, rate, burst, key_rate, key_burst, fair_share,
-       tokens, date_part('epoch', now() - refilled_at) AS elapsed, key_cursor
+       tokens, date_part('epoch', clock_timestamp() - refilled_at) AS elapsed, key_cursor
 FROM jobqueue.queue_limits
 WHERE queue = $1
 FOR UPDATE;
@@ -117,7 +123,7 @@ WITH RECURSIVE walk(key, lap, i) AS (
     WHERE w.i < $3
 )
 SELECT w.key, coalesce(c.running, 0) AS running, b.tokens,
-       date_part('epoch', now() - b.refilled_at) AS elapsed
+       date_part('epoch', statement_timestamp() - b.refilled_at) AS elapsed
 FROM walk w
 LEFT JOIN jobqueue.running_counts c ON c.queue = $1 AND c.key = w.key
 LEFT JOIN jobqueue.key_buckets b ON b.queue = $1 AND b.key = w.key
@@ -171,11 +177,11 @@ WITH keyed AS (
         attempt = j.attempt + 1,
         lease_token = p.token,
         limit_token = p.token,
-        lease_expires_at = now() + j.lease_seconds * interval '1 second',
+        lease_expires_at = statement_timestamp() + j.lease_seconds * interval '1 second',
         stream_id = ($3::uuid[])[p.n],
         worker_id = ($4::text[])[p.n],
-        started_at = now(),
-        updated_at = now()
+        started_at = statement_timestamp(),
+        updated_at = statement_timestamp()
     FROM picked p
     WHERE j.id = p.picked_id
     RETURNING {leased_columns}, p.key AS limit_key, p.ord AS limit_ord
@@ -188,7 +194,7 @@ WITH keyed AS (
     ON CONFLICT (queue, key) DO UPDATE SET running = c.running + excluded.running
 ), spent AS (
     INSERT INTO jobqueue.key_buckets AS b (queue, key, tokens, refilled_at)
-    SELECT $1, t.key, t.tokens - count(*), now()
+    SELECT $1, t.key, t.tokens - count(*), statement_timestamp()
     FROM unnest($5::text[], $7::float8[]) AS t(key, tokens)
     JOIN leased l ON l.limit_key = t.key
     WHERE t.tokens IS NOT NULL
@@ -199,7 +205,7 @@ WITH keyed AS (
     UPDATE jobqueue.queue_limits
     SET tokens = CASE WHEN $9::float8 IS NULL THEN tokens
                       ELSE $9::float8 - (SELECT count(*) FROM leased) END,
-        refilled_at = CASE WHEN $9::float8 IS NULL THEN refilled_at ELSE now() END,
+        refilled_at = CASE WHEN $9::float8 IS NULL THEN refilled_at ELSE statement_timestamp() END,
         key_cursor = CASE WHEN $13::bool THEN key_cursor ELSE coalesce(
             (SELECT limit_key FROM leased WHERE limit_key IS NOT NULL
              ORDER BY limit_ord DESC LIMIT 1), $10) END
@@ -298,7 +304,7 @@ ON CONFLICT (queue, kind, key) DO UPDATE SET running = excluded.running;
 -- The kind limits of a queue whose queue_limits row this transaction holds, with each kind's
 -- counted leases and bucket as stored.
 SELECT l.kind, l.max_running, l.key_max_running, l.rate, l.burst, l.key_rate, l.key_burst,
-       l.fair_share, l.tokens, date_part('epoch', now() - l.refilled_at) AS elapsed,
+       l.fair_share, l.tokens, date_part('epoch', clock_timestamp() - l.refilled_at) AS elapsed,
        l.key_cursor,
        coalesce((SELECT running FROM jobqueue.kind_running_counts c
                  WHERE c.queue = $1 AND c.kind = l.kind AND c.key = ''), 0) AS running
@@ -338,9 +344,9 @@ WITH RECURSIVE walk(key, lap, i) AS (
     WHERE w.i < $3
 )
 SELECT w.key, coalesce(c.running, 0) AS running, b.tokens,
-       date_part('epoch', now() - b.refilled_at) AS elapsed,
+       date_part('epoch', statement_timestamp() - b.refilled_at) AS elapsed,
        coalesce(kc.running, 0) AS kind_running, kb.tokens AS kind_tokens,
-       date_part('epoch', now() - kb.refilled_at) AS kind_elapsed
+       date_part('epoch', statement_timestamp() - kb.refilled_at) AS kind_elapsed
 FROM walk w
 LEFT JOIN jobqueue.running_counts c ON c.queue = $1 AND c.key = w.key
 LEFT JOIN jobqueue.key_buckets b ON b.queue = $1 AND b.key = w.key
@@ -365,7 +371,7 @@ WITH leased AS (
     ON CONFLICT (queue, kind, key) DO UPDATE SET running = c.running + excluded.running
 ), spent AS (
     INSERT INTO jobqueue.kind_key_buckets AS b (queue, kind, key, tokens, refilled_at)
-    SELECT $1, $4, t.key, t.tokens - count(*), now()
+    SELECT $1, $4, t.key, t.tokens - count(*), statement_timestamp()
     FROM unnest($7::text[], $6::float8[]) AS t(key, tokens)
     JOIN leased l ON l.key = t.key
     WHERE $4::text IS NOT NULL AND t.tokens IS NOT NULL
@@ -376,7 +382,7 @@ WITH leased AS (
 UPDATE jobqueue.kind_limits
 SET tokens = CASE WHEN $5::float8 IS NULL THEN tokens
                   ELSE $5::float8 - (SELECT count(*) FROM leased) END,
-    refilled_at = CASE WHEN $5::float8 IS NULL THEN refilled_at ELSE now() END,
+    refilled_at = CASE WHEN $5::float8 IS NULL THEN refilled_at ELSE statement_timestamp() END,
     key_cursor = $8
 WHERE queue = $1 AND kind = $4;
 
